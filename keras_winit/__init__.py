@@ -1,3 +1,57 @@
-"""keras_winit: weight initialization for Keras 3."""
+"""keras_winit: weight initialization for Keras 3, and tools to check it.
+
+Public API:
+
+- Initializers (registered as `"keras_winit>Name"`): `VarianceScaling`,
+  `GlorotNormal`, `GlorotUniform`, `HeNormal`, `HeUniform`, `LecunNormal`,
+  `LecunUniform`, `XavierNormal`, `XavierUniform`, `KaimingNormal`,
+  `KaimingUniform`, `ActivationScaling`. The names `"xavier_normal"`,
+  `"xavier_uniform"`, `"kaiming_normal"` and `"kaiming_uniform"` resolve
+  through `keras.initializers.get` once keras_winit is imported.
+- Gains: `gain`, `truncated_normal_std`.
+- Fans: `compute_fans`.
+"""
+
+from keras_winit import fans
+from keras_winit import gains
+from keras_winit import initializers
+from keras_winit.fans import compute_fans
+from keras_winit.gains import gain
+from keras_winit.gains import truncated_normal_std
+from keras_winit.initializers import ActivationScaling
+from keras_winit.initializers import GlorotNormal
+from keras_winit.initializers import GlorotUniform
+from keras_winit.initializers import HeNormal
+from keras_winit.initializers import HeUniform
+from keras_winit.initializers import KaimingNormal
+from keras_winit.initializers import KaimingUniform
+from keras_winit.initializers import LecunNormal
+from keras_winit.initializers import LecunUniform
+from keras_winit.initializers import VarianceScaling
+from keras_winit.initializers import XavierNormal
+from keras_winit.initializers import XavierUniform
 
 __version__ = "0.1.0"
+
+initializers.register_aliases()
+
+__all__ = [
+    "ActivationScaling",
+    "GlorotNormal",
+    "GlorotUniform",
+    "HeNormal",
+    "HeUniform",
+    "KaimingNormal",
+    "KaimingUniform",
+    "LecunNormal",
+    "LecunUniform",
+    "VarianceScaling",
+    "XavierNormal",
+    "XavierUniform",
+    "compute_fans",
+    "fans",
+    "gain",
+    "gains",
+    "initializers",
+    "truncated_normal_std",
+]

@@ -1,0 +1,783 @@
+"""Variance-scaling initializers for Keras 3.
+
+Every class here is a `keras.initializers.VarianceScaling` subclass (so
+`EinsumDense` and `MultiHeadAttention` pass it the right `input_axes` and
+`output_axes`), registered for serialization as `"keras_winit>ClassName"`.
+
+What differs from Keras' built-ins, and why:
+
+- **Seeds.** Keras 3 draws statelessly from an int seed, so one initializer
+  instance shared by several layers gives them *identical* kernels (the
+  symmetry problem). Here an int seed starts a reproducible *stream*: the
+  n-th call of an instance draws from a seed derived from `(seed, n)`.
+  A model built twice from the same code and seeds is identical, in any
+  process; layers sharing one instance get different tensors; and
+  `from_config(get_config())` is a fresh instance that repeats the original
+  instance's draws from the first one. A `keras.random.SeedGenerator` seed
+  behaves as in Keras; `seed=None` picks a random int at construction
+  (reproducible after `keras.utils.set_random_seed`).
+- **Truncated normal.** The std correction is exact for any truncation
+  bound (`truncation`, in std of the underlying normal; 2 as in Keras), and
+  the samples are drawn by inverse CDF from one uniform draw instead of by
+  rejection.
+- **More modes and explicit fans.** `mode="fan_geo_avg"` uses
+  `sqrt(fan_in * fan_out)`; `fan_in`/`fan_out` override what the shape
+  implies (see `keras_winit.fans` for the layout convention).
+- **Clear errors.** Bad arguments raise a `ValueError` naming the argument
+  and the value at construction; a non-float dtype or an unknown dimension
+  raises at call time.
+
+References:
+    - Glorot & Bengio, 2010, "Understanding the difficulty of training deep
+      feedforward neural networks", AISTATS.
+    - LeCun et al., 1998, "Efficient BackProp".
+    - He et al., 2015, "Delving Deep into Rectifiers", arXiv:1502.01852.
+    - Kumar, 2017, "On weight initialization in deep neural networks",
+      arXiv:1704.08863.
+"""
+
+import math
+import numbers
+
+import keras
+
+from keras_winit import fans as fans_lib
+from keras_winit import gains
+from keras_winit import sampling
+
+_PACKAGE = "keras_winit"
+_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+# Keras' spelling: "normal" means the truncated normal.
+_DISTRIBUTION_ALIASES = {"normal": "truncated_normal"}
+
+
+def _register(cls):
+    return keras.saving.register_keras_serializable(package=_PACKAGE)(cls)
+
+
+@_register
+class VarianceScaling(keras.initializers.VarianceScaling):
+    """Draws weights whose variance is `scale / fan`.
+
+    With `mode="fan_in"` the fan is the number of input units of the weight,
+    `"fan_out"` the number of output units, `"fan_avg"` their mean and
+    `"fan_geo_avg"` their geometric mean `sqrt(fan_in * fan_out)`. The
+    samples have standard deviation `s = sqrt(scale / fan)`:
+
+    - `distribution="truncated_normal"` (or `"normal"`, as in Keras):
+      `N(0, σ)` cut at `±truncation · σ`, where `σ = s / c(truncation)` and
+      `c(k)` is the std of a unit normal truncated to `[-k, k]`
+      (`c(2) = 0.87962566103423978`).
+    - `distribution="untruncated_normal"`: `N(0, s)`.
+    - `distribution="uniform"`: `U(-L, L)` with `L = sqrt(3) · s`.
+
+    Seeds: with an int seed, the n-th call of an instance draws from a seed
+    derived from `(seed, n)`, so a model is reproducible across processes,
+    while layers that share one instance get different tensors. A fresh
+    instance (e.g. `from_config(get_config())`) repeats the same sequence
+    of draws. With a `keras.random.SeedGenerator`, each call advances the
+    generator; with `None`, a random int seed is picked at construction.
+
+    Examples:
+
+    >>> # Standalone usage:
+    >>> initializer = keras_winit.VarianceScaling(
+    ...     scale=2.0, mode="fan_in", distribution="uniform", seed=1)
+    >>> values = initializer(shape=(256, 128))
+    >>> round(initializer.target_stddev((256, 128)), 6)
+    0.088388
+
+    >>> # Usage in a Keras layer:
+    >>> layer = keras.layers.Dense(
+    ...     3, kernel_initializer=keras_winit.VarianceScaling(
+    ...         scale=1.0, mode="fan_geo_avg", truncation=3.0))
+
+    Args:
+        scale: Positive finite float, the variance numerator.
+        mode: One of `"fan_in"`, `"fan_out"`, `"fan_avg"`, `"fan_geo_avg"`.
+        distribution: One of `"truncated_normal"` (alias `"normal"`),
+            `"untruncated_normal"`, `"uniform"`.
+        seed: An int, a `keras.random.SeedGenerator`, or `None`.
+        input_axes: Optional list of ints, the axes indexing input units
+            (given together with `output_axes`; `EinsumDense` sets both).
+        output_axes: Optional list of ints, the axes indexing output units.
+        truncation: Positive float, where the truncated normal is cut, in
+            standard deviations of the underlying normal. Default 2.
+        fan_in: Optional positive int overriding the fan-in implied by the
+            shape.
+        fan_out: Optional positive int overriding the fan-out.
+
+    Reference:
+        - [Glorot & Bengio, 2010](
+          https://proceedings.mlr.press/v9/glorot10a.html)
+        - [He et al., 2015](https://arxiv.org/abs/1502.01852)
+    """
+
+    def __init__(
+        self,
+        scale=1.0,
+        mode="fan_in",
+        distribution="truncated_normal",
+        seed=None,
+        input_axes=None,
+        output_axes=None,
+        truncation=2.0,
+        fan_in=None,
+        fan_out=None,
+    ):
+        self.scale = _check_positive("scale", scale)
+        self.mode = _check_choice("mode", mode, fans_lib.MODES)
+        distribution = _check_choice(
+            "distribution",
+            _DISTRIBUTION_ALIASES.get(
+                distribution.lower()
+                if isinstance(distribution, str)
+                else distribution,
+                distribution,
+            ),
+            sampling.DISTRIBUTIONS,
+        )
+        self.distribution = distribution
+        self.truncation = _check_positive("truncation", truncation)
+        self.fan_in = _check_fan("fan_in", fan_in)
+        self.fan_out = _check_fan("fan_out", fan_out)
+        self.input_axes, self.output_axes = _check_axes(input_axes, output_axes)
+        # Keras' RandomInitializer: validates `seed`, keeps `_init_seed`
+        # for the config and a concrete `seed` for drawing. Keras'
+        # VarianceScaling.__init__ is skipped: its checks are redone above.
+        super(keras.initializers.VarianceScaling, self).__init__(seed=seed)
+        self._draws = 0
+
+    def fans(self, shape):
+        """Returns the `(fan_in, fan_out)` this initializer uses for `shape`.
+
+        The overrides `fan_in`/`fan_out` win over what the shape implies.
+        """
+        fan_in, fan_out = fans_lib.compute_fans(
+            shape, self.input_axes, self.output_axes
+        )
+        if self.fan_in is not None:
+            fan_in = self.fan_in
+        if self.fan_out is not None:
+            fan_out = self.fan_out
+        return fan_in, fan_out
+
+    def target_stddev(self, shape):
+        """Returns the standard deviation of the values drawn for `shape`."""
+        fan_in, fan_out = self.fans(shape)
+        fan = fans_lib.fan_for_mode(self.mode, fan_in, fan_out)
+        return math.sqrt(self.scale / fan)
+
+    def __call__(self, shape, dtype=None):
+        shape = _check_shape(shape)
+        dtype = _check_dtype(dtype)
+        return sampling.sample(
+            self.distribution,
+            shape,
+            self.target_stddev(shape),
+            dtype,
+            self._next_seed(),
+            truncation=self.truncation,
+        )
+
+    def _next_seed(self):
+        if isinstance(self.seed, keras.random.SeedGenerator):
+            return self.seed
+        seed = _derive_seed(self.seed, self._draws)
+        self._draws += 1
+        return seed
+
+    def _common_config(self):
+        return {
+            "seed": keras.saving.serialize_keras_object(self._init_seed),
+            "input_axes": self.input_axes,
+            "output_axes": self.output_axes,
+            "fan_in": self.fan_in,
+            "fan_out": self.fan_out,
+        }
+
+    def get_config(self):
+        return {
+            "scale": self.scale,
+            "mode": self.mode,
+            "distribution": self.distribution,
+            "truncation": self.truncation,
+            **self._common_config(),
+        }
+
+
+def _preset(name, scale, mode, distribution, summary, reference):
+    """Builds a fixed-scale preset class (Glorot, He, LeCun)."""
+
+    def __init__(
+        self,
+        seed=None,
+        input_axes=None,
+        output_axes=None,
+        fan_in=None,
+        fan_out=None,
+    ):
+        VarianceScaling.__init__(
+            self,
+            scale=scale,
+            mode=mode,
+            distribution=distribution,
+            seed=seed,
+            input_axes=input_axes,
+            output_axes=output_axes,
+            fan_in=fan_in,
+            fan_out=fan_out,
+        )
+
+    def get_config(self):
+        return self._common_config()
+
+    std = {
+        "fan_in": f"sqrt({scale:g} / fan_in)",
+        "fan_avg": f"sqrt({2 * scale:g} / (fan_in + fan_out))",
+    }[mode]
+    if distribution == "uniform":
+        draws = f"Draws from `U(-limit, limit)` with `limit = sqrt(3) * {std}`."
+    else:
+        draws = (
+            "Draws from a normal truncated at two standard deviations of "
+            f"the underlying normal, scaled so that the samples' std is "
+            f"exactly `{std}`."
+        )
+    snake = "".join("_" + c.lower() if c.isupper() else c for c in name)[1:]
+    cls = type(
+        name,
+        (VarianceScaling,),
+        {
+            "__init__": __init__,
+            "get_config": get_config,
+            "__module__": __name__,
+            "__doc__": f"""{summary}
+
+    {draws} Same scale, mode and distribution as
+    `keras.initializers.{name}`; the seeding and the sampler are keras_winit's
+    (see `keras_winit.VarianceScaling`).
+
+    Examples:
+
+    >>> # Standalone usage:
+    >>> initializer = keras_winit.{name}(seed=0)
+    >>> values = initializer(shape=(2, 2))
+
+    >>> # Usage in a Keras layer:
+    >>> layer = keras.layers.Dense(3, kernel_initializer="{snake}")
+
+    Args:
+        seed: An int, a `keras.random.SeedGenerator`, or `None`.
+        input_axes: Optional list of ints, axes indexing input units.
+        output_axes: Optional list of ints, axes indexing output units.
+        fan_in: Optional positive int overriding the shape's fan-in.
+        fan_out: Optional positive int overriding the shape's fan-out.
+
+    Reference:
+        - {reference}
+    """,
+        },
+    )
+    cls.__qualname__ = name
+    return _register(cls)
+
+
+_GLOROT = (
+    "[Glorot & Bengio, 2010](https://proceedings.mlr.press/v9/glorot10a.html)"
+)
+_HE = "[He et al., 2015](https://arxiv.org/abs/1502.01852)"
+_LECUN = "[LeCun et al., 1998](https://doi.org/10.1007/3-540-49430-8_2)"
+
+GlorotNormal = _preset(
+    "GlorotNormal",
+    1.0,
+    "fan_avg",
+    "truncated_normal",
+    "The Glorot (Xavier) normal initializer: `Var(w) = 2/(fan_in+fan_out)`.",
+    _GLOROT,
+)
+GlorotUniform = _preset(
+    "GlorotUniform",
+    1.0,
+    "fan_avg",
+    "uniform",
+    "The Glorot (Xavier) uniform initializer: `Var(w) = 2/(fan_in+fan_out)`.",
+    _GLOROT,
+)
+HeNormal = _preset(
+    "HeNormal",
+    2.0,
+    "fan_in",
+    "truncated_normal",
+    "The He (Kaiming) normal initializer: `Var(w) = 2 / fan_in`.",
+    _HE,
+)
+HeUniform = _preset(
+    "HeUniform",
+    2.0,
+    "fan_in",
+    "uniform",
+    "The He (Kaiming) uniform initializer: `Var(w) = 2 / fan_in`.",
+    _HE,
+)
+LecunNormal = _preset(
+    "LecunNormal",
+    1.0,
+    "fan_in",
+    "truncated_normal",
+    "The LeCun normal initializer: `Var(w) = 1 / fan_in`.",
+    _LECUN,
+)
+LecunUniform = _preset(
+    "LecunUniform",
+    1.0,
+    "fan_in",
+    "uniform",
+    "The LeCun uniform initializer: `Var(w) = 1 / fan_in`.",
+    _LECUN,
+)
+
+
+class _GainScaling(VarianceScaling):
+    """Base of the initializers whose scale is `gain(...)**2`."""
+
+    def __init__(
+        self,
+        activation,
+        param,
+        method,
+        mode,
+        distribution,
+        seed,
+        input_axes,
+        output_axes,
+        fan_in,
+        fan_out,
+        truncation=2.0,
+    ):
+        if callable(activation) and not isinstance(activation, str):
+            name = keras.activations.serialize(activation)
+            if not isinstance(name, str):
+                raise ValueError(
+                    "Argument `activation` must be the name of a Keras "
+                    "activation, or a registered activation function, so "
+                    f"the config can keep it. Received: {activation!r}"
+                )
+            activation = name
+        g = gains.gain(activation, param, method=method)
+        self._activation_name = activation
+        super().__init__(
+            scale=g * g,
+            mode=mode,
+            distribution=distribution,
+            seed=seed,
+            input_axes=input_axes,
+            output_axes=output_axes,
+            truncation=truncation,
+            fan_in=fan_in,
+            fan_out=fan_out,
+        )
+        self.gain = g
+
+
+@_register
+class ActivationScaling(_GainScaling):
+    """Scales the variance for the activation that follows the layer.
+
+    `Var(w) = gain(activation, param, method)**2 / fan`, with the gain rules
+    of `keras_winit.gain`: `"moment"` (default) keeps the pre-activation
+    variance constant for any activation, `"kumar"` follows Kumar (2017),
+    `"torch"` follows PyTorch's `calculate_gain`. The config keeps the
+    activation's *name*, so a saved model says what it was initialized for.
+
+    Examples:
+
+    >>> # Standalone usage:
+    >>> initializer = keras_winit.ActivationScaling("gelu", seed=0)
+    >>> values = initializer(shape=(64, 64))
+    >>> round(initializer.gain, 4)
+    1.5335
+
+    >>> # Usage in a Keras layer:
+    >>> layer = keras.layers.Dense(
+    ...     64, activation="sigmoid",
+    ...     kernel_initializer=keras_winit.ActivationScaling(
+    ...         "sigmoid", method="kumar"))
+
+    Args:
+        activation: Name of a Keras activation (or a registered activation
+            function, saved by name).
+        param: Optional activation parameter (negative slope of
+            `"leaky_relu"`, `alpha` of `"elu"`).
+        method: `"moment"`, `"kumar"` or `"torch"`.
+        mode: One of `"fan_in"`, `"fan_out"`, `"fan_avg"`, `"fan_geo_avg"`.
+        distribution: `"truncated_normal"`, `"untruncated_normal"` or
+            `"uniform"`.
+        seed: An int, a `keras.random.SeedGenerator`, or `None`.
+        input_axes: Optional list of ints, axes indexing input units.
+        output_axes: Optional list of ints, axes indexing output units.
+        truncation: Truncation bound of the truncated normal. Default 2.
+        fan_in: Optional positive int overriding the shape's fan-in.
+        fan_out: Optional positive int overriding the shape's fan-out.
+
+    Reference:
+        - [Kumar, 2017](https://arxiv.org/abs/1704.08863)
+        - [He et al., 2015](https://arxiv.org/abs/1502.01852)
+    """
+
+    def __init__(
+        self,
+        activation="relu",
+        param=None,
+        method="moment",
+        mode="fan_in",
+        distribution="truncated_normal",
+        seed=None,
+        input_axes=None,
+        output_axes=None,
+        truncation=2.0,
+        fan_in=None,
+        fan_out=None,
+    ):
+        super().__init__(
+            activation,
+            param,
+            method,
+            mode,
+            distribution,
+            seed,
+            input_axes,
+            output_axes,
+            fan_in,
+            fan_out,
+            truncation=truncation,
+        )
+        self.activation = self._activation_name
+        self.param = param
+        self.method = method
+
+    def get_config(self):
+        return {
+            "activation": self.activation,
+            "param": self.param,
+            "method": self.method,
+            "mode": self.mode,
+            "distribution": self.distribution,
+            "truncation": self.truncation,
+            **self._common_config(),
+        }
+
+
+def _kaiming(name, distribution, sampled):
+    def __init__(
+        self,
+        negative_slope=0.0,
+        mode="fan_in",
+        nonlinearity="leaky_relu",
+        seed=None,
+        input_axes=None,
+        output_axes=None,
+        fan_in=None,
+        fan_out=None,
+    ):
+        _check_choice("mode", mode, ("fan_in", "fan_out"))
+        _GainScaling.__init__(
+            self,
+            nonlinearity,
+            negative_slope,
+            "torch",
+            mode,
+            distribution,
+            seed,
+            input_axes,
+            output_axes,
+            fan_in,
+            fan_out,
+        )
+        self.negative_slope = float(negative_slope)
+        self.nonlinearity = nonlinearity
+
+    def get_config(self):
+        return {
+            "negative_slope": self.negative_slope,
+            "mode": self.mode,
+            "nonlinearity": self.nonlinearity,
+            **self._common_config(),
+        }
+
+    snake = f"kaiming_{name[7:].lower()}"
+    cls = type(
+        name,
+        (_GainScaling,),
+        {
+            "__init__": __init__,
+            "get_config": get_config,
+            "__module__": __name__,
+            "__doc__": f"""The Kaiming (He) initializer, as PyTorch has it.
+
+    Same arguments and values as `torch.nn.init.{snake}_`:
+    {sampled} with `gain = calculate_gain(nonlinearity, negative_slope)`.
+    With the defaults (`nonlinearity="leaky_relu"`, `negative_slope=0`) the
+    gain is √2, i.e. `Var(w) = 2 / fan_in`. Unlike Keras' `He*`, the normal
+    form is *untruncated*, as in PyTorch. The config keeps
+    `nonlinearity`, not the resulting float.
+
+    Examples:
+
+    >>> # Standalone usage:
+    >>> initializer = keras_winit.{name}(nonlinearity="relu", seed=0)
+    >>> values = initializer(shape=(64, 32))
+
+    >>> # Usage in a Keras layer, by its registered name:
+    >>> layer = keras.layers.Dense(3, kernel_initializer="{snake}")
+
+    Args:
+        negative_slope: Negative slope of the leaky ReLU (PyTorch's `a`);
+            used only with `nonlinearity="leaky_relu"`.
+        mode: `"fan_in"` (preserves the forward variance) or `"fan_out"`
+            (preserves the backward variance).
+        nonlinearity: A PyTorch `calculate_gain` name: `"relu"`,
+            `"leaky_relu"`, `"tanh"`, `"selu"`, `"sigmoid"`, `"linear"`, ...
+        seed: An int, a `keras.random.SeedGenerator`, or `None`.
+        input_axes: Optional list of ints, axes indexing input units.
+        output_axes: Optional list of ints, axes indexing output units.
+        fan_in: Optional positive int overriding the shape's fan-in.
+        fan_out: Optional positive int overriding the shape's fan-out.
+
+    Reference:
+        - [He et al., 2015](https://arxiv.org/abs/1502.01852)
+    """,
+        },
+    )
+    cls.__qualname__ = name
+    return _register(cls)
+
+
+KaimingNormal = _kaiming(
+    "KaimingNormal",
+    "untruncated_normal",
+    "draws from `N(0, gain / sqrt(fan))`",
+)
+KaimingUniform = _kaiming(
+    "KaimingUniform",
+    "uniform",
+    "draws from `U(-b, b)`, `b = gain * sqrt(3 / fan)`,",
+)
+
+
+def _xavier(name, distribution, sampled):
+    def __init__(
+        self,
+        gain=1.0,
+        seed=None,
+        input_axes=None,
+        output_axes=None,
+        fan_in=None,
+        fan_out=None,
+    ):
+        g = _check_positive("gain", gain)
+        VarianceScaling.__init__(
+            self,
+            scale=g * g,
+            mode="fan_avg",
+            distribution=distribution,
+            seed=seed,
+            input_axes=input_axes,
+            output_axes=output_axes,
+            fan_in=fan_in,
+            fan_out=fan_out,
+        )
+        self.gain = g
+
+    def get_config(self):
+        return {"gain": self.gain, **self._common_config()}
+
+    snake = f"xavier_{name[6:].lower()}"
+    cls = type(
+        name,
+        (VarianceScaling,),
+        {
+            "__init__": __init__,
+            "get_config": get_config,
+            "__module__": __name__,
+            "__doc__": f"""The Xavier (Glorot) initializer, as PyTorch has it.
+
+    Same arguments and values as `torch.nn.init.{snake}_`: {sampled}.
+    With `gain=1` the variance is `2 / (fan_in + fan_out)`, as Glorot &
+    Bengio's normalized initialization.{
+                " Unlike Keras' `GlorotNormal` (truncated), the "
+                "distribution is an untruncated normal, as in PyTorch."
+                if distribution == "untruncated_normal"
+                else ""
+            }
+
+    Examples:
+
+    >>> # Standalone usage:
+    >>> initializer = keras_winit.{name}(gain=keras_winit.gain("tanh"))
+    >>> values = initializer(shape=(64, 32))
+
+    >>> # Usage in a Keras layer, by its registered name:
+    >>> layer = keras.layers.Dense(3, kernel_initializer="{snake}")
+
+    Args:
+        gain: Positive float multiplying the standard deviation.
+        seed: An int, a `keras.random.SeedGenerator`, or `None`.
+        input_axes: Optional list of ints, axes indexing input units.
+        output_axes: Optional list of ints, axes indexing output units.
+        fan_in: Optional positive int overriding the shape's fan-in.
+        fan_out: Optional positive int overriding the shape's fan-out.
+
+    Reference:
+        - {_GLOROT}
+    """,
+        },
+    )
+    cls.__qualname__ = name
+    return _register(cls)
+
+
+XavierNormal = _xavier(
+    "XavierNormal",
+    "untruncated_normal",
+    "`N(0, gain * sqrt(2 / (fan_in + fan_out)))`",
+)
+XavierUniform = _xavier(
+    "XavierUniform",
+    "uniform",
+    "`U(-b, b)` with `b = gain * sqrt(6 / (fan_in + fan_out))`",
+)
+
+#: Every initializer class keras_winit defines, by class name.
+ALL_INITIALIZERS = (
+    VarianceScaling,
+    GlorotNormal,
+    GlorotUniform,
+    HeNormal,
+    HeUniform,
+    LecunNormal,
+    LecunUniform,
+    XavierNormal,
+    XavierUniform,
+    KaimingNormal,
+    KaimingUniform,
+    ActivationScaling,
+)
+
+# Snake-case names users bring from PyTorch and the papers, resolvable with
+# `keras.initializers.get(...)` and usable as `kernel_initializer="..."`.
+ALIASES = {
+    "xavier_normal": XavierNormal,
+    "xavier_uniform": XavierUniform,
+    "kaiming_normal": KaimingNormal,
+    "kaiming_uniform": KaimingUniform,
+}
+
+
+def register_aliases():
+    """Makes the `ALIASES` names resolvable by `keras.initializers.get`."""
+    custom_objects = keras.saving.get_custom_objects()
+    for alias, cls in ALIASES.items():
+        custom_objects.setdefault(alias, cls)
+
+
+def _derive_seed(seed, draw):
+    """SplitMix64 of `(seed, draw)`, folded to a non-negative int32."""
+    z = ((int(seed) & 0xFFFFFFFFFFFFFFFF) * 0x9E3779B97F4A7C15 + draw + 1) & (
+        0xFFFFFFFFFFFFFFFF
+    )
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    z ^= z >> 31
+    return int(z & 0x7FFFFFFF)
+
+
+def _check_positive(name, value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(
+            f"Argument `{name}` must be a positive finite float. "
+            f"Received: {name}={value!r}"
+        )
+    return float(value)
+
+
+def _check_choice(name, value, choices):
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise ValueError(
+            f"Invalid `{name}` argument: {value!r}. Expected one of {choices}."
+        )
+    return value.lower()
+
+
+def _check_fan(name, value):
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value <= 0
+    ):
+        raise ValueError(
+            f"Argument `{name}` must be a positive integer or None. "
+            f"Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def _check_axes(input_axes, output_axes):
+    if (input_axes is None) != (output_axes is None):
+        raise ValueError(
+            "Arguments `input_axes` and `output_axes` must be given together. "
+            f"Received: input_axes={input_axes}, output_axes={output_axes}"
+        )
+    if input_axes is None:
+        return None, None
+    checked = []
+    for name, axes in (
+        ("input_axes", input_axes),
+        ("output_axes", output_axes),
+    ):
+        if isinstance(axes, numbers.Integral):
+            axes = [axes]
+        if not all(
+            isinstance(a, numbers.Integral) and not isinstance(a, bool)
+            for a in axes
+        ):
+            raise ValueError(
+                f"Argument `{name}` must be a list of ints. "
+                f"Received: {name}={axes!r}"
+            )
+        checked.append([int(a) for a in axes])
+    return checked[0], checked[1]
+
+
+def _check_shape(shape):
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        dims = None
+    if dims is None or not all(
+        isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0
+        for d in dims
+    ):
+        raise ValueError(
+            "Argument `shape` must be a tuple of non-negative integers with "
+            f"every dimension known. Received: shape={shape!r}"
+        )
+    return tuple(int(d) for d in dims)
+
+
+def _check_dtype(dtype):
+    dtype = keras.backend.standardize_dtype(dtype or keras.backend.floatx())
+    if dtype not in _FLOAT_DTYPES:
+        raise ValueError(
+            "keras_winit initializers draw floating-point values only. "
+            f"Expected one of {_FLOAT_DTYPES}. Received: dtype={dtype}"
+        )
+    return dtype
