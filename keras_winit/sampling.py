@@ -20,6 +20,8 @@ cast, so `erfinv` and the bound are computed at full precision.
 import math
 
 import keras
+import ml_dtypes  # noqa: F401  (registers bfloat16 with NumPy)
+import numpy as np
 
 from keras_winit.gains import truncated_normal_std
 
@@ -65,7 +67,25 @@ def sample(distribution, shape, stddev, dtype, seed, truncation=2.0):
         )
     if compute_dtype != dtype:
         values = keras.ops.cast(values, dtype)
+        if distribution != "untruncated_normal":
+            # Rounding to half precision can step past the bound: clip to the
+            # largest value of `dtype` that is inside it.
+            limit = _inner_limit(
+                math.sqrt(3.0) * stddev
+                if distribution == "uniform"
+                else truncation * stddev / truncated_normal_std(truncation),
+                dtype,
+            )
+            values = keras.ops.clip(values, -limit, limit)
     return values
+
+
+def _inner_limit(limit, dtype):
+    """The largest value representable in `dtype` that is <= `limit`."""
+    rounded = np.asarray(limit, dtype=np.float64).astype(dtype)
+    if float(rounded) > limit:
+        rounded = np.nextafter(rounded, np.zeros((), dtype=dtype))
+    return float(rounded)
 
 
 def _truncated_normal(shape, stddev, bound, dtype, seed):
