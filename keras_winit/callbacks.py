@@ -426,10 +426,16 @@ class _State:
         """Computes and stores the statistics (traced into `train_step`)."""
         import tensorflow as tf
 
+        optimizer = self.optimizer
+        if not optimizer.built and trainable_variables is not None:
+            # What `apply` does first; needed to read its state below.
+            with keras.name_scope(optimizer.name, caller=optimizer):
+                optimizer.build(list(trainable_variables))
+            optimizer.built = True
         if trainable_variables is None:
             trainable_variables = self.inner._trainable_variables
         pairs = []
-        for g, v in zip(grads, list(trainable_variables)):
+        for g, v in zip(grads, list(trainable_variables), strict=False):
             i = self._slot(v)
             if g is None or i is None:
                 continue
@@ -469,7 +475,7 @@ class _State:
             ]
             grads = [
                 (g + tf.cast(tf.convert_to_tensor(a), tf.float32)) / k
-                for g, a in zip(grads, accumulators)
+                for g, a in zip(grads, accumulators, strict=True)
             ]
         else:
             is_update = tf.constant(True)
@@ -718,7 +724,7 @@ class _State:
             @tf.function(autograph=False)
             def write_weights(step):
                 with writer.as_default(), tf.summary.record_if(True):
-                    for v, p in zip(variables, paths):
+                    for v, p in zip(variables, paths, strict=True):
                         w = tf.cast(tf.convert_to_tensor(v), tf.float32)
                         _scalar(
                             f"weight_variance/{p}",

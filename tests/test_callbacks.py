@@ -1,0 +1,580 @@
+"""Tests for `keras_winit.callbacks.GradientVarianceLogger`."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+
+from keras_winit.callbacks import GradientVarianceLogger
+from keras_winit.callbacks import GradientVarianceWarning
+
+BATCH = 8
+N = 48  # 6 batches per epoch
+
+
+def _data(seed=0, n=N):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)).astype("float32")
+    y = rng.normal(size=(n, 2)).astype("float32")
+    return x, y
+
+
+def _model(seed=1, dtype=None):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(
+                5, activation="tanh", name="hidden", dtype=dtype
+            ),
+            keras.layers.Dense(2, name="out", dtype=dtype),
+        ],
+        name="mlp",
+    )
+
+
+PATHS = [
+    "mlp/hidden/kernel",
+    "mlp/hidden/bias",
+    "mlp/out/kernel",
+    "mlp/out/bias",
+]
+
+
+def _read(run_dir):
+    acc = event_accumulator.EventAccumulator(
+        str(run_dir), size_guidance={event_accumulator.TENSORS: 0}
+    )
+    acc.Reload()
+    out = {}
+    for tag in acc.Tags()["tensors"]:
+        out[tag] = [
+            (e.step, tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)
+        ]
+    return out
+
+
+def _steps(events, tag):
+    return [s for s, _ in events[tag]]
+
+
+def _value(events, tag, step):
+    values = [float(v) for s, v in events[tag] if s == step]
+    assert len(values) == 1, (tag, step, values)
+    return values[0]
+
+
+def _tape_variances(model, x, y, loss_fn=None):
+    loss_fn = loss_fn or keras.losses.MeanSquaredError()
+    with tf.GradientTape() as tape:
+        loss = loss_fn(y, model(x, training=True))
+    grads = tape.gradient(loss, model.trainable_variables)
+    return {
+        v.path: float(np.var(g.numpy().astype("float64")))
+        for v, g in zip(model.trainable_variables, grads, strict=True)
+    }
+
+
+def _fit(model, log_dir, epochs=1, callbacks=(), **logger_kwargs):
+    x, y = _data()
+    logger = GradientVarianceLogger(log_dir, **logger_kwargs)
+    model.fit(
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
+        callbacks=[logger, *callbacks],
+    )
+    return logger
+
+
+def _check_step0_matches_tape(events, expected):
+    for path, variance in expected.items():
+        got = _value(events, f"grad_variance/{path}", 0)
+        np.testing.assert_allclose(got, variance, rtol=1e-4, err_msg=path)
+
+
+# ---------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"update_freq": 0}, "Received: update_freq=0"),
+        ({"update_freq": 1.5}, "Received: update_freq=1.5"),
+        ({"update_freq": True}, "Received: update_freq=True"),
+        ({"histogram_freq": -1}, "Received: histogram_freq=-1"),
+        ({"weights_freq": "1"}, "Received: weights_freq='1'"),
+        ({"warn_log10_ratio": 0}, "Received: warn_log10_ratio=0"),
+        ({"warn_log10_ratio": "big"}, "Received: warn_log10_ratio='big'"),
+        ({"log_dir": ""}, "Received: log_dir=''"),
+        ({"log_dir": None}, "Received: log_dir=None"),
+        ({"run_name": "a/b"}, "Received: run_name='a/b'"),
+    ],
+    ids=lambda v: str(v),
+)
+def test_init_validates_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GradientVarianceLogger(**kwargs)
+
+
+def test_init_messages_name_the_argument():
+    with pytest.raises(
+        ValueError,
+        match=r"Argument `update_freq` must be a positive integer\. "
+        r"Received: update_freq=0",
+    ):
+        GradientVarianceLogger(update_freq=0)
+
+
+# ------------------------------------------------------------- fail early
+
+
+def test_uncompiled_model_fails_before_first_step(tmp_path):
+    logger = GradientVarianceLogger(tmp_path)
+    logger.set_model(_model())
+    with pytest.raises(ValueError, match="compiled model with an optimizer"):
+        logger.on_train_begin()
+
+
+def test_non_tensorflow_backend_fails_in_set_model(tmp_path, monkeypatch):
+    logger = GradientVarianceLogger(tmp_path)
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(RuntimeError, match="backend='jax'"):
+        logger.set_model(_model())
+
+
+def test_unwritable_log_dir_fails_before_first_step(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = _data()
+    logger = GradientVarianceLogger(blocker / "logs")
+    with pytest.raises(ValueError, match="cannot write to `log_dir`"):
+        model.fit(x, y, batch_size=BATCH, verbose=0, callbacks=[logger])
+    assert int(model.optimizer.iterations.numpy()) == 0
+    assert "apply" not in model.optimizer.__dict__
+
+
+# ---------------------------------------------------------- must work with
+
+
+def test_plain_fit_logs_every_layer_and_matches_gradient_tape(tmp_path):
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = _data()
+    expected = _tape_variances(model, x[:BATCH], y[:BATCH])
+    _fit(model, tmp_path, epochs=2, update_freq=4)
+    events = _read(tmp_path / "gradients")
+    for path in PATHS:
+        for stat in ("variance", "mean", "norm", "nonfinite"):
+            assert _steps(events, f"grad_{stat}/{path}") == [0, 4, 8], path
+        assert _value(events, f"grad_nonfinite/{path}", 0) == 0
+    _check_step0_matches_tape(events, expected)
+    assert _steps(events, "grad_summary/log10_variance_ratio") == [0, 4, 8]
+    kernels = [expected["mlp/hidden/kernel"], expected["mlp/out/kernel"]]
+    np.testing.assert_allclose(
+        _value(events, "grad_summary/log10_variance_ratio", 0),
+        np.log10(max(kernels) / min(kernels)),
+        rtol=1e-4,
+    )
+    # Optional summaries are off by default.
+    assert not any(t.startswith(("grad_histogram", "weight_")) for t in events)
+    # The optimizer is restored and the model saves as before.
+    assert "apply" not in model.optimizer.__dict__
+    model.save(tmp_path / "model.keras")
+
+
+def test_jit_compile(tmp_path):
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse", jit_compile=True)
+    x, y = _data()
+    expected = _tape_variances(model, x[:BATCH], y[:BATCH])
+    _fit(model, tmp_path, update_freq=2)
+    events = _read(tmp_path / "gradients")
+    assert _steps(events, "grad_variance/mlp/out/kernel") == [0, 2, 4]
+    _check_step0_matches_tape(events, expected)
+
+
+def test_steps_per_execution_keeps_every_recorded_step(tmp_path):
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse", steps_per_execution=4)
+    x, y = _data()
+    expected = _tape_variances(model, x[:BATCH], y[:BATCH])
+    _fit(model, tmp_path, epochs=2, update_freq=1)
+    events = _read(tmp_path / "gradients")
+    assert _steps(events, "grad_variance/mlp/hidden/kernel") == list(range(12))
+    _check_step0_matches_tape(events, expected)
+
+
+def test_mixed_float16_unscales_and_reports_skipped_steps(tmp_path):
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = _model()
+        # A huge loss scale overflows float16 backprop: the first steps are
+        # skipped (and the scale halved) until the gradients are finite.
+        optimizer = keras.optimizers.LossScaleOptimizer(
+            keras.optimizers.SGD(), initial_scale=2.0**20
+        )
+        model.compile(optimizer=optimizer, loss="mse")
+        x, y = _data()
+        logger = GradientVarianceLogger(tmp_path, update_freq=1)
+        model.fit(
+            x, y, batch_size=BATCH, shuffle=False, verbose=0, callbacks=[logger]
+        )
+        events = _read(tmp_path / "gradients")
+        skipped = events["grad_summary/skipped_steps"]
+        n_skipped = int(skipped[-1][1])
+        assert n_skipped >= 1
+        assert [int(v) for _, v in skipped] == list(range(1, n_skipped + 1))
+        # Skipped steps are not applied: iterations do not advance.
+        assert all(s == 0 for s, _ in skipped)
+        applied = N // BATCH - n_skipped
+        tag = "grad_variance/mlp/hidden/kernel"
+        assert _steps(events, tag) == list(range(applied))
+        assert all(np.isfinite(float(v)) for _, v in events[tag])
+        nonfinite = events["grad_nonfinite/mlp/hidden/kernel"]
+        assert max(float(v) for _, v in nonfinite) > 0
+        # Step 0 is the first finite batch; its logged gradient is unscaled.
+        start = n_skipped * BATCH
+        expected = _tape_variances(
+            _model(), x[start : start + BATCH], y[start : start + BATCH]
+        )
+        for path, variance in expected.items():
+            got = float(events[f"grad_variance/{path}"][-applied][1])
+            np.testing.assert_allclose(got, variance, rtol=0.05, err_msg=path)
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
+    model = _model()
+    model.compile(
+        optimizer=keras.optimizers.SGD(gradient_accumulation_steps=2),
+        loss="mse",
+    )
+    x, y = _data()
+    # Optimizer step 0 applies the mean of the first two batch gradients.
+    loss_fn = keras.losses.MeanSquaredError()
+    grads = []
+    for i in range(2):
+        xb, yb = x[i * BATCH : (i + 1) * BATCH], y[i * BATCH : (i + 1) * BATCH]
+        with tf.GradientTape() as tape:
+            loss = loss_fn(yb, model(xb, training=True))
+        grads.append(tape.gradient(loss, model.trainable_variables))
+    expected = {
+        v.path: float(np.var((g0.numpy() + g1.numpy()) / 2))
+        for v, g0, g1 in zip(model.trainable_variables, *grads, strict=True)
+    }
+    _fit(model, tmp_path, epochs=2, update_freq=1)
+    events = _read(tmp_path / "gradients")
+    assert int(model.optimizer.iterations.numpy()) == 6
+    assert _steps(events, "grad_variance/mlp/out/kernel") == list(range(6))
+    _check_step0_matches_tape(events, expected)
+
+
+def test_repeated_fit_and_recompile(tmp_path):
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = _data()
+    _fit(model, tmp_path, update_freq=3)  # steps 0..5
+    model.fit(x, y, batch_size=BATCH, verbose=0)  # without: steps 6..11
+    _fit(model, tmp_path, update_freq=3)  # steps 12..17
+    model.compile(optimizer="adam", loss="mse")  # new optimizer: from 0
+    expected = _tape_variances(model, x[:BATCH], y[:BATCH])
+    _fit(model, tmp_path / "recompiled", update_freq=3)
+    events = _read(tmp_path / "gradients")
+    assert _steps(events, "grad_variance/mlp/out/bias") == [0, 3, 12, 15]
+    events = _read(tmp_path / "recompiled" / "gradients")
+    assert _steps(events, "grad_variance/mlp/out/bias") == [0, 3]
+    _check_step0_matches_tape(events, expected)
+    assert "apply" not in model.optimizer.__dict__
+
+
+def test_validation_data_is_not_logged(tmp_path):
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = _data()
+    logger = GradientVarianceLogger(tmp_path, update_freq=1)
+    model.fit(
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=2,
+        validation_data=_data(seed=5, n=16),
+        verbose=0,
+        callbacks=[logger],
+    )
+    events = _read(tmp_path / "gradients")
+    assert _steps(events, "grad_variance/mlp/hidden/bias") == list(range(12))
+
+
+def test_with_keras_tensorboard_on_same_log_dir(tmp_path):
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = _data()
+    expected = _tape_variances(model, x[:BATCH], y[:BATCH])
+    tensorboard = keras.callbacks.TensorBoard(
+        tmp_path, update_freq=4, histogram_freq=1
+    )
+    # Keras' record_if(step % 4 == 0) must not swallow steps 1, 2, 3.
+    _fit(model, tmp_path, callbacks=[tensorboard], update_freq=1)
+    events = _read(tmp_path / "gradients")
+    assert _steps(events, "grad_variance/mlp/out/kernel") == list(range(6))
+    _check_step0_matches_tape(events, expected)
+    keras_events = _read(tmp_path / "train")
+    assert "batch_loss" in keras_events
+
+
+class _CustomModel(keras.Model):
+    def __init__(self):
+        super().__init__(name="custom")
+        self.hidden = keras.layers.Dense(5, activation="tanh", name="hidden")
+        self.out = keras.layers.Dense(2, name="out")
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+    def train_step(self, data):
+        x, y = data
+        with tf.GradientTape() as tape:
+            loss = keras.ops.mean(keras.ops.square(self(x) - y))
+        variables = self.trainable_variables
+        grads = tape.gradient(loss, variables)
+        self.optimizer.apply(grads, variables)
+        return {"loss": loss}
+
+
+def test_custom_train_step_calling_optimizer_apply(tmp_path):
+    keras.utils.set_random_seed(3)
+    model = _CustomModel()
+    model.compile(optimizer="sgd")
+    x, y = _data()
+    model(x[:1])
+    expected = _tape_variances(model, x[:BATCH], y[:BATCH])
+    _fit(model, tmp_path, update_freq=1)
+    events = _read(tmp_path / "gradients")
+    assert set(expected) == {
+        "custom/hidden/kernel",
+        "custom/hidden/bias",
+        "custom/out/kernel",
+        "custom/out/bias",
+    }
+    assert _steps(events, "grad_variance/custom/out/kernel") == list(range(6))
+    _check_step0_matches_tape(events, expected)
+
+
+def test_does_not_change_training(tmp_path):
+    tf.config.experimental.enable_op_determinism()
+    try:
+        weights = []
+        for use_logger in (False, True):
+            model = _model(seed=7)
+            model.compile(optimizer="adam", loss="mse")
+            keras.utils.set_random_seed(11)
+            x, y = _data()
+            callbacks = (
+                [GradientVarianceLogger(tmp_path, update_freq=2)]
+                if use_logger
+                else []
+            )
+            model.fit(
+                x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=callbacks
+            )
+            weights.append([w.numpy() for w in model.weights])
+        for a, b in zip(*weights, strict=True):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        # No public API turns it off again; the private switch does.
+        from tensorflow.python.framework import config as tf_config
+
+        tf_config.disable_op_determinism()
+
+
+def test_warning_names_the_layer_once(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(
+                5,
+                activation="tanh",
+                kernel_initializer=keras.initializers.RandomNormal(stddev=30),
+                name="saturated",
+            ),
+            keras.layers.Dense(2, name="out"),
+        ],
+        name="deep",
+    )
+    model.compile(optimizer=keras.optimizers.SGD(1e-6), loss="mse")
+    with pytest.warns(GradientVarianceWarning) as record:
+        _fit(model, tmp_path, update_freq=1, warn_log10_ratio=0.5)
+    assert len(record) == 1
+    message = str(record[0].message)
+    assert "'deep/saturated'" in message and "'deep/out'" in message
+
+
+def test_histograms_and_weight_variance(tmp_path):
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    _fit(model, tmp_path, epochs=2, histogram_freq=5, weights_freq=4)
+    events = _read(tmp_path / "gradients")
+    shapes = {v.path: v.shape for v in model.trainable_variables}
+    for path in PATHS:
+        hist = events[f"grad_histogram/{path}"]
+        assert [s for s, _ in hist] == [0, 5, 10]
+        size = np.prod(shapes[path])
+        assert hist[0][1].shape == (30, 3)
+        assert hist[0][1][:, 2].sum() == size
+        # Before the first step (the initialization), then every 4 steps.
+        assert _steps(events, f"weight_variance/{path}") == [0, 4, 8, 12]
+    np.testing.assert_allclose(
+        _value(events, "weight_variance/mlp/hidden/kernel", 12),
+        np.var(model.get_layer("hidden").kernel.numpy()),
+        rtol=1e-5,
+    )
+
+
+# -------------------------------------------------------------- end to end
+
+
+MIRRORED_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    from tensorboard.backend.event_processing import event_accumulator as ea
+    from keras_winit.callbacks import GradientVarianceLogger
+
+    log_dir = sys.argv[1]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 6)).astype("float32")
+    y = rng.normal(size=(32, 2)).astype("float32")
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([
+            keras.Input((6,)),
+            keras.layers.Dense(5, activation="tanh", name="hidden"),
+            keras.layers.Dense(2, name="out")], name="mlp")
+        model.compile(optimizer="sgd", loss="mse")
+    with tf.GradientTape() as tape:
+        loss = keras.losses.MeanSquaredError()(y[:8], model(x[:8]))
+    grads = tape.gradient(loss, model.trainable_variables)
+    expected = {v.path: float(np.var(g.numpy()))
+                for v, g in zip(model.trainable_variables, grads)}
+    model.fit(x, y, batch_size=8, shuffle=False, verbose=0,
+              callbacks=[GradientVarianceLogger(log_dir, update_freq=1)])
+    acc = ea.EventAccumulator(os.path.join(log_dir, "gradients"),
+                              size_guidance={ea.TENSORS: 0})
+    acc.Reload()
+    got = {p: [(e.step, float(tf.make_ndarray(e.tensor_proto)))
+               for e in acc.Tensors("grad_variance/" + p)] for p in expected}
+    print(json.dumps({"replicas": strategy.num_replicas_in_sync,
+                      "expected": expected, "got": got}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_sums_replica_gradients(tmp_path):
+    # Logical devices must be set before TensorFlow initializes its
+    # runtime, which this test process already did: use a fresh process.
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+    result = subprocess.run(
+        [sys.executable, "-c", MIRRORED_SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["replicas"] == 2
+    for path, variance in out["expected"].items():
+        steps = [s for s, _ in out["got"][path]]
+        assert steps == [0, 1, 2, 3], path
+        np.testing.assert_allclose(
+            out["got"][path][0][1], variance, rtol=1e-4, err_msg=path
+        )
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.slow
+def test_tensorboard_server_shows_the_curves(tmp_path):
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    _fit(model, tmp_path, update_freq=2)
+    port = _free_port()
+    tensorboard = os.path.join(os.path.dirname(sys.executable), "tensorboard")
+    server = subprocess.Popen(
+        [
+            tensorboard,
+            "--logdir",
+            str(tmp_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--reload_interval",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    tag = "grad_variance/mlp/hidden/kernel"
+    try:
+        deadline = time.monotonic() + 90
+        tags = {}
+        while time.monotonic() < deadline:  # bounded polling
+            assert server.poll() is None, "tensorboard exited"
+            try:
+                tags = _get_json(f"{base}/data/plugin/scalars/tags")
+            except (urllib.error.URLError, ConnectionError):
+                tags = {}
+            if tag in tags.get("gradients", {}):
+                break
+            time.sleep(0.5)
+        assert tag in tags.get("gradients", {}), tags
+        for path in PATHS:
+            assert f"grad_variance/{path}" in tags["gradients"]
+        query = urllib.parse.urlencode({"run": "gradients", "tag": tag})
+        points = _get_json(f"{base}/data/plugin/scalars/scalars?{query}")
+        assert [p[1] for p in points] == [0, 2, 4]
+        events = _read(tmp_path / "gradients")
+        np.testing.assert_allclose(
+            [p[2] for p in points], [float(v) for _, v in events[tag]]
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
