@@ -1,0 +1,474 @@
+"""Layer-by-layer execution of a Keras model, shared by the signal tools.
+
+`diagnose`, `ActivationHistogramLogger` and `lsuv` all need to run a model
+one layer at a time and look at what each layer does: its pre-activation
+(the output of a `Dense`/`Conv` layer *before* its fused activation), its
+output, and the gradient of a loss with respect to both. This module holds
+that machinery, once:
+
+- `execute(model, inputs, leaf_fn)` runs a `Sequential` or Functional model
+  (nested ones included) and calls `leaf_fn(layer, args, kwargs)` in place
+  of every leaf layer, in execution (hence topological) order.
+- `split_call(layer, args, kwargs)` returns `(z, a)`: for a kernel layer
+  with a fused activation, `z` is its output computed with the activation
+  temporarily set to `linear` and `a = activation(z)`; otherwise `z` is
+  `None` and `a` the layer's output.
+- `probe(model, x, ...)` runs one forward and backward pass under a
+  `tf.GradientTape` and returns one `Record` per layer call.
+
+Only the TensorFlow backend is supported, and only `Sequential` and
+Functional models (subclassed models have no graph to walk). Functional
+models are run through `Functional._run_through_graph`, Keras' own graph
+executor.
+"""
+
+import dataclasses
+import math
+import numbers
+
+import keras
+import numpy as np
+
+# Kernel layers whose fused activation is split off, and which LSUV
+# rescales. Subclasses are covered by `isinstance`.
+KERNEL_LAYER_TYPES = (
+    keras.layers.Dense,
+    keras.layers.EinsumDense,
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    keras.layers.Conv1DTranspose,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Conv3DTranspose,
+    keras.layers.DepthwiseConv1D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv1D,
+    keras.layers.SeparableConv2D,
+)
+
+# Activations whose output saturates: name -> (low, high) asymptotes.
+SATURATING = {
+    "tanh": (-1.0, 1.0),
+    "sigmoid": (0.0, 1.0),
+    "hard_sigmoid": (0.0, 1.0),
+    "softsign": (-1.0, 1.0),
+    "hard_tanh": (-1.0, 1.0),
+}
+# Activations whose units die: output exactly 0 over a whole region.
+RELU_FAMILY = ("relu", "relu6")
+
+
+def check_backend(what):
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise RuntimeError(
+            f"{what} only supports the TensorFlow backend. "
+            f"Received: backend={backend!r}. Set KERAS_BACKEND=tensorflow."
+        )
+
+
+def check_model(model, what):
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"Argument `model` of {what} must be a `keras.Model`. "
+            f"Received: model={model!r}"
+        )
+    if not is_graph_model(model):
+        raise ValueError(
+            f"{what} supports `keras.Sequential` and Functional models only "
+            "(a subclassed model has no layer graph to walk). Received: "
+            f"model={model.name!r} of type {type(model).__name__}."
+        )
+    if not model.built or not model.weights:
+        raise ValueError(
+            f"{what} needs a built model with weights. Build it first "
+            "(give it a `keras.Input`, call it on a batch, or call "
+            f"`model.build(input_shape)`). Received: model={model.name!r} "
+            f"(built={model.built}, {len(model.weights)} weights)."
+        )
+
+
+def is_graph_model(model):
+    if isinstance(model, keras.Sequential):
+        return True
+    return hasattr(model, "_run_through_graph") and hasattr(
+        model, "_nodes_by_depth"
+    )
+
+
+def check_number(name, value, low=None, high=None, integer=False):
+    """Validates a number in `(low, high)` (exclusive); returns it."""
+    kind = "an integer" if integer else "a number"
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if integer:
+        ok = ok and isinstance(value, numbers.Integral)
+    ok = ok and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low
+    if ok and high is not None:
+        ok = value < high
+    if not ok:
+        bounds = []
+        if low is not None:
+            bounds.append(f"> {low}")
+        if high is not None:
+            bounds.append(f"< {high}")
+        detail = f" {' and '.join(bounds)}" if bounds else ""
+        raise ValueError(
+            f"Argument `{name}` must be {kind}{detail}. "
+            f"Received: {name}={value!r}"
+        )
+    return value
+
+
+def to_tensors(x, name="x"):
+    """Converts a batch (array or nest of arrays) to tensors; checks size."""
+    import tensorflow as tf
+
+    def convert(v):
+        v = np.asarray(v) if not tf.is_tensor(v) else v
+        if v.dtype in (np.float64, np.float16) or (
+            tf.is_tensor(v) and v.dtype.is_floating and v.dtype != tf.float32
+        ):
+            return tf.cast(v, keras.backend.floatx())
+        return tf.convert_to_tensor(v)
+
+    try:
+        tensors = tf.nest.map_structure(convert, x)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"Argument `{name}` must be an array or a nest of arrays. "
+            f"Received: {name} of type {type(x).__name__} ({e})"
+        ) from e
+    flat = tf.nest.flatten(tensors)
+    if not flat or any(t.shape.rank is None or t.shape.rank < 1 for t in flat):
+        raise ValueError(
+            f"Argument `{name}` must hold arrays with a batch axis. "
+            f"Received: {name} with shapes {[t.shape for t in flat]}"
+        )
+    sizes = {int(t.shape[0]) for t in flat}
+    if len(sizes) != 1:
+        raise ValueError(
+            f"All arrays of `{name}` must have the same batch size. "
+            f"Received: batch sizes {sorted(sizes)}"
+        )
+    return tensors, sizes.pop()
+
+
+# ----------------------------------------------------------------------
+# Execution.
+
+
+def execute(model, inputs, leaf_fn, training=False):
+    """Runs `model` on `inputs`, with `leaf_fn` in place of each leaf layer.
+
+    `leaf_fn(layer, args, kwargs)` must return what `layer(*args, **kwargs)`
+    returns. Nested `Sequential`/Functional models are walked into; other
+    operations of a Functional graph (e.g. `keras.ops` calls) are run as
+    they are.
+    """
+    if isinstance(model, keras.Sequential):
+        x = inputs
+        for layer in model.layers:
+            x = _call_operation(layer, (x,), {}, leaf_fn, training)
+        return x
+    flat = model._standardize_inputs(inputs)
+    outputs = model._run_through_graph(
+        flat,
+        operation_fn=lambda op: (
+            lambda *args, **kwargs: _call_operation(
+                op, args, kwargs, leaf_fn, training
+            )
+        ),
+    )
+    if isinstance(outputs, (list, tuple)) and len(outputs) == 1:
+        return outputs[0]
+    return outputs
+
+
+def _call_operation(op, args, kwargs, leaf_fn, training):
+    if isinstance(op, keras.Model) and is_graph_model(op):
+        inputs = args[0] if len(args) == 1 else list(args)
+        return execute(op, inputs, leaf_fn, training)
+    if isinstance(op, keras.layers.Layer):
+        if getattr(op, "_call_has_training_arg", False):
+            kwargs = {**kwargs, "training": training}
+        return leaf_fn(op, args, kwargs)
+    return op(*args, **kwargs)
+
+
+def fused_activation(layer):
+    """The activation fused into a kernel layer, or `None` when linear."""
+    if not isinstance(layer, KERNEL_LAYER_TYPES):
+        return None
+    fn = getattr(layer, "activation", None)
+    if fn is None or fn is keras.activations.linear:
+        return None
+    if getattr(fn, "__name__", None) == "linear":
+        return None
+    return fn
+
+
+def split_call(layer, args, kwargs):
+    """Returns `(z, a)`: pre-activation (or `None`) and output of a call.
+
+    A kernel layer with a fused activation is called with its `activation`
+    attribute temporarily set to `keras.activations.linear` (restored even
+    on error), which gives the exact pre-activation `z`; the activation is
+    then applied to it. Masks and autocasting are handled by the layer's
+    own `__call__`.
+    """
+    fn = fused_activation(layer)
+    if fn is None:
+        return None, layer(*args, **kwargs)
+    layer.activation = keras.activations.linear
+    try:
+        z = layer(*args, **kwargs)
+    finally:
+        layer.activation = fn
+    return z, fn(z)
+
+
+def kernel_variable(layer):
+    """The kernel that sets a kernel layer's output scale (or `None`)."""
+    if not isinstance(layer, KERNEL_LAYER_TYPES):
+        return None
+    if isinstance(
+        layer, (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+    ):
+        return getattr(layer, "pointwise_kernel", None)
+    kernel = getattr(layer, "_kernel", None)
+    if kernel is None:
+        kernel = getattr(layer, "kernel", None)
+    if isinstance(kernel, keras.Variable):
+        return kernel
+    return None
+
+
+def activation_of(layer):
+    """`(name, param)` of the activation a layer applies, or `None`."""
+    fn = None
+    if isinstance(layer, keras.layers.Activation):
+        fn = layer.activation
+    elif isinstance(layer, KERNEL_LAYER_TYPES):
+        fn = fused_activation(layer)
+    elif isinstance(layer, keras.layers.ReLU):
+        if layer.max_value == 6 and not layer.negative_slope:
+            return "relu6", None
+        if layer.negative_slope:
+            return "leaky_relu", float(layer.negative_slope)
+        return "relu", None
+    elif isinstance(layer, keras.layers.LeakyReLU):
+        return "leaky_relu", float(layer.negative_slope)
+    elif isinstance(layer, keras.layers.ELU):
+        return "elu", float(layer.alpha)
+    elif isinstance(layer, keras.layers.Softmax):
+        return "softmax", None
+    if fn is None:
+        return None
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    if name == "linear":
+        return None
+    return name, None
+
+
+def layer_path(layer):
+    return layer.path or layer.name
+
+
+# ----------------------------------------------------------------------
+# One forward and backward pass.
+
+
+@dataclasses.dataclass
+class Record:
+    """What one layer call did during `probe` (NumPy arrays)."""
+
+    layer: object
+    path: str
+    call_index: int
+    activation: object  # (name, param) or None
+    pre: object  # pre-activation z, or None when not split
+    out: object  # output a
+    grad: object  # dC/dz when split, else dC/da; None if disconnected
+    kernel_grad: object  # dC/dkernel (first call only), else None
+
+    @property
+    def signal(self):
+        """The tensor whose gradient is `grad`: `pre` if split, else `out`."""
+        return self.out if self.pre is None else self.pre
+
+    @property
+    def name(self):
+        if self.call_index == 0:
+            return self.path
+        return f"{self.path}/call_{self.call_index + 1}"
+
+
+def probe(model, x, y=None, loss=None, training=False, seed=0):
+    """One forward and backward pass; returns `(records, loss_description)`.
+
+    Args:
+        model: A built `Sequential` or Functional model.
+        x: The batch (already converted with `to_tensors`).
+        y: Optional targets, or `None`.
+        loss: Optional loss (name, `keras.losses.Loss` or callable
+            `(y_true, y_pred)`), used with `y`.
+        training: Passed to layers that take a `training` argument.
+        seed: Seed of the random projection used when `y` is `None`.
+    """
+    import tensorflow as tf
+
+    calls = []
+    seen = {}
+
+    def leaf(layer, args, kwargs):
+        z, a = split_call(layer, args, kwargs)
+        if not _is_float_tensor(a):
+            return a
+        count = seen.get(id(layer), 0)
+        seen[id(layer)] = count + 1
+        tape.watch(a)
+        if z is not None:
+            tape.watch(z)
+        calls.append((layer, count, z, a))
+        return a
+
+    with tf.GradientTape() as tape:
+        outputs = execute(model, x, leaf, training=training)
+        loss_value, description = _loss(model, x, y, loss, outputs, seed)
+    signals = [a if z is None else z for _, _, z, a in calls]
+    kernels = []
+    for layer, count, _, _ in calls:
+        kernel = kernel_variable(layer) if count == 0 else None
+        kernels.append(kernel)
+    kernel_sources = [k for k in kernels if k is not None]
+    grads = tape.gradient(loss_value, signals + kernel_sources)
+    signal_grads = grads[: len(signals)]
+    kernel_grads = iter(grads[len(signals) :])
+    records = []
+    for (layer, count, z, a), g, kernel in zip(
+        calls, signal_grads, kernels, strict=True
+    ):
+        kg = next(kernel_grads) if kernel is not None else None
+        records.append(
+            Record(
+                layer=layer,
+                path=layer_path(layer),
+                call_index=count,
+                activation=activation_of(layer),
+                pre=None if z is None else _numpy(z),
+                out=_numpy(a),
+                grad=None if g is None else _numpy(g),
+                kernel_grad=None if kg is None else _numpy(kg),
+            )
+        )
+    return records, description
+
+
+def _is_float_tensor(value):
+    import tensorflow as tf
+
+    return tf.is_tensor(value) and value.dtype.is_floating
+
+
+def _numpy(t):
+    import tensorflow as tf
+
+    if isinstance(t, tf.IndexedSlices):
+        t = tf.convert_to_tensor(t)
+    return np.asarray(t.numpy(), dtype=np.float64)
+
+
+def _loss(model, x, y, loss, outputs, seed):
+    """The scalar loss of a probe pass, and a description of it."""
+    import tensorflow as tf
+
+    flat = [o for o in tf.nest.flatten(outputs) if _is_float_tensor(o)]
+    if not flat:
+        raise ValueError(
+            f"Model {model.name!r} has no floating-point output to "
+            "back-propagate from."
+        )
+    if y is None:
+        # A fixed random projection: dC/d(output) = r / batch, r ~ N(0, 1),
+        # whatever the size of the output, so the backward pass is seen on
+        # its own, independent of how the forward signal was scaled.
+        rng = np.random.default_rng(seed)
+        total = 0.0
+        for o in flat:
+            r = rng.standard_normal(tuple(o.shape)).astype(
+                o.dtype.as_numpy_dtype
+            )
+            total += tf.reduce_sum(o * r) / tf.cast(tf.shape(o)[0], o.dtype)
+        return total, "random projection sum(output * r) / batch, r ~ N(0,1)"
+    if loss is None and getattr(model, "compiled", False):
+        if getattr(model, "loss", None) is not None:
+            value = model.compute_loss(x=x, y=y, y_pred=outputs, training=False)
+            return value, "the model's compiled loss"
+    if len(flat) != 1:
+        raise ValueError(
+            "With `y` and a model that is not compiled with a loss, the "
+            f"model must have one output. Received: {len(flat)} outputs. "
+            "Pass `loss=` or compile the model."
+        )
+    out = flat[0]
+    if loss is not None:
+        fn = keras.losses.get(loss) if isinstance(loss, str) else loss
+        value = fn(y, out)
+        return tf.reduce_mean(value), f"loss={_loss_name(loss)}"
+    y = tf.convert_to_tensor(y)
+    if y.dtype.is_integer and y.shape.rank == out.shape.rank - 1:
+        probs = out.numpy()
+        from_logits = not (
+            probs.min() >= 0 and np.allclose(probs.sum(axis=-1), 1, atol=1e-3)
+        )
+        fn = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+        return fn(y, out), (
+            f"sparse categorical cross-entropy (from_logits={from_logits})"
+        )
+    if tuple(y.shape) != tuple(out.shape):
+        raise ValueError(
+            "Argument `y` must have the shape of the model's output (mean "
+            "squared error) or be integer class labels (cross-entropy) when "
+            f"the model is not compiled. Received: y.shape={tuple(y.shape)}, "
+            f"output shape {tuple(out.shape)}. Pass `loss=` to choose."
+        )
+    fn = keras.losses.MeanSquaredError()
+    return fn(tf.cast(y, out.dtype), out), "mean squared error"
+
+
+def _loss_name(loss):
+    if isinstance(loss, str):
+        return loss
+    return getattr(loss, "name", None) or getattr(
+        loss, "__name__", type(loss).__name__
+    )
+
+
+# ----------------------------------------------------------------------
+# Tables.
+
+
+def format_table(headers, rows, align=None):
+    """A plain-text table: a header, a rule, one line per row."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    align = align or ["<"] * len(headers)
+
+    def line(row):
+        parts = [
+            f"{c:{a}{w}}" for c, a, w in zip(row, align, widths, strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]])
+
+
+def fmt(value, spec=".3g"):
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return format(value, spec)

@@ -1,0 +1,611 @@
+"""Signal-propagation diagnostics: does the signal die, explode or saturate?
+
+Glorot & Bengio (2010) and He et al. (2015) derive initializations from
+one rule: activations (forward) and back-propagated gradients (backward)
+should keep roughly the same variance from layer to layer. `diagnose` runs
+one forward and one backward pass of a model on a batch and shows, layer by
+layer, whether the rule holds, flags the layers where it does not, and
+recommends an initializer for each kernel layer from the activation that
+follows it.
+
+The command line runs it on a saved model:
+`keras-winit diagnose MODEL.keras BATCH.npy [--labels Y.npy]`.
+
+References:
+    - Glorot & Bengio, 2010, "Understanding the difficulty of training deep
+      feedforward neural networks", AISTATS.
+    - He et al., 2015, "Delving Deep into Rectifiers", arXiv:1502.01852.
+"""
+
+import dataclasses
+import math
+import sys
+
+import numpy as np
+
+from keras_winit import _signal
+from keras_winit import gains
+
+#: Short names of the flags, in the order they are checked.
+FLAG_KINDS = (
+    "vanishing_activations",
+    "exploding_activations",
+    "vanishing_gradients",
+    "exploding_gradients",
+    "saturated",
+    "dead",
+)
+
+# Recommended initializer per activation family (the gain is computed).
+_RELU_LIKE = ("relu", "relu6")
+
+
+@dataclasses.dataclass
+class Flag:
+    """One problem found in one layer.
+
+    Attributes:
+        layer: Name of the layer (its Keras path).
+        kind: One of `FLAG_KINDS`.
+        value: The measured value (a std ratio or a fraction).
+        threshold: The threshold it crossed.
+    """
+
+    layer: str
+    kind: str
+    value: float
+    threshold: float
+
+    def __str__(self):
+        side = "<" if self.kind.startswith("vanishing") else ">"
+        return (
+            f"{self.layer}: {self.kind.replace('_', ' ')} "
+            f"({self.value:.3g} {side} {self.threshold:g})"
+        )
+
+
+@dataclasses.dataclass
+class LayerStats:
+    """Signal statistics of one layer call.
+
+    Attributes:
+        index: Position in execution order (0-based).
+        name: The layer's Keras path (`"sequential/dense_3"`); a layer
+            called more than once gets `"/call_2"`, `"/call_3"`… appended.
+        layer_type: Class name of the layer.
+        activation: Name of the activation the layer applies (fused or as an
+            activation layer), or `None`.
+        has_kernel: Whether the layer is a kernel layer (`Dense`, `Conv*`,
+            `EinsumDense`…).
+        mean: Mean of the layer's output over the batch.
+        std: Std of the layer's output.
+        std_ratio: `std` divided by the previous row's `std` (`None` for
+            the first row).
+        pre_std: Std of the pre-activation (the output before the fused
+            activation) of a kernel layer, else `None`.
+        saturated: Fraction of output values within `saturation_eps` of an
+            asymptote of a saturating activation (`tanh`, `sigmoid`,
+            `hard_sigmoid`, `softsign`, `hard_tanh`), else `None`.
+        dead: Fraction of units (channels: the last axis, or axis 1 for
+            `channels_first` layers) that are exactly 0 for the whole batch,
+            for ReLU/ReLU6, else `None`.
+        grad_std: Std of the back-propagated gradient `dC/dz` with respect
+            to the pre-activation `z` of a kernel layer with a fused
+            activation, or with respect to the output otherwise. `None` when
+            the loss does not depend on the layer.
+        grad_std_ratio: `grad_std` divided by the previous row's.
+        weight_grad_var: Variance of the gradient of the layer's kernel
+            (for `SeparableConv`, the pointwise kernel), else `None`.
+        initializer: Class name of the kernel initializer in the layer's
+            config, else `None`.
+        recommended: The recommended kernel initializer, as code (e.g.
+            `"keras_winit.HeNormal()"`), for kernel layers.
+        gain: The gain of the activation that follows the kernel layer
+            (`keras_winit.gain(..., method="moment")`), or `None`.
+        flags: The kinds of flag raised for this layer.
+    """
+
+    index: int
+    name: str
+    layer_type: str
+    activation: object
+    has_kernel: bool
+    mean: float
+    std: float
+    std_ratio: object
+    pre_std: object
+    saturated: object
+    dead: object
+    grad_std: object
+    grad_std_ratio: object
+    weight_grad_var: object
+    initializer: object
+    recommended: object
+    gain: object
+    flags: list
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Diagnosis:
+    """The result of `diagnose`.
+
+    Attributes:
+        layers: One `LayerStats` per layer call, in execution order.
+        flags: All `Flag`s raised, in layer order.
+        loss: How the backward pass was driven (which loss).
+        batch_size: Number of examples used.
+    """
+
+    layers: list
+    flags: list
+    loss: str
+    batch_size: int
+
+    def to_table(self):
+        """Returns the per-layer table as a string (no pandas needed)."""
+        headers = [
+            "#",
+            "layer",
+            "activation",
+            "mean",
+            "std",
+            "std x",
+            "sat/dead",
+            "grad std",
+            "grad x",
+            "W-grad var",
+            "recommended",
+            "flags",
+        ]
+        rows = []
+        for s in self.layers:
+            if s.saturated is not None:
+                share = f"{100 * s.saturated:.0f}% sat"
+            elif s.dead is not None:
+                share = f"{100 * s.dead:.0f}% dead"
+            else:
+                share = "-"
+            rec = s.recommended
+            if rec is not None and rec.startswith("keras_winit."):
+                rec = rec[len("keras_winit.") :]
+            rows.append(
+                [
+                    s.index,
+                    s.name,
+                    s.activation or "-",
+                    _signal.fmt(s.mean, ".2g"),
+                    _signal.fmt(s.std),
+                    _signal.fmt(s.std_ratio, ".2f"),
+                    share,
+                    _signal.fmt(s.grad_std),
+                    _signal.fmt(s.grad_std_ratio, ".2f"),
+                    _signal.fmt(s.weight_grad_var),
+                    rec or "-",
+                    ",".join(_SHORT[f] for f in s.flags) or "ok",
+                ]
+            )
+        align = [">", "<", "<"] + [">"] * 7 + ["<", "<"]
+        table = _signal.format_table(headers, rows, align)
+        footer = [
+            f"batch: {self.batch_size} examples; backward pass: {self.loss}"
+        ]
+        if self.flags:
+            footer.append(f"{len(self.flags)} flag(s):")
+            footer.extend(f"  {f}" for f in self.flags)
+        else:
+            footer.append("no layer flagged")
+        return table + "\n" + "\n".join(footer)
+
+    def __str__(self):
+        return self.to_table()
+
+
+_SHORT = {
+    "vanishing_activations": "vanish-act",
+    "exploding_activations": "explode-act",
+    "vanishing_gradients": "vanish-grad",
+    "exploding_gradients": "explode-grad",
+    "saturated": "saturated",
+    "dead": "dead",
+}
+
+
+def diagnose(
+    model,
+    x,
+    y=None,
+    *,
+    loss=None,
+    training=False,
+    vanishing_threshold=0.1,
+    exploding_threshold=10.0,
+    saturation_threshold=0.1,
+    dead_threshold=0.6,
+    saturation_eps=0.01,
+    seed=0,
+    print_table=False,
+):
+    """Measures how the signal propagates through a model, layer by layer.
+
+    One forward and one backward pass on the batch `x` (TensorFlow backend,
+    `tf.GradientTape`). For every layer call, in execution order, it
+    reports the mean and std of the output, the std of the back-propagated
+    gradient, the variance of the kernel's gradient, each std's ratio to
+    the previous layer's, and the share of saturated (`|tanh| > 0.99`,
+    `sigmoid` within 0.01 of 0 or 1) or dead (ReLU output exactly 0 for the
+    whole batch) units.
+
+    Pre-activations: the fused activation of a kernel layer (`Dense`,
+    `Conv*`, `DepthwiseConv*`, `SeparableConv*`, `Conv*Transpose`,
+    `EinsumDense`) is split off by calling the layer with its `activation`
+    attribute temporarily set to `linear` and applying the activation to
+    that output `z`; so the gradient is `dC/dz`, the "back-propagated
+    gradient" of Glorot & Bengio, whatever activation the layer has.
+
+    Flags. A kernel layer is flagged `vanishing_activations` /
+    `exploding_activations` when the std of its pre-activation, divided by
+    that of the *first* kernel layer, is below `vanishing_threshold` /
+    above `exploding_threshold`; `vanishing_gradients` /
+    `exploding_gradients` likewise for `grad_std` divided by that of the
+    *last* kernel layer (the one nearest the loss). A layer is flagged
+    `saturated` when more than `saturation_threshold` of its values are
+    saturated and `dead` when more than `dead_threshold` of its units are
+    dead. Initializers that keep the variance (He for ReLU) keep the ratios
+    near 1 at any depth; Glorot on a deep ReLU net halves the variance per
+    layer (ratio ≈ 0.71 per layer, 3e-5 after 30 layers).
+
+    The loss: without `y`, a fixed random projection
+    `C = sum(output * r) / batch` with `r ~ N(0, 1)` (seeded), which needs
+    no labels and feeds every output a unit-variance gradient, so the
+    backward pass is seen independently of the forward scale. With `y`:
+    `loss` if given, else the model's compiled loss
+    (`model.compute_loss`), else sparse categorical cross-entropy for
+    integer labels (`from_logits` unless the output sums to 1) or mean
+    squared error for targets shaped like the output.
+
+    Recommendation per kernel layer, from the activation that follows it
+    (fused, or the first activation layer before the next kernel layer):
+    ReLU → `HeNormal`, leaky ReLU → `KaimingNormal(negative_slope=...)`,
+    SELU → `LecunNormal`, tanh/linear/softmax → `GlorotUniform`, sigmoid →
+    `ActivationScaling("sigmoid", method="kumar")` (Kumar, 2017), any other
+    → `ActivationScaling(name)` (second-moment gain); `gain` holds
+    `keras_winit.gain(name, method="moment")`.
+
+    Supported: `keras.Sequential` and Functional models (nested ones
+    included), TensorFlow backend. Subclassed models raise `ValueError`.
+
+    Examples:
+
+    >>> model = keras.Sequential([keras.Input((16,))] + [
+    ...     keras.layers.Dense(
+    ...         32, activation="relu",
+    ...         kernel_initializer=keras_winit.HeNormal(seed=i))
+    ...     for i in range(4)])
+    >>> x = np.random.default_rng(0).normal(size=(128, 16))
+    >>> result = keras_winit.diagnose(model, x)
+    >>> len(result.layers), result.flags
+    (4, [])
+    >>> result.layers[1].recommended
+    'keras_winit.HeNormal()'
+
+    Args:
+        model: A built `keras.Sequential` or Functional model.
+        x: A batch of inputs (array, or list/dict of arrays), at least 2
+            examples.
+        y: Optional targets for `x`.
+        loss: Optional loss used with `y` (a Keras loss name, a
+            `keras.losses.Loss` or a callable `(y_true, y_pred)`).
+        training: Passed as `training` to the layers (dropout, batch
+            normalization). Defaults to `False`.
+        vanishing_threshold: Number in `(0, 1)`; std ratio below which a
+            layer is flagged vanishing. Defaults to `0.1`.
+        exploding_threshold: Number `> 1`; std ratio above which a layer is
+            flagged exploding. Defaults to `10.0`.
+        saturation_threshold: Number in `(0, 1)`; share of saturated values
+            above which a layer is flagged. Defaults to `0.1`.
+        dead_threshold: Number in `(0, 1)`; share of dead units above which
+            a layer is flagged. Defaults to `0.6`: deep ReLU nets lose
+            units as the representations of different examples align with
+            depth (40-50% dead at depth 30 with He init is common).
+        saturation_eps: Number in `(0, 0.5)`; distance to an asymptote that
+            counts as saturated. Defaults to `0.01`.
+        seed: Int seed of the random projection used without `y`.
+        print_table: If `True`, print the table too.
+
+    Returns:
+        A `Diagnosis` with `.layers` (one `LayerStats` each), `.flags`,
+        `.to_table()`; `str(result)` is the table.
+
+    Reference:
+        - [Glorot & Bengio, 2010](
+            https://proceedings.mlr.press/v9/glorot10a.html)
+        - [He et al., 2015](https://arxiv.org/abs/1502.01852)
+        - [Kumar, 2017](https://arxiv.org/abs/1704.08863)
+    """
+    _signal.check_backend("diagnose")
+    _signal.check_model(model, "diagnose")
+    _signal.check_number("vanishing_threshold", vanishing_threshold, 0, 1)
+    _signal.check_number("exploding_threshold", exploding_threshold, 1)
+    _signal.check_number("saturation_threshold", saturation_threshold, 0, 1)
+    _signal.check_number("dead_threshold", dead_threshold, 0, 1)
+    _signal.check_number("saturation_eps", saturation_eps, 0, 0.5)
+    _signal.check_number("seed", seed, -1, integer=True)
+    if not isinstance(training, bool):
+        raise ValueError(
+            "Argument `training` must be a bool. "
+            f"Received: training={training!r}"
+        )
+    if not isinstance(print_table, bool):
+        raise ValueError(
+            "Argument `print_table` must be a bool. "
+            f"Received: print_table={print_table!r}"
+        )
+    tensors, batch = _signal.to_tensors(x)
+    if batch < 2:
+        raise ValueError(
+            "Argument `x` must hold at least 2 examples to estimate a std. "
+            f"Received: batch size {batch}"
+        )
+    if y is not None:
+        y_tensors, y_batch = _signal.to_tensors(y, name="y")
+        if y_batch != batch:
+            raise ValueError(
+                "Arguments `x` and `y` must have the same batch size. "
+                f"Received: {batch} and {y_batch}"
+            )
+        y = y_tensors
+    records, description = _signal.probe(
+        model, tensors, y=y, loss=loss, training=training, seed=seed
+    )
+    thresholds = {
+        "vanishing": vanishing_threshold,
+        "exploding": exploding_threshold,
+        "saturation": saturation_threshold,
+        "dead": dead_threshold,
+        "eps": saturation_eps,
+    }
+    result = _summarize(records, description, batch, thresholds)
+    if print_table:
+        print(result.to_table())
+    return result
+
+
+def _summarize(records, description, batch, thresholds):
+    stats = []
+    previous = None
+    for i, r in enumerate(records):
+        out = r.out
+        std = float(out.std())
+        grad_std = None if r.grad is None else float(r.grad.std())
+        act = r.activation
+        s = LayerStats(
+            index=i,
+            name=r.name,
+            layer_type=type(r.layer).__name__,
+            activation=None if act is None else act[0],
+            has_kernel=_signal.kernel_variable(r.layer) is not None,
+            mean=float(out.mean()),
+            std=std,
+            std_ratio=_ratio(std, previous and previous.std),
+            pre_std=None if r.pre is None else float(r.pre.std()),
+            saturated=_saturated(act, out, thresholds["eps"]),
+            dead=_dead(act, out, r.layer),
+            grad_std=grad_std,
+            grad_std_ratio=_ratio(grad_std, previous and previous.grad_std),
+            weight_grad_var=(
+                None if r.kernel_grad is None else float(r.kernel_grad.var())
+            ),
+            initializer=_initializer_name(r.layer),
+            recommended=None,
+            gain=None,
+            flags=[],
+        )
+        if s.has_kernel and s.pre_std is None:
+            s.pre_std = std
+        stats.append(s)
+        previous = s
+    _recommend(stats)
+    flags = _flag(stats, thresholds)
+    return Diagnosis(
+        layers=stats, flags=flags, loss=description, batch_size=batch
+    )
+
+
+def _ratio(value, previous):
+    if value is None or previous is None:
+        return None
+    if previous == 0:
+        return math.inf if value > 0 else math.nan
+    return value / previous
+
+
+def _saturated(act, out, eps):
+    if act is None or act[0] not in _signal.SATURATING:
+        return None
+    low, high = _signal.SATURATING[act[0]]
+    return float(np.mean((out <= low + eps) | (out >= high - eps)))
+
+
+def _dead(act, out, layer):
+    if act is None or act[0] not in _signal.RELU_FAMILY or out.ndim < 2:
+        return None
+    axis = out.ndim - 1
+    if getattr(layer, "data_format", None) == "channels_first":
+        axis = 1
+    other = tuple(a for a in range(out.ndim) if a != axis)
+    alive = np.any(out != 0, axis=other)
+    return float(1.0 - np.mean(alive))
+
+
+def _initializer_name(layer):
+    initializer = getattr(layer, "kernel_initializer", None)
+    if initializer is None:
+        initializer = getattr(layer, "pointwise_initializer", None)
+    return None if initializer is None else type(initializer).__name__
+
+
+def _recommend(stats):
+    for i, s in enumerate(stats):
+        if not s.has_kernel:
+            continue
+        activation = s.activation
+        if activation is None:
+            # The first activation layer before the next kernel layer.
+            for t in stats[i + 1 :]:
+                if t.has_kernel:
+                    break
+                if t.activation is not None:
+                    activation = t.activation
+                    break
+        s.recommended, s.gain = recommend(activation)
+
+
+def recommend(activation, param=None):
+    """Recommended kernel initializer (as code) and gain for an activation.
+
+    Args:
+        activation: Name of the activation that follows the layer, or
+            `None` for a linear layer.
+        param: Optional activation parameter (negative slope of
+            `leaky_relu`).
+
+    Returns:
+        A tuple `(code, gain)`: e.g. `("keras_winit.HeNormal()", 1.414…)`.
+        `gain` is `keras_winit.gain(activation, param, method="moment")`,
+        or `None` when it cannot be computed.
+
+    Examples:
+
+    >>> keras_winit.diagnostics.recommend("relu")[0]
+    'keras_winit.HeNormal()'
+    >>> keras_winit.diagnostics.recommend("tanh")[0]
+    'keras_winit.GlorotUniform()'
+    """
+    name = activation or "linear"
+    try:
+        g = gains.gain(name, param, method="moment")
+    except (ValueError, TypeError):
+        g = None
+    if name in _RELU_LIKE:
+        code = "keras_winit.HeNormal()"
+    elif name == "leaky_relu":
+        slope = 0.2 if param is None else param
+        code = f"keras_winit.KaimingNormal(negative_slope={slope:g})"
+    elif name == "selu":
+        code = "keras_winit.LecunNormal()"
+    elif name in ("tanh", "linear", "softmax", "softsign", "hard_tanh"):
+        code = "keras_winit.GlorotUniform()"
+    elif name == "sigmoid":
+        code = "keras_winit.ActivationScaling('sigmoid', method='kumar')"
+    elif g is not None:
+        code = f"keras_winit.ActivationScaling({name!r})"
+    else:
+        code = "keras_winit.GlorotUniform()"
+    return code, g
+
+
+def _flag(stats, thresholds):
+    kernel_rows = [s for s in stats if s.has_kernel]
+    flags = []
+    act_ref = kernel_rows[0].pre_std if kernel_rows else None
+    # The output layer's gradient is set by the loss, not by propagation:
+    # the reference is the last hidden kernel layer, and the output layer
+    # itself gets no gradient flag.
+    hidden = kernel_rows[:-1] if len(kernel_rows) > 1 else kernel_rows
+    grad_ref = None
+    for s in reversed(hidden):
+        if s.grad_std is not None:
+            grad_ref = s.grad_std
+            break
+    hidden_ids = {id(s) for s in hidden}
+    low, high = thresholds["vanishing"], thresholds["exploding"]
+    for s in stats:
+        found = []
+        if s.has_kernel and act_ref:
+            ratio = s.pre_std / act_ref
+            if ratio < low:
+                found.append(("vanishing_activations", ratio, low))
+            elif ratio > high:
+                found.append(("exploding_activations", ratio, high))
+        if id(s) in hidden_ids and grad_ref and s.grad_std is not None:
+            ratio = s.grad_std / grad_ref
+            if ratio < low:
+                found.append(("vanishing_gradients", ratio, low))
+            elif ratio > high:
+                found.append(("exploding_gradients", ratio, high))
+        if s.saturated is not None and s.saturated > thresholds["saturation"]:
+            found.append(("saturated", s.saturated, thresholds["saturation"]))
+        if s.dead is not None and s.dead > thresholds["dead"]:
+            found.append(("dead", s.dead, thresholds["dead"]))
+        for kind, value, threshold in found:
+            s.flags.append(kind)
+            flags.append(Flag(s.name, kind, float(value), float(threshold)))
+    return flags
+
+
+# ----------------------------------------------------------------------
+# Command line: keras-winit diagnose MODEL.keras BATCH.npy [--labels Y.npy]
+
+
+def add_arguments(parser):
+    """Adds the `keras-winit diagnose` arguments to an argparse parser."""
+    parser.add_argument("model", help="saved model (.keras file)")
+    parser.add_argument("batch", help="input batch (.npy file)")
+    parser.add_argument(
+        "--labels", default=None, help="targets for the batch (.npy file)"
+    )
+    parser.add_argument(
+        "--fail-on-flags",
+        action="store_true",
+        help="exit with status 1 when a layer is flagged",
+    )
+    parser.add_argument(
+        "--training",
+        action="store_true",
+        help="run layers in training mode (dropout, batch norm)",
+    )
+    parser.add_argument("--vanishing-threshold", type=float, default=0.1)
+    parser.add_argument("--exploding-threshold", type=float, default=10.0)
+    parser.add_argument("--saturation-threshold", type=float, default=0.1)
+    parser.add_argument("--dead-threshold", type=float, default=0.6)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args):
+    """Runs `keras-winit diagnose`; returns the exit status.
+
+    0 when done (or when layers are flagged without `--fail-on-flags`), 1
+    when layers are flagged and `--fail-on-flags` is given, 2 when a file
+    cannot be read or an argument is invalid.
+    """
+    import keras
+
+    import keras_winit  # noqa: F401  (registers the initializers)
+
+    try:
+        model = keras.saving.load_model(args.model)
+        x = np.load(args.batch, allow_pickle=False)
+        y = None
+        if args.labels is not None:
+            y = np.load(args.labels, allow_pickle=False)
+        result = diagnose(
+            model,
+            x,
+            y,
+            training=args.training,
+            vanishing_threshold=args.vanishing_threshold,
+            exploding_threshold=args.exploding_threshold,
+            saturation_threshold=args.saturation_threshold,
+            dead_threshold=args.dead_threshold,
+            seed=args.seed,
+        )
+    except (OSError, ValueError) as e:
+        print(f"keras-winit diagnose: error: {e}", file=sys.stderr)
+        return 2
+    print(result.to_table())
+    if result.flags and args.fail_on_flags:
+        return 1
+    return 0
