@@ -1,6 +1,6 @@
 """The `keras-winit` command line (also `python -m keras_winit`).
 
-Subcommands are looked up lazily so `keras-winit --help` stays fast:
+Subcommands (each module defines `add_arguments(parser)` and `run(args)`):
 
 - `keras-winit demo`: trains a deep ReLU network on the digits data with
   Glorot and with He initialization and compares them
