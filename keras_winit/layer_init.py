@@ -249,6 +249,13 @@ def initialize(
             "initialize. Build it first, e.g. with `model.build(input_shape)`"
             " or by calling it on data."
         )
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if not layer.built:
+            raise ValueError(
+                f"Layer '{layer.name}' of model '{model.name}' is not built, "
+                "so its weights do not exist yet. Call the model on data "
+                "(or on `keras.Input`s) before initializing it."
+            )
     base = _resolve_scheme(scheme)
     if bias is None:
         bias = "torch" if base == "torch" else "zeros"
@@ -706,6 +713,15 @@ class _Writer:
 
     def _initializer(self, activation, fan_in, fan_out, seed, layer_name):
         if self.base == "auto":
+            if not isinstance(activation, str):
+                raise ValueError(
+                    "scheme='auto' needs the activation of layer "
+                    f"'{layer_name}' by name, to compute its gain, but "
+                    f"{activation!r} is neither a Keras activation nor a "
+                    "registered one. Register it with "
+                    "`keras.saving.register_keras_serializable`, or pass "
+                    "a scheme name."
+                )
             try:
                 initializer = init_lib.ActivationScaling(
                     activation,
@@ -821,14 +837,31 @@ def _sublayers(layer):
 
 
 def _activation_name(layer, attribute="activation"):
+    """The name `keras.activations.get` resolves to the layer's activation.
+
+    Returns the function itself when it has no such name (a lambda, an
+    unregistered function); `"auto"` then refuses it, naming the layer.
+    """
     activation = getattr(layer, attribute, None)
     if activation is None:
         return "linear"
-    name = keras.activations.serialize(activation)
-    if isinstance(name, dict):
-        name = name.get("config", name)
-    if not isinstance(name, str):
-        return activation  # a callable: ActivationScaling will judge it
+    if isinstance(activation, str):
+        name = activation
+    else:
+        name = None
+        for candidate in (
+            getattr(activation, "__name__", None),
+            keras.saving.get_registered_name(activation),
+        ):
+            try:
+                found = keras.activations.get(candidate)
+            except (ValueError, TypeError):
+                continue
+            if isinstance(candidate, str) and found is activation:
+                name = candidate
+                break
+        if name is None:
+            return activation
     return "linear" if name in _NOT_ELEMENTWISE else name
 
 

@@ -1,0 +1,657 @@
+"""Tests for keras_winit.layer_init.initialize: true fans for every layer."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+from scipy import stats
+
+import keras_winit
+from keras_winit import layer_init
+
+TRUNC = 0.87962566103423978  # std of N(0, 1) truncated to (-2, 2)
+KS_P = 1e-4
+STD_RTOL = 0.05
+
+
+def _model(layer, input_shape):
+    model = keras.Sequential([keras.Input(input_shape), layer])
+    return model
+
+
+def _var(model, path_suffix):
+    matches = [v for v in model.weights if v.path.endswith(path_suffix)]
+    assert len(matches) == 1, [v.path for v in model.weights]
+    return np.asarray(keras.ops.convert_to_numpy(matches[0]), np.float64)
+
+
+def _reference(scheme, fan_in, fan_out):
+    """The exact distribution of `scheme` with the given true fans."""
+    if scheme == "he_normal":
+        std = math.sqrt(2.0 / fan_in)
+        return stats.truncnorm(-2, 2, scale=std / TRUNC), std
+    if scheme == "glorot_uniform":
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        return stats.uniform(loc=-limit, scale=2 * limit), limit / math.sqrt(3)
+    if scheme == "kaiming_normal":
+        std = math.sqrt(2.0 / fan_in)
+        return stats.norm(scale=std), std
+    raise AssertionError(scheme)
+
+
+def _check_distribution(values, scheme, fan_in, fan_out):
+    dist, std = _reference(scheme, fan_in, fan_out)
+    values = np.ravel(values)
+    assert values.size >= 5000
+    p = stats.kstest(values, dist.cdf).pvalue
+    assert p > KS_P, (p, values.std(), std)
+    np.testing.assert_allclose(values.std(), std, rtol=STD_RTOL)
+
+
+# (id, layer factory, input shape, variable path suffix, true fans).
+# The fans are written from the layer's geometry (see keras_winit.layouts).
+LAYER_CASES = [
+    ("dense", lambda: keras.layers.Dense(80), (96,), "kernel", (96, 80)),
+    (
+        "conv1d",
+        lambda: keras.layers.Conv1D(32, 5),
+        (12, 48),
+        "kernel",
+        (5 * 48, 5 * 32),
+    ),
+    (
+        "conv2d",
+        lambda: keras.layers.Conv2D(32, 3),
+        (6, 6, 24),
+        "kernel",
+        (9 * 24, 9 * 32),
+    ),
+    (
+        "conv2d_groups",
+        lambda: keras.layers.Conv2D(32, 3, groups=4),
+        (6, 6, 96),
+        "kernel",
+        (9 * 24, 9 * 8),
+    ),
+    (
+        "conv3d",
+        lambda: keras.layers.Conv3D(16, 3),
+        (4, 4, 4, 16),
+        "kernel",
+        (27 * 16, 27 * 16),
+    ),
+    (
+        "conv1d_transpose",
+        lambda: keras.layers.Conv1DTranspose(32, 5),
+        (6, 48),
+        "kernel",
+        (5 * 48, 5 * 32),
+    ),
+    (
+        "conv2d_transpose",
+        lambda: keras.layers.Conv2DTranspose(24, 3),
+        (4, 4, 32),
+        "kernel",
+        (9 * 32, 9 * 24),
+    ),
+    (
+        "conv3d_transpose",
+        lambda: keras.layers.Conv3DTranspose(16, 3),
+        (3, 3, 3, 12),
+        "kernel",
+        (27 * 12, 27 * 16),
+    ),
+    (
+        "depthwise1d",
+        lambda: keras.layers.DepthwiseConv1D(5, depth_multiplier=8),
+        (8, 160),
+        "kernel",
+        (5, 5 * 8),
+    ),
+    (
+        "depthwise2d",
+        lambda: keras.layers.DepthwiseConv2D(3, depth_multiplier=8),
+        (5, 5, 96),
+        "kernel",
+        (9, 9 * 8),
+    ),
+    (
+        "separable1d_depthwise",
+        lambda: keras.layers.SeparableConv1D(16, 5, depth_multiplier=4),
+        (8, 256),
+        "depthwise_kernel",
+        (5, 5 * 4),
+    ),
+    (
+        "separable2d_depthwise",
+        lambda: keras.layers.SeparableConv2D(16, 3, depth_multiplier=4),
+        (5, 5, 160),
+        "depthwise_kernel",
+        (9, 9 * 4),
+    ),
+    (
+        "separable2d_pointwise",
+        lambda: keras.layers.SeparableConv2D(64, 3, depth_multiplier=2),
+        (5, 5, 48),
+        "pointwise_kernel",
+        (96, 64),
+    ),
+    (
+        "einsum_dense",
+        lambda: keras.layers.EinsumDense("ab,bcd->acd", (8, 10)),
+        (80,),
+        "kernel",
+        (80, 80),
+    ),
+    (
+        "embedding",
+        lambda: keras.layers.Embedding(200, 32),
+        (5,),
+        "embeddings",
+        (1, 32),
+    ),
+]
+SCHEMES = ["he_normal", "glorot_uniform", "kaiming_normal"]
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize(
+    "factory,input_shape,suffix,true_fans",
+    [c[1:] for c in LAYER_CASES],
+    ids=[c[0] for c in LAYER_CASES],
+)
+def test_kernel_uses_true_fans(factory, input_shape, suffix, true_fans, scheme):
+    model = _model(factory(), input_shape)
+    report = layer_init.initialize(model, scheme, seed=3)
+    values = _var(model, suffix)
+    _check_distribution(values, scheme, *true_fans)
+    (row,) = [r for r in report.rows if r["path"].endswith(suffix)]
+    assert (row["fan_in"], row["fan_out"]) == true_fans
+    assert row["init"] == scheme
+    np.testing.assert_allclose(
+        row["target_std"], _reference(scheme, *true_fans)[1], rtol=1e-6
+    )
+    np.testing.assert_allclose(row["measured_std"], values.std(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("projection", ["query", "key", "value", "output"])
+def test_multi_head_attention(projection):
+    inputs = keras.Input((4, 64))
+    outputs = keras.layers.MultiHeadAttention(8, 16)(inputs, inputs)
+    model = keras.Model(inputs, outputs)
+    layer_init.initialize(model, "glorot_uniform", seed=0)
+    if projection == "output":
+        values = _var(model, "attention_output/kernel")
+        fans = (8 * 16, 64)
+    else:
+        values = _var(model, f"{projection}/kernel")
+        fans = (64, 8 * 16)
+    _check_distribution(values, "glorot_uniform", *fans)
+
+
+GATES = [
+    ("lstm", keras.layers.LSTM, 4),
+    ("gru", keras.layers.GRU, 3),
+    ("simple_rnn", keras.layers.SimpleRNN, 1),
+]
+
+
+@pytest.mark.parametrize("scheme", ["he_normal", "glorot_uniform"])
+@pytest.mark.parametrize(
+    "rnn,gates", [g[1:] for g in GATES], ids=[g[0] for g in GATES]
+)
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_recurrent_gates(rnn, gates, scheme, bidirectional):
+    units, features = 64, 96
+    layer = rnn(units)
+    if bidirectional:
+        layer = keras.layers.Bidirectional(layer)
+    model = _model(layer, (3, features))
+    report = layer_init.initialize(model, scheme, seed=1)
+    directions = ["forward", "backward"] if bidirectional else [""]
+    for direction in directions:
+        prefix = f"{direction}_" if direction else ""
+        kernel = [
+            v
+            for v in model.weights
+            if v.path.endswith("/kernel") and prefix in v.path
+        ]
+        recurrent = [
+            v
+            for v in model.weights
+            if v.path.endswith("recurrent_kernel") and prefix in v.path
+        ]
+        kernel = keras.ops.convert_to_numpy(kernel[0])
+        recurrent = keras.ops.convert_to_numpy(recurrent[0])
+        assert kernel.shape == (features, gates * units)
+        for g in range(gates):
+            block = kernel[:, g * units : (g + 1) * units]
+            # Per gate: fan_in = features, fan_out = units (not G·units).
+            _check_distribution(block, scheme, features, units)
+            q = recurrent[:, g * units : (g + 1) * units]
+            np.testing.assert_allclose(q.T @ q, np.eye(units), atol=1e-5)
+    gate_rows = [
+        r for r in report.rows if r["path"].endswith("/kernel") and r["part"]
+    ]
+    if gates > 1:
+        assert len(gate_rows) == gates * len(directions)
+        assert {(r["fan_in"], r["fan_out"]) for r in gate_rows} == {
+            (features, units)
+        }
+
+
+def test_lstm_auto_uses_activation_per_gate():
+    model = _model(keras.layers.LSTM(32), (3, 160))
+    report = layer_init.initialize(model, "auto", seed=2)
+    kernel = _var(model, "/kernel")
+    expected = {
+        "i": keras_winit.gain("sigmoid", method="moment"),
+        "f": keras_winit.gain("sigmoid", method="moment"),
+        "c": keras_winit.gain("tanh", method="moment"),
+        "o": keras_winit.gain("sigmoid", method="moment"),
+    }
+    for g, name in enumerate("ifco"):
+        block = kernel[:, g * 32 : (g + 1) * 32]
+        std = expected[name] / math.sqrt(160)
+        dist = stats.truncnorm(-2, 2, scale=std / TRUNC)
+        assert stats.kstest(block.ravel(), dist.cdf).pvalue > KS_P
+        (row,) = [
+            r
+            for r in report.rows
+            if r["path"].endswith("/kernel") and r["part"] == f"gate {name}"
+        ]
+        np.testing.assert_allclose(row["target_std"], std, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "activation", ["relu", "tanh", "selu", None, "softmax"]
+)
+def test_auto_dense(activation):
+    model = _model(keras.layers.Dense(64, activation=activation), (100,))
+    layer_init.initialize(model, "auto", seed=0)
+    name = "linear" if activation in (None, "softmax") else activation
+    std = keras_winit.gain(name, method="moment") / math.sqrt(100)
+    values = _var(model, "kernel").ravel()
+    dist = stats.truncnorm(-2, 2, scale=std / TRUNC)
+    assert stats.kstest(values, dist.cdf).pvalue > KS_P
+
+
+def test_initializer_instance_scheme_keeps_scale_mode_distribution():
+    scheme = keras_winit.VarianceScaling(
+        scale=3.0, mode="fan_out", distribution="uniform", seed=5
+    )
+    model = _model(
+        keras.layers.DepthwiseConv2D(3, depth_multiplier=8), (5, 5, 96)
+    )
+    layer_init.initialize(model, scheme, seed=0)
+    values = _var(model, "kernel").ravel()
+    limit = math.sqrt(3.0) * math.sqrt(3.0 / (9 * 8))  # true fan_out 72
+    assert np.abs(values).max() <= limit
+    p = stats.kstest(values, stats.uniform(loc=-limit, scale=2 * limit).cdf)
+    assert p.pvalue > KS_P
+    # The user's instance is not modified.
+    assert scheme.fan_in is None and scheme.fan_out is None
+
+
+def test_keras_variance_scaling_instance_scheme():
+    scheme = keras.initializers.HeNormal()
+    model = _model(
+        keras.layers.DepthwiseConv2D(3, depth_multiplier=8), (5, 5, 96)
+    )
+    layer_init.initialize(model, scheme, seed=0)
+    _check_distribution(_var(model, "kernel"), "he_normal", 9, 72)
+
+
+# --- Biases -------------------------------------------------------------
+
+
+def test_bias_zeros_default_and_lstm_forget_gate():
+    model = keras.Sequential(
+        [
+            keras.Input((3, 8)),
+            keras.layers.LSTM(5, return_sequences=True),
+            keras.layers.Dense(4, bias_initializer="ones", name="head"),
+        ]
+    )
+    layer_init.initialize(model, "he_normal", seed=0)
+    lstm_bias = _var(model, "lstm_cell/bias")
+    np.testing.assert_array_equal(lstm_bias[5:10], 1.0)
+    np.testing.assert_array_equal(np.delete(lstm_bias, range(5, 10)), 0.0)
+    np.testing.assert_array_equal(_var(model, "head/bias"), 0.0)
+
+
+def test_bias_fan_in_plus_one():
+    model = _model(keras.layers.Dense(80), (96,))
+    report = layer_init.initialize(
+        model, "he_normal", bias="fan_in_plus_one", seed=0
+    )
+    _check_distribution(_var(model, "kernel"), "he_normal", 97, 80)
+    bias = _var(model, "bias")
+    sigma = math.sqrt(2.0 / 97) / TRUNC
+    assert np.all(np.abs(bias) <= 2 * sigma + 1e-7)
+    assert np.count_nonzero(bias) == bias.size
+    assert {r["fan_in"] for r in report.rows} == {97}
+
+
+def test_bias_keep():
+    model = _model(keras.layers.Dense(8, bias_initializer="ones"), (4,))
+    layer_init.initialize(model, "he_normal", bias="keep", seed=0)
+    np.testing.assert_array_equal(_var(model, "bias"), 1.0)
+
+
+TORCH_CASES = [
+    # (id, layer, input shape, PyTorch's fan_in of the kernel)
+    ("linear", lambda: keras.layers.Dense(6000), (4,), 4),
+    ("conv2d", lambda: keras.layers.Conv2D(400, 3), (5, 5, 2), 18),
+    (
+        "depthwise",
+        lambda: keras.layers.DepthwiseConv2D(3, depth_multiplier=8),
+        (5, 5, 96),
+        9,
+    ),
+    # PyTorch's ConvTranspose weight is (in, out, kh, kw): fan_in = out·k.
+    (
+        "conv_transpose",
+        lambda: keras.layers.Conv2DTranspose(700, 3),
+        (4, 4, 2),
+        700 * 9,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "factory,input_shape,torch_fan_in",
+    [c[1:] for c in TORCH_CASES],
+    ids=[c[0] for c in TORCH_CASES],
+)
+def test_torch_scheme_bounds(factory, input_shape, torch_fan_in):
+    model = _model(factory(), input_shape)
+    layer_init.initialize(model, "torch", seed=0)
+    bound = 1.0 / math.sqrt(torch_fan_in)
+    kernel = _var(model, "kernel").ravel()
+    bias = _var(model, "bias").ravel()
+    uniform = stats.uniform(loc=-bound, scale=2 * bound)
+    assert np.abs(kernel).max() <= bound
+    assert np.abs(kernel).max() > 0.99 * bound
+    assert stats.kstest(kernel, uniform.cdf).pvalue > KS_P
+    assert np.abs(bias).max() <= bound
+    if bias.size >= 400:
+        assert stats.kstest(bias, uniform.cdf).pvalue > KS_P
+
+
+def test_torch_scheme_recurrent_and_embedding():
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Embedding(300, 32),
+            keras.layers.GRU(48),
+        ]
+    )
+    layer_init.initialize(model, "torch", seed=0)
+    table = _var(model, "embeddings").ravel()
+    assert stats.kstest(table, stats.norm().cdf).pvalue > KS_P
+    bound = 1.0 / math.sqrt(48)
+    for suffix in ("/kernel", "recurrent_kernel", "/bias"):
+        values = _var(model, suffix).ravel()
+        assert np.abs(values).max() <= bound
+        uniform = stats.uniform(loc=-bound, scale=2 * bound)
+        assert stats.kstest(values, uniform.cdf).pvalue > KS_P
+
+
+def test_bias_torch_with_another_scheme():
+    model = _model(keras.layers.Dense(6000), (4,))
+    layer_init.initialize(model, "he_normal", bias="torch", seed=0)
+    bias = _var(model, "bias")
+    uniform = stats.uniform(loc=-0.5, scale=1.0)
+    assert stats.kstest(bias, uniform.cdf).pvalue > KS_P
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv2d"], ids=["linear", "conv2d"])
+def test_torch_scheme_matches_pytorch(kind):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    if kind == "linear":
+        reference = torch.nn.Linear(96, 80)
+        layer, input_shape = keras.layers.Dense(80), (96,)
+    else:
+        reference = torch.nn.Conv2d(24, 32, 3)
+        layer, input_shape = keras.layers.Conv2D(32, 3), (6, 6, 24)
+    model = _model(layer, input_shape)
+    layer_init.initialize(model, "torch", seed=0)
+    ours = _var(model, "kernel").ravel()
+    theirs = reference.weight.detach().numpy().ravel()
+    assert stats.ks_2samp(ours, theirs).pvalue > KS_P
+    np.testing.assert_allclose(ours.std(), theirs.std(), rtol=STD_RTOL)
+    np.testing.assert_allclose(
+        np.abs(ours).max(), np.abs(theirs).max(), rtol=0.01
+    )
+    bias_ours = _var(model, "bias")
+    bias_theirs = reference.bias.detach().numpy()
+    bound = 1 / math.sqrt(theirs.size / bias_theirs.size)
+    assert np.abs(bias_ours).max() <= bound
+    assert np.abs(bias_theirs).max() <= bound
+
+
+# --- Model structure, kept layers, seeds, dtypes --------------------------
+
+
+class _Block(keras.layers.Layer):
+    """A custom layer that wraps a known layer (and owns no weight)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = keras.layers.Dense(64, activation="relu")
+
+    def call(self, x):
+        return self.inner(x)
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.stack = keras.Sequential(
+            [keras.layers.Dense(96), keras.layers.Dropout(0.1)]
+        )
+        self.block = _Block()
+        self.norm = keras.layers.BatchNormalization()
+
+    def call(self, x):
+        return self.norm(self.block(self.stack(x)))
+
+
+def test_nested_models_and_kept_layers():
+    model = _Subclassed()
+    model(np.zeros((2, 80), "float32"))
+    gamma = model.norm.gamma
+    gamma.assign(np.full(gamma.shape, 2.0, "float32"))
+    report = layer_init.initialize(model, "he_normal", seed=0)
+    _check_distribution(
+        keras.ops.convert_to_numpy(model.stack.layers[0].kernel),
+        "he_normal",
+        80,
+        96,
+    )
+    _check_distribution(
+        keras.ops.convert_to_numpy(model.block.inner.kernel),
+        "he_normal",
+        96,
+        64,
+    )
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(gamma), 2.0)
+    kept = {r["path"] for r in report.rows if r["init"] == "kept"}
+    assert kept == {v.path for v in model.norm.weights}
+    assert len(report.rows) == len(model.weights)
+    text = str(report)
+    assert "measured_std" in text and "kept" in text
+    assert text.count("\n") == len(report.rows) + 1
+
+
+def _two_dense():
+    return keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(64), keras.layers.Dense(64)]
+    )
+
+
+def test_same_seed_same_weights_and_no_shared_tensors():
+    first, second = _two_dense(), _two_dense()
+    layer_init.initialize(first, "he_normal", seed=7)
+    layer_init.initialize(second, "he_normal", seed=7)
+    for a, b in zip(first.weights, second.weights, strict=True):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
+        )
+    k1, k2 = (keras.ops.convert_to_numpy(w) for w in first.weights[::2])
+    assert not np.allclose(k1, k2)
+    third = _two_dense()
+    layer_init.initialize(third, "he_normal", seed=8)
+    assert not np.allclose(keras.ops.convert_to_numpy(third.weights[0]), k1)
+
+
+def test_gates_do_not_share_tensors():
+    model = _model(keras.layers.LSTM(16), (3, 16))
+    layer_init.initialize(model, "he_normal", seed=0)
+    kernel = _var(model, "/kernel")
+    recurrent = _var(model, "recurrent_kernel")
+    for values in (kernel, recurrent):
+        blocks = np.split(values, 4, axis=-1)
+        for i in range(4):
+            for j in range(i + 1, 4):
+                assert not np.allclose(blocks[i], blocks[j])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+def test_dtype_is_kept(dtype):
+    model = _model(keras.layers.Dense(80, dtype=dtype), (96,))
+    layer_init.initialize(model, "he_normal", seed=0)
+    kernel = model.layers[0].kernel
+    assert keras.backend.standardize_dtype(kernel.dtype) == dtype
+    _check_distribution(
+        keras.ops.convert_to_numpy(kernel).astype(np.float64),
+        "he_normal",
+        96,
+        80,
+    )
+
+
+def test_save_load_and_train(tmp_path):
+    model = keras.Sequential(
+        [
+            keras.Input((6, 6, 3)),
+            keras.layers.DepthwiseConv2D(3, depth_multiplier=2),
+            keras.layers.Conv2DTranspose(4, 3, activation="relu"),
+            keras.layers.Reshape((9, 16)),
+            keras.layers.LSTM(6),
+            keras.layers.Dense(2),
+        ]
+    )
+    layer_init.initialize(model, "auto", seed=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    for a, b in zip(model.weights, loaded.weights, strict=True):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
+        )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 6, 6, 3)).astype("float32")
+    y = rng.normal(size=(16, 2)).astype("float32")
+    loaded.compile(optimizer="adam", loss="mse")
+    history = loaded.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    assert all(np.isfinite(history.history["loss"]))
+
+
+# --- Unknown layers and errors ------------------------------------------
+
+
+class _Scale(keras.layers.Layer):
+    def build(self, input_shape):
+        self.scale = self.add_weight(
+            shape=(input_shape[-1],), initializer="ones", name="scale"
+        )
+
+    def call(self, x):
+        return x * self.scale
+
+
+def _with_unknown():
+    return keras.Sequential(
+        [keras.Input((4,)), _Scale(name="my_scale"), keras.layers.Dense(3)]
+    )
+
+
+def test_unknown_layer_warns_and_is_left_alone():
+    model = _with_unknown()
+    with pytest.warns(layer_init.UnknownLayerWarning, match="my_scale"):
+        report = layer_init.initialize(model, "he_normal", seed=0)
+    np.testing.assert_array_equal(_var(model, "scale"), 1.0)
+    assert [r["layer"] for r in report.unknown] == ["my_scale"]
+    assert "unknown" in str(report)
+
+
+def test_unknown_cell_is_reported():
+    model = _model(keras.layers.ConvLSTM1D(2, 3), (2, 5, 3))
+    with pytest.warns(layer_init.UnknownLayerWarning, match="conv_lstm1d"):
+        report = layer_init.initialize(model, "he_normal", seed=0)
+    assert len(report.unknown) == 3
+
+
+def test_strict_raises_naming_the_layer():
+    with pytest.raises(ValueError, match="my_scale"):
+        layer_init.initialize(_with_unknown(), "he_normal", strict=True)
+
+
+def test_unbuilt_model():
+    model = keras.Sequential([keras.layers.Dense(3)], name="not_built_yet")
+    with pytest.raises(ValueError, match="not_built_yet.*not built"):
+        layer_init.initialize(model)
+
+
+def test_unbuilt_sublayer():
+    # Keras marks a subclassed model built by `build()` (with a warning)
+    # even though its sublayers have no weights yet.
+    model = _Subclassed()
+    with pytest.warns(UserWarning, match="unbuilt state"):
+        model.build((None, 80))
+    with pytest.raises(ValueError, match="'sequential.*' .* not built"):
+        layer_init.initialize(model)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"scheme": "he_nromal"}, "scheme"),
+        ({"scheme": keras.initializers.Orthogonal()}, "scheme"),
+        ({"scheme": 3}, "scheme"),
+        ({"bias": "ones"}, "bias"),
+        ({"scheme": "torch", "bias": "fan_in_plus_one"}, "bias"),
+        ({"seed": 1.5}, "seed"),
+        ({"scheme": "auto", "gain_method": "magic"}, "gain_method"),
+    ],
+    ids=[
+        "unknown_name",
+        "not_variance_scaling",
+        "not_a_scheme",
+        "bias",
+        "torch_plus_one",
+        "seed",
+        "gain_method",
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        layer_init.initialize(_two_dense(), **kwargs)
+
+
+def test_not_a_model():
+    with pytest.raises(ValueError, match="model"):
+        layer_init.initialize("model")
+
+
+def test_auto_with_unusable_activation_names_the_layer():
+    model = _model(
+        keras.layers.Dense(3, activation=lambda x: x, name="lambda_dense"),
+        (4,),
+    )
+    with pytest.raises(ValueError, match="lambda_dense"):
+        layer_init.initialize(model, "auto")
