@@ -279,13 +279,14 @@ def diagnose(
 
     Examples:
 
+    >>> from keras_winit.diagnostics import diagnose
     >>> model = keras.Sequential([keras.Input((16,))] + [
     ...     keras.layers.Dense(
     ...         32, activation="relu",
     ...         kernel_initializer=keras_winit.HeNormal(seed=i))
     ...     for i in range(4)])
     >>> x = np.random.default_rng(0).normal(size=(128, 16))
-    >>> result = keras_winit.diagnose(model, x)
+    >>> result = diagnose(model, x)
     >>> len(result.layers), result.flags
     (4, [])
     >>> result.layers[1].recommended

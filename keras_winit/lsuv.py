@@ -157,10 +157,11 @@ def lsuv(
 
     Examples:
 
+    >>> from keras_winit.lsuv import lsuv
     >>> model = keras.Sequential([keras.Input((32,))] + [
     ...     keras.layers.Dense(64, activation="relu") for _ in range(3)])
     >>> x = np.random.default_rng(0).normal(size=(256, 32))
-    >>> result = keras_winit.lsuv(model, x, seed=0)
+    >>> result = lsuv(model, x, seed=0)
     >>> result.converged, len(result.layers)
     (True, 3)
     >>> abs(result.layers[-1].variance - 1) < 0.02

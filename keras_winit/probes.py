@@ -62,6 +62,7 @@ class ActivationHistogramLogger(keras.callbacks.Callback):
     Examples:
 
     >>> import tempfile
+    >>> from keras_winit.probes import ActivationHistogramLogger
     >>> model = keras.Sequential([
     ...     keras.Input((8,)),
     ...     keras.layers.Dense(16, activation="tanh"),
@@ -70,7 +71,7 @@ class ActivationHistogramLogger(keras.callbacks.Callback):
     >>> model.compile(optimizer="sgd", loss="mse")
     >>> x = np.random.rand(64, 8).astype("float32")
     >>> y = np.random.rand(64, 1).astype("float32")
-    >>> logger = keras_winit.ActivationHistogramLogger(
+    >>> logger = ActivationHistogramLogger(
     ...     tempfile.mkdtemp(), x_probe=x, epochs=(0, 2))
     >>> history = model.fit(x, y, epochs=2, callbacks=[logger], verbose=0)
     >>> logger.logged_steps

@@ -1,0 +1,388 @@
+"""Tests of keras_winit.diagnostics (diagnose and its command line)."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+import keras_winit
+from keras_winit import _signal
+from keras_winit import cli
+from keras_winit.diagnostics import diagnose
+from keras_winit.diagnostics import recommend
+
+L = keras.layers
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x = load_digits().data.astype("float32")
+    return (x - x.mean(0)) / (x.std(0) + 1e-8)
+
+
+def _mlp(init, depth, width, activation, seed=0):
+    layers = [keras.Input((64,))]
+    for i in range(depth):
+        layers.append(
+            L.Dense(
+                width,
+                activation=activation,
+                kernel_initializer=init(1000 * seed + i),
+            )
+        )
+    layers.append(L.Dense(10, kernel_initializer=init(1000 * seed + 999)))
+    return keras.Sequential(layers)
+
+
+def _kinds(result):
+    return {f.kind for f in result.flags}
+
+
+# ----------------------------------------------------------------------
+# He et al. (2015): a 30-layer ReLU net.
+
+
+@pytest.mark.parametrize(
+    "init", [keras_winit.GlorotUniform, keras_winit.GlorotNormal]
+)
+def test_glorot_deep_relu_is_flagged_vanishing(digits, init):
+    model = _mlp(lambda s: init(seed=s), 30, 128, "relu")
+    result = diagnose(model, digits[:256])
+    kinds = _kinds(result)
+    assert "vanishing_activations" in kinds
+    assert "vanishing_gradients" in kinds
+    kernel = [s for s in result.layers if s.has_kernel]
+    # Var halves per layer: std ratio about 1/sqrt(2).
+    ratios = [s.std_ratio for s in kernel[1:30]]
+    assert 0.6 < np.exp(np.mean(np.log(ratios))) < 0.8
+    # Deep layers are flagged for activations, early ones for gradients.
+    assert "vanishing_activations" in kernel[29].flags
+    assert "vanishing_gradients" in kernel[0].flags
+    assert all(s.recommended == "keras_winit.HeNormal()" for s in kernel[:30])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("init", [keras_winit.HeNormal, keras_winit.HeUniform])
+def test_he_deep_relu_passes(digits, init, seed):
+    model = _mlp(lambda s: init(seed=s), 30, 128, "relu", seed=seed)
+    result = diagnose(model, digits[:256])
+    assert result.flags == [], result.to_table()
+    kernel = [s for s in result.layers if s.has_kernel]
+    ratios = [s.std_ratio for s in kernel[1:30]]
+    assert 0.9 < np.exp(np.mean(np.log(ratios))) < 1.1
+
+
+# ----------------------------------------------------------------------
+# Glorot & Bengio (2010): 5 x 1000 tanh.
+
+
+def _standard_uniform(seed):
+    # U[-1/sqrt(n), 1/sqrt(n)], n = fan_in: Var = 1/(3n).
+    return keras_winit.VarianceScaling(
+        scale=1 / 3, mode="fan_in", distribution="uniform", seed=seed
+    )
+
+
+def _std_ratios(result):
+    return [s.std_ratio for s in result.layers[1:5]]
+
+
+def test_tanh_standard_init_shrinks_by_sqrt_one_third(digits):
+    result = diagnose(
+        _mlp(_standard_uniform, 5, 1000, "tanh", seed=3), digits[:300]
+    )
+    ratios = _std_ratios(result)
+    assert all(0.45 < r < 0.7 for r in ratios), ratios
+    assert 0.5 < np.mean(ratios) < 0.65  # theory sqrt(1/3) = 0.577
+    grads = [s.grad_std for s in result.layers[:5]]
+    assert grads[0] / grads[4] < 0.2  # back-propagated gradients vanish
+
+
+def test_tanh_random_uniform_per_layer_fan_in(digits):
+    # The same rule written with Keras' RandomUniform, n per layer.
+    fan_ins = [64] + [1000] * 4 + [1000]
+    layers = [keras.Input((64,))]
+    for i, n in enumerate(fan_ins):
+        limit = 1 / np.sqrt(n)
+        layers.append(
+            L.Dense(
+                10 if i == 5 else 1000,
+                activation=None if i == 5 else "tanh",
+                kernel_initializer=keras.initializers.RandomUniform(
+                    -limit, limit, seed=i
+                ),
+            )
+        )
+    result = diagnose(keras.Sequential(layers), digits[:300])
+    assert all(0.45 < r < 0.7 for r in _std_ratios(result))
+
+
+def test_tanh_glorot_keeps_the_std(digits):
+    model = _mlp(lambda s: keras_winit.GlorotUniform(seed=s), 5, 1000, "tanh")
+    result = diagnose(model, digits[:300])
+    assert all(r >= 0.85 for r in _std_ratios(result)), _std_ratios(result)
+    grads = [s.grad_std for s in result.layers[:5]]
+    assert grads[0] / grads[4] > 0.6
+    assert result.flags == []
+
+
+# ----------------------------------------------------------------------
+# What each column means.
+
+
+def test_pre_activation_and_gradient_match_manual_computation():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 6)).astype("float32")
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            L.Dense(5, activation="tanh", bias_initializer="ones"),
+        ]
+    )
+    result = diagnose(model, x, seed=7)
+    (s,) = result.layers
+    kernel, bias = (w.numpy().astype(np.float64) for w in model.weights)
+    z = x.astype(np.float64) @ kernel + bias
+    a = np.tanh(z)
+    assert s.pre_std == pytest.approx(z.std(), rel=1e-5)
+    assert s.std == pytest.approx(a.std(), rel=1e-5)
+    assert s.mean == pytest.approx(a.mean(), rel=1e-5)
+    # Random projection loss: dC/da = r / batch, r ~ N(0, 1) seeded.
+    r = np.random.default_rng(7).standard_normal(a.shape)
+    dz = r / 50 * (1 - a**2)
+    assert s.grad_std == pytest.approx(dz.std(), rel=1e-4)
+    dw = x.astype(np.float64).T @ dz
+    assert s.weight_grad_var == pytest.approx(dw.var(), rel=1e-4)
+    # The activation is restored after the split call.
+    assert model.layers[0].activation is keras.activations.tanh
+
+
+def test_saturated_and_dead_units_are_flagged():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 8)).astype("float32")
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            L.Dense(
+                32,
+                activation="tanh",
+                kernel_initializer=keras.initializers.RandomNormal(
+                    stddev=10.0, seed=0
+                ),
+            ),
+            L.Dense(16, bias_initializer=keras.initializers.Constant(-1e3)),
+            L.Activation("relu"),
+            L.Dense(4, activation="sigmoid"),
+        ]
+    )
+    result = diagnose(model, x)
+    assert result.layers[0].saturated > 0.5
+    assert result.layers[2].dead == 1.0
+    assert "saturated" in result.layers[0].flags
+    assert "dead" in result.layers[2].flags
+    # Unfused Dense + Activation("relu"): the recommendation follows it.
+    assert result.layers[1].recommended == "keras_winit.HeNormal()"
+    assert result.layers[3].activation == "sigmoid"
+    assert result.layers[3].saturated is not None
+
+
+@pytest.mark.parametrize(
+    "activation, expected",
+    [
+        ("relu", "keras_winit.HeNormal()"),
+        ("relu6", "keras_winit.HeNormal()"),
+        ("tanh", "keras_winit.GlorotUniform()"),
+        (None, "keras_winit.GlorotUniform()"),
+        ("selu", "keras_winit.LecunNormal()"),
+        ("sigmoid", "keras_winit.ActivationScaling('sigmoid', method='kumar')"),
+        ("gelu", "keras_winit.ActivationScaling('gelu')"),
+        ("leaky_relu", "keras_winit.KaimingNormal(negative_slope=0.2)"),
+    ],
+)
+def test_recommendations_are_runnable_code(activation, expected):
+    code, gain = recommend(activation)
+    assert code == expected
+    initializer = eval(code, {"keras_winit": keras_winit})
+    assert isinstance(initializer, keras.initializers.Initializer)
+    if activation == "relu":
+        assert gain == pytest.approx(np.sqrt(2), rel=1e-6)
+
+
+def test_functional_nested_and_shared_layers():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(32, 8)).astype("float32")
+    inner = keras.Sequential(
+        [keras.Input((16,)), L.Dense(16, activation="relu")], name="inner"
+    )
+    shared = L.Dense(16, activation="relu", name="shared")
+    inputs = keras.Input((8,))
+    h = L.Dense(16, activation="relu", name="first")(inputs)
+    h = inner(h)
+    h = shared(h)
+    h = shared(h)
+    b = L.Dense(16, name="branch")(inputs)
+    h = L.Add(name="add")([h, b])
+    outputs = L.Dense(3, name="head")(h)
+    model = keras.Model(inputs, outputs)
+    result = diagnose(model, x)
+    names = [s.name for s in result.layers]
+    assert "inner/dense" in "".join(names) or any(
+        n.startswith("inner/") for n in names
+    )
+    assert sum(n.startswith("shared") for n in names) == 2
+    assert any(n.endswith("/call_2") for n in names)
+    assert len(result.layers) == 7
+    # The walked graph computes what the model computes.
+    out = _signal.execute(model, keras.ops.convert_to_tensor(x), _plain)
+    np.testing.assert_allclose(out.numpy(), model(x).numpy(), rtol=1e-5)
+    # Kernel gradient reported once for the shared layer.
+    shared_rows = [s for s in result.layers if s.name.startswith("shared")]
+    assert shared_rows[0].weight_grad_var is not None
+    assert shared_rows[1].weight_grad_var is None
+
+
+def _plain(layer, args, kwargs):
+    return layer(*args, **kwargs)
+
+
+def test_labels_with_compiled_and_default_losses(digits):
+    y = load_digits().target[:64]
+    model = keras.Sequential(
+        [keras.Input((64,)), L.Dense(32, activation="relu"), L.Dense(10)]
+    )
+    result = diagnose(model, digits[:64], y)
+    assert "sparse categorical cross-entropy (from_logits=True)" in result.loss
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    compiled = diagnose(model, digits[:64], y)
+    assert compiled.loss == "the model's compiled loss"
+    assert compiled.layers[0].grad_std == pytest.approx(
+        result.layers[0].grad_std, rel=1e-4
+    )
+    targets = np.zeros((64, 10), "float32")
+    explicit = diagnose(model, digits[:64], targets, loss="mse")
+    assert explicit.loss == "loss=mse"
+
+
+def test_table_and_print(digits, capsys):
+    model = _mlp(lambda s: keras_winit.GlorotUniform(seed=s), 12, 64, "relu")
+    result = diagnose(model, digits[:128], print_table=True)
+    printed = capsys.readouterr().out
+    assert printed.strip() == str(result).strip() == result.to_table().strip()
+    for header in ("layer", "std x", "grad std", "W-grad var", "recommended"):
+        assert header in printed
+    assert "vanish-act" in printed
+    assert f"{len(result.flags)} flag(s)" in printed
+    assert result.layers[0].to_dict()["name"] == result.layers[0].name
+
+
+# ----------------------------------------------------------------------
+# Errors.
+
+
+def _small_model():
+    return keras.Sequential([keras.Input((4,)), L.Dense(3)])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"vanishing_threshold": 0}, "vanishing_threshold"),
+        ({"vanishing_threshold": 1.5}, "vanishing_threshold"),
+        ({"exploding_threshold": 0.5}, "exploding_threshold"),
+        ({"saturation_threshold": "a"}, "saturation_threshold"),
+        ({"dead_threshold": True}, "dead_threshold"),
+        ({"saturation_eps": 0.7}, "saturation_eps"),
+        ({"seed": 1.5}, "seed"),
+        ({"training": 1}, "training"),
+        ({"print_table": "yes"}, "print_table"),
+    ],
+)
+def test_invalid_arguments(kwargs, match):
+    x = np.zeros((8, 4), "float32")
+    with pytest.raises(ValueError, match=match):
+        diagnose(_small_model(), x, **kwargs)
+
+
+def test_invalid_models_and_batches():
+    x = np.zeros((8, 4), "float32")
+    with pytest.raises(ValueError, match="keras.Model"):
+        diagnose("model", x)
+    with pytest.raises(ValueError, match="built"):
+        diagnose(keras.Sequential([L.Dense(3)]), x)
+
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = L.Dense(3)
+
+        def call(self, x):
+            return self.dense(x)
+
+    sub = Sub()
+    sub(x)
+    with pytest.raises(ValueError, match="subclassed"):
+        diagnose(sub, x)
+    with pytest.raises(ValueError, match="at least 2 examples"):
+        diagnose(_small_model(), x[:1])
+    with pytest.raises(ValueError, match="same batch size"):
+        diagnose(_small_model(), x, np.zeros((7, 3)))
+    with pytest.raises(ValueError, match="shape of the model's output"):
+        diagnose(_small_model(), x, np.zeros((8, 5), "float32"))
+
+
+# ----------------------------------------------------------------------
+# Command line.
+
+
+def _save(tmp_path, model, x):
+    model_path = os.fspath(tmp_path / "m.keras")
+    batch_path = os.fspath(tmp_path / "x.npy")
+    model.save(model_path)
+    np.save(batch_path, x)
+    return model_path, batch_path
+
+
+def test_cli_subprocess_prints_table_and_fails_on_flags(tmp_path, digits):
+    model = _mlp(lambda s: keras_winit.GlorotUniform(seed=s), 20, 64, "relu")
+    model_path, batch_path = _save(tmp_path, model, digits[:128])
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keras_winit",
+            "diagnose",
+            model_path,
+            batch_path,
+            "--fail-on-flags",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "W-grad var" in proc.stdout
+    assert "vanish-act" in proc.stdout
+    assert "dense_" in proc.stdout
+
+
+def test_cli_in_process(tmp_path, digits, capsys):
+    model = _mlp(lambda s: keras_winit.HeNormal(seed=s), 3, 32, "relu")
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    model_path, batch_path = _save(tmp_path, model, digits[:64])
+    labels_path = os.fspath(tmp_path / "y.npy")
+    np.save(labels_path, load_digits().target[:64])
+    argv = ["diagnose", model_path, batch_path, "--labels", labels_path]
+    assert cli.main(argv + ["--fail-on-flags"]) == 0
+    out = capsys.readouterr().out
+    assert "compiled loss" in out and "no layer flagged" in out
+    missing = os.fspath(tmp_path / "missing.npy")
+    assert cli.main(["diagnose", model_path, missing]) == 2
+    assert "error" in capsys.readouterr().err
