@@ -175,8 +175,9 @@ def lsuv(
             `MIN_VALUES` (16) values on it.
         tol: Positive float, the tolerance on `|Var - 1|`. Defaults to
             `0.02` (the paper's).
-        max_iter: Positive int, the most rescalings per layer. Defaults to
-            `20` (the paper's).
+        max_iter: Non-negative int, the most rescalings per layer (`0`
+            only pre-initializes and measures). Defaults to `20` (the
+            paper's).
         seed: Int, `keras.random.SeedGenerator` or `None`, for the
             orthonormal draws. An int makes the result reproducible.
         orthogonal: If `False`, skip the orthonormal pre-initialization and
@@ -194,7 +195,7 @@ def lsuv(
     _signal.check_backend("lsuv")
     _signal.check_model(model, "lsuv")
     _signal.check_number("tol", tol, 0, 1)
-    _signal.check_number("max_iter", max_iter, 0, integer=True)
+    _signal.check_number("max_iter", max_iter, -1, integer=True)
     for name, value in (
         ("orthogonal", orthogonal),
         ("zero_bias", zero_bias),
