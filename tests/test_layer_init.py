@@ -556,9 +556,12 @@ def test_save_load_and_train(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(16, 6, 6, 3)).astype("float32")
     y = rng.normal(size=(16, 2)).astype("float32")
-    loaded.compile(optimizer="adam", loss="mse")
+    loaded.compile(optimizer="adam", loss="mse", run_eagerly=True)
+    before = [keras.ops.convert_to_numpy(w) for w in loaded.weights]
     history = loaded.fit(x, y, epochs=2, batch_size=8, verbose=0)
     assert all(np.isfinite(history.history["loss"]))
+    after = [keras.ops.convert_to_numpy(w) for w in loaded.weights]
+    assert not np.allclose(before[0], after[0])
 
 
 # --- Unknown layers and errors ------------------------------------------
