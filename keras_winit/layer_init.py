@@ -311,7 +311,6 @@ class _Item:
         torch=None,
         has_bias=False,
         forget_gate=None,
-        note="",
     ):
         self.variable = variable
         self.layer = layer
@@ -323,7 +322,6 @@ class _Item:
         self.torch = torch
         self.has_bias = has_bias
         self.forget_gate = forget_gate
-        self.note = note
 
 
 class _Walker:
