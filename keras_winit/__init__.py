@@ -9,12 +9,16 @@ Public API:
   `"xavier_uniform"`, `"kaiming_normal"` and `"kaiming_uniform"` resolve
   through `keras.initializers.get` once keras_winit is imported.
 - Gains: `gain`, `truncated_normal_std`.
-- Fans: `compute_fans`.
+- Fans: `compute_fans`; layer layouts: `compute_layout_fans`.
+- Layer-aware re-initialization of a built model: `initialize` (returns an
+  `InitReport`).
 """
 
 from keras_winit import fans
 from keras_winit import gains
 from keras_winit import initializers
+from keras_winit import layer_init
+from keras_winit import layouts
 from keras_winit.fans import compute_fans
 from keras_winit.gains import gain
 from keras_winit.gains import truncated_normal_std
@@ -30,6 +34,10 @@ from keras_winit.initializers import LecunUniform
 from keras_winit.initializers import VarianceScaling
 from keras_winit.initializers import XavierNormal
 from keras_winit.initializers import XavierUniform
+from keras_winit.layer_init import InitReport
+from keras_winit.layer_init import UnknownLayerWarning
+from keras_winit.layer_init import initialize
+from keras_winit.layouts import compute_layout_fans
 
 __version__ = "0.1.0"
 
@@ -41,17 +49,23 @@ __all__ = [
     "GlorotUniform",
     "HeNormal",
     "HeUniform",
+    "InitReport",
     "KaimingNormal",
     "KaimingUniform",
     "LecunNormal",
     "LecunUniform",
+    "UnknownLayerWarning",
     "VarianceScaling",
     "XavierNormal",
     "XavierUniform",
     "compute_fans",
+    "compute_layout_fans",
     "fans",
     "gain",
     "gains",
+    "initialize",
     "initializers",
+    "layer_init",
+    "layouts",
     "truncated_normal_std",
 ]
