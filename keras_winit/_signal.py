@@ -13,13 +13,16 @@ that machinery, once:
   with a fused activation, `z` is its output computed with the activation
   temporarily set to `linear` and `a = activation(z)`; otherwise `z` is
   `None` and `a` the layer's output.
-- `probe(model, x, ...)` runs one forward and backward pass under a
-  `tf.GradientTape` and returns one `Record` per layer call.
+- `probe(model, x, ...)` runs one forward and backward pass and returns
+  one `Record` per layer call: under a `tf.GradientTape` on TensorFlow,
+  with `torch.autograd.grad` on PyTorch, and with `jax.value_and_grad`
+  of a pure function of zero perturbations added to every signal (and of
+  the kernels, held in a `keras.StatelessScope`) on JAX.
 
-Only the TensorFlow backend is supported, and only `Sequential` and
-Functional models (subclassed models have no graph to walk). Functional
-models are run through `Functional._run_through_graph`, Keras' own graph
-executor.
+The TensorFlow, JAX and PyTorch backends are supported, and only
+`Sequential` and Functional models (subclassed models have no graph to
+walk). Functional models are run through `Functional._run_through_graph`,
+Keras' own graph executor.
 """
 
 import dataclasses
@@ -58,12 +61,17 @@ SATURATING = {
 RELU_FAMILY = ("relu", "relu6")
 
 
+# Backends with automatic differentiation, which `probe` supports.
+GRADIENT_BACKENDS = ("tensorflow", "jax", "torch")
+
+
 def check_backend(what):
     backend = keras.backend.backend()
-    if backend != "tensorflow":
+    if backend not in GRADIENT_BACKENDS:
         raise RuntimeError(
-            f"{what} only supports the TensorFlow backend. "
-            f"Received: backend={backend!r}. Set KERAS_BACKEND=tensorflow."
+            f"{what} supports the TensorFlow, JAX and PyTorch backends. "
+            f"Received: backend={backend!r}. Set KERAS_BACKEND to one of "
+            f"{', '.join(GRADIENT_BACKENDS)}."
         )
 
 
@@ -123,28 +131,27 @@ def check_number(name, value, low=None, high=None, integer=False):
 
 def to_tensors(x, name="x"):
     """Converts a batch (array or nest of arrays) to tensors; checks size."""
-    import tensorflow as tf
 
     def convert(v):
-        v = np.asarray(v) if not tf.is_tensor(v) else v
-        if v.dtype in (np.float64, np.float16) or (
-            tf.is_tensor(v) and v.dtype.is_floating and v.dtype != tf.float32
-        ):
-            return tf.cast(v, keras.backend.floatx())
-        return tf.convert_to_tensor(v)
+        if not keras.ops.is_tensor(v):
+            v = np.asarray(v)
+        dtype = keras.backend.standardize_dtype(v.dtype)
+        if "float" in dtype and dtype != "float32":
+            return keras.ops.cast(v, keras.backend.floatx())
+        return keras.ops.convert_to_tensor(v)
 
     try:
-        tensors = tf.nest.map_structure(convert, x)
+        tensors = keras.tree.map_structure(convert, x)
     except (TypeError, ValueError) as e:
         raise ValueError(
             f"Argument `{name}` must be an array or a nest of arrays. "
             f"Received: {name} of type {type(x).__name__} ({e})"
         ) from e
-    flat = tf.nest.flatten(tensors)
-    if not flat or any(t.shape.rank is None or t.shape.rank < 1 for t in flat):
+    flat = keras.tree.flatten(tensors)
+    if not flat or any(len(t.shape) < 1 for t in flat):
         raise ValueError(
             f"Argument `{name}` must hold arrays with a batch axis. "
-            f"Received: {name} with shapes {[t.shape for t in flat]}"
+            f"Received: {name} with shapes {[tuple(t.shape) for t in flat]}"
         )
     sizes = {int(t.shape[0]) for t in flat}
     if len(sizes) != 1:
@@ -213,7 +220,7 @@ def fused_activation(layer):
     return fn
 
 
-def split_call(layer, args, kwargs):
+def split_call(layer, args, kwargs, perturb=None):
     """Returns `(z, a)`: pre-activation (or `None`) and output of a call.
 
     A kernel layer with a fused activation is called with its `activation`
@@ -221,15 +228,25 @@ def split_call(layer, args, kwargs):
     on error), which gives the exact pre-activation `z`; the activation is
     then applied to it. Masks and autocasting are handled by the layer's
     own `__call__`.
+
+    `perturb`, when given, maps the signal (`z` when split, else the
+    output) to the tensor used from then on (`a = activation(perturb(z))`);
+    `probe` adds a zero perturbation there to differentiate with respect
+    to it on JAX.
     """
     fn = fused_activation(layer)
     if fn is None:
-        return None, layer(*args, **kwargs)
+        a = layer(*args, **kwargs)
+        if perturb is not None and _is_float_tensor(a):
+            a = perturb(a)
+        return None, a
     layer.activation = keras.activations.linear
     try:
         z = layer(*args, **kwargs)
     finally:
         layer.activation = fn
+    if perturb is not None:
+        z = perturb(z)
     return z, fn(z)
 
 
@@ -327,8 +344,9 @@ def probe(model, x, y=None, loss=None, training=False, seed=0):
         training: Passed to layers that take a `training` argument.
         seed: Seed of the random projection used when `y` is `None`.
     """
-    import tensorflow as tf
-
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return _probe_jax(model, x, y, loss, training, seed)
     calls = []
     seen = {}
 
@@ -338,63 +356,203 @@ def probe(model, x, y=None, loss=None, training=False, seed=0):
             return a
         count = seen.get(id(layer), 0)
         seen[id(layer)] = count + 1
-        tape.watch(a)
-        if z is not None:
-            tape.watch(z)
+        if backend == "tensorflow":
+            tape.watch(a)
+            if z is not None:
+                tape.watch(z)
         calls.append((layer, count, z, a))
         return a
 
-    with tf.GradientTape() as tape:
-        outputs = execute(model, x, leaf, training=training)
-        loss_value, description = _loss(model, x, y, loss, outputs, seed)
-    signals = [a if z is None else z for _, _, z, a in calls]
     kernels = []
-    for layer, count, _, _ in calls:
-        kernel = kernel_variable(layer) if count == 0 else None
-        kernels.append(kernel)
-    kernel_sources = [k for k in kernels if k is not None]
-    grads = tape.gradient(loss_value, signals + kernel_sources)
-    signal_grads = grads[: len(signals)]
-    kernel_grads = iter(grads[len(signals) :])
+
+    def gradients(loss_value):
+        kernels.extend(
+            kernel_variable(layer) if count == 0 else None
+            for layer, count, _, _ in calls
+        )
+        signals = [a if z is None else z for _, _, z, a in calls]
+        sources = signals + [k for k in kernels if k is not None]
+        if backend == "tensorflow":
+            return tape.gradient(loss_value, sources)
+        return _torch_gradients(loss_value, sources)
+
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            outputs = execute(model, x, leaf, training=training)
+            loss_value, description = _loss(model, x, y, loss, outputs, seed)
+        grads = gradients(loss_value)
+    else:
+        import torch
+
+        x = keras.tree.map_structure(_torch_requires_grad, x)
+        with torch.enable_grad():
+            outputs = execute(model, x, leaf, training=training)
+            loss_value, description = _loss(model, x, y, loss, outputs, seed)
+            grads = gradients(loss_value)
+    signal_grads = grads[: len(calls)]
+    kernel_grads = iter(grads[len(calls) :])
     records = []
     for (layer, count, z, a), g, kernel in zip(
         calls, signal_grads, kernels, strict=True
     ):
         kg = next(kernel_grads) if kernel is not None else None
-        records.append(
-            Record(
-                layer=layer,
-                path=layer_path(layer),
-                call_index=count,
-                activation=activation_of(layer),
-                pre=None if z is None else _numpy(z),
-                out=_numpy(a),
-                grad=None if g is None else _numpy(g),
-                kernel_grad=None if kg is None else _numpy(kg),
-            )
+        records.append(_record(layer, count, z, a, g, kg))
+    return records, description
+
+
+def _record(layer, count, z, a, grad, kernel_grad):
+    return Record(
+        layer=layer,
+        path=layer_path(layer),
+        call_index=count,
+        activation=activation_of(layer),
+        pre=None if z is None else _numpy(z),
+        out=_numpy(a),
+        grad=None if grad is None else _numpy(grad),
+        kernel_grad=None if kernel_grad is None else _numpy(kernel_grad),
+    )
+
+
+def _torch_requires_grad(t):
+    """A float input as a leaf that requires grad, so every signal has one."""
+    if _is_float_tensor(t):
+        return t.detach().requires_grad_(True)
+    return t
+
+
+def _torch_gradients(loss_value, sources):
+    """`torch.autograd.grad`, with `None` for what the loss does not use."""
+    import torch
+
+    tensors = [s.value if isinstance(s, keras.Variable) else s for s in sources]
+    wanted = [i for i, t in enumerate(tensors) if t.requires_grad]
+    grads = [None] * len(tensors)
+    if wanted:
+        found = torch.autograd.grad(
+            loss_value, [tensors[i] for i in wanted], allow_unused=True
         )
+        for i, g in zip(wanted, found, strict=True):
+            grads[i] = g
+    return grads
+
+
+def _probe_jax(model, x, y, loss, training, seed):
+    """`probe` on JAX: gradients of a pure function of perturbations.
+
+    A first, eager pass records every signal's shape and dtype and the
+    kernels. `jax.value_and_grad` then differentiates the loss with
+    respect to zero perturbations added to the signals (which gives
+    dC/dsignal) and to the kernels' values, held in a `StatelessScope` so
+    that nothing is assigned. The signals themselves come back as
+    auxiliary outputs.
+    """
+    import jax
+
+    calls = []
+    seen = {}
+
+    def record_leaf(layer, args, kwargs):
+        z, a = split_call(layer, args, kwargs)
+        if not _is_float_tensor(a):
+            return a
+        count = seen.get(id(layer), 0)
+        seen[id(layer)] = count + 1
+        signal = a if z is None else z
+        calls.append((layer, count, signal.shape, signal.dtype))
+        return a
+
+    with keras.StatelessScope():
+        outputs = execute(model, x, record_leaf, training=training)
+        _, description, from_logits = _loss(
+            model, x, y, loss, outputs, seed, with_from_logits=True
+        )
+    kernels = [kernel_variable(c[0]) if c[1] == 0 else None for c in calls]
+    kernel_sources = [k for k in kernels if k is not None]
+
+    def forward(perturbations, kernel_values):
+        signals = []
+        position = iter(range(len(calls)))
+
+        def leaf(layer, args, kwargs):
+            def perturb(t):
+                i = next(position)
+                return t + perturbations[i]
+
+            z, a = split_call(layer, args, kwargs, perturb=perturb)
+            if _is_float_tensor(a):
+                signals.append((z, a))
+            return a
+
+        mapping = list(zip(kernel_sources, kernel_values, strict=True))
+        with keras.StatelessScope(state_mapping=mapping):
+            outputs = execute(model, x, leaf, training=training)
+            value, _ = _loss(
+                model, x, y, loss, outputs, seed, from_logits=from_logits
+            )
+        return value, signals
+
+    zeros = [jax.numpy.zeros(shape, dtype) for _, _, shape, dtype in calls]
+    values = [k.value for k in kernel_sources]
+    (_, signals), (grads, kernel_grads) = jax.value_and_grad(
+        forward, argnums=(0, 1), has_aux=True
+    )(zeros, values)
+    kernel_grads = iter(kernel_grads)
+    records = []
+    for (layer, count, _, _), (z, a), g, kernel in zip(
+        calls, signals, grads, kernels, strict=True
+    ):
+        kg = next(kernel_grads) if kernel is not None else None
+        records.append(_record(layer, count, z, a, g, kg))
     return records, description
 
 
 def _is_float_tensor(value):
-    import tensorflow as tf
-
-    return tf.is_tensor(value) and value.dtype.is_floating
+    if not keras.ops.is_tensor(value):
+        return False
+    return keras.backend.is_float_dtype(
+        keras.backend.standardize_dtype(value.dtype)
+    )
 
 
 def _numpy(t):
-    import tensorflow as tf
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
 
-    if isinstance(t, tf.IndexedSlices):
-        t = tf.convert_to_tensor(t)
-    return np.asarray(t.numpy(), dtype=np.float64)
+        if isinstance(t, tf.IndexedSlices):
+            t = tf.convert_to_tensor(t)
+    return np.asarray(keras.ops.convert_to_numpy(t), dtype=np.float64)
 
 
-def _loss(model, x, y, loss, outputs, seed):
-    """The scalar loss of a probe pass, and a description of it."""
-    import tensorflow as tf
+def _loss(
+    model,
+    x,
+    y,
+    loss,
+    outputs,
+    seed,
+    from_logits=None,
+    with_from_logits=False,
+):
+    """The scalar loss of a probe pass, and a description of it.
 
-    flat = [o for o in tf.nest.flatten(outputs) if _is_float_tensor(o)]
+    `from_logits` is the sparse cross-entropy's `from_logits`, found from
+    the output's values when `None`; with `with_from_logits=True` the
+    value found is returned as a third element (JAX decides it on an
+    eager pass and reuses it while tracing).
+    """
+    value, description, from_logits = _loss_and_kind(
+        model, x, y, loss, outputs, seed, from_logits
+    )
+    if with_from_logits:
+        return value, description, from_logits
+    return value, description
+
+
+def _loss_and_kind(model, x, y, loss, outputs, seed, from_logits):
+    ops = keras.ops
+    flat = [o for o in keras.tree.flatten(outputs) if _is_float_tensor(o)]
     if not flat:
         raise ValueError(
             f"Model {model.name!r} has no floating-point output to "
@@ -407,15 +565,19 @@ def _loss(model, x, y, loss, outputs, seed):
         rng = np.random.default_rng(seed)
         total = 0.0
         for o in flat:
-            r = rng.standard_normal(tuple(o.shape)).astype(
-                o.dtype.as_numpy_dtype
-            )
-            total += tf.reduce_sum(o * r) / tf.cast(tf.shape(o)[0], o.dtype)
-        return total, "random projection sum(output * r) / batch, r ~ N(0,1)"
+            dtype = keras.backend.standardize_dtype(o.dtype)
+            r = rng.standard_normal(tuple(o.shape)).astype(dtype)
+            r = ops.convert_to_tensor(r, dtype=dtype)
+            total += ops.sum(o * r) / ops.cast(ops.shape(o)[0], dtype)
+        return (
+            total,
+            "random projection sum(output * r) / batch, r ~ N(0,1)",
+            None,
+        )
     if loss is None and getattr(model, "compiled", False):
         if getattr(model, "loss", None) is not None:
             value = model.compute_loss(x=x, y=y, y_pred=outputs, training=False)
-            return value, "the model's compiled loss"
+            return value, "the model's compiled loss", None
     if len(flat) != 1:
         raise ValueError(
             "With `y` and a model that is not compiled with a loss, the "
@@ -426,16 +588,21 @@ def _loss(model, x, y, loss, outputs, seed):
     if loss is not None:
         fn = keras.losses.get(loss) if isinstance(loss, str) else loss
         value = fn(y, out)
-        return tf.reduce_mean(value), f"loss={_loss_name(loss)}"
-    y = tf.convert_to_tensor(y)
-    if y.dtype.is_integer and y.shape.rank == out.shape.rank - 1:
-        probs = out.numpy()
-        from_logits = not (
-            probs.min() >= 0 and np.allclose(probs.sum(axis=-1), 1, atol=1e-3)
-        )
+        return ops.mean(value), f"loss={_loss_name(loss)}", None
+    y = ops.convert_to_tensor(y)
+    y_dtype = keras.backend.standardize_dtype(y.dtype)
+    if "int" in y_dtype and len(y.shape) == len(out.shape) - 1:
+        if from_logits is None:
+            probs = ops.convert_to_numpy(out)
+            from_logits = not (
+                probs.min() >= 0
+                and np.allclose(probs.sum(axis=-1), 1, atol=1e-3)
+            )
         fn = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
-        return fn(y, out), (
-            f"sparse categorical cross-entropy (from_logits={from_logits})"
+        return (
+            fn(y, out),
+            f"sparse categorical cross-entropy (from_logits={from_logits})",
+            from_logits,
         )
     if tuple(y.shape) != tuple(out.shape):
         raise ValueError(
@@ -445,7 +612,7 @@ def _loss(model, x, y, loss, outputs, seed):
             f"output shape {tuple(out.shape)}. Pass `loss=` to choose."
         )
     fn = keras.losses.MeanSquaredError()
-    return fn(tf.cast(y, out.dtype), out), "mean squared error"
+    return fn(ops.cast(y, out.dtype), out), "mean squared error", None
 
 
 def _loss_name(loss):
