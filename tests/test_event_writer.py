@@ -1,0 +1,206 @@
+"""Tests for keras_winit._event_writer: event files without TensorFlow."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
+
+from keras_winit import _event_writer
+
+HAS_TF = importlib.util.find_spec("tensorflow") is not None
+
+# Data sets for the histograms: spread, constant, a single value, integer,
+# with the maximum repeated, and empty.
+HISTOGRAM_DATA = {
+    "normal": np.random.default_rng(0).standard_normal((40, 25)),
+    "uniform_f32": np.random.default_rng(1)
+    .uniform(-3, 7, size=1000)
+    .astype("float32"),
+    "constant": np.full((7, 3), 2.5),
+    "single": np.array([4.0]),
+    "integers": np.arange(-5, 20),
+    "max_repeated": np.array([0.0, 1.0, 1.0, 1.0, 0.5]),
+    "empty": np.zeros((0,)),
+}
+BUCKETS = (1, 5, 30)
+
+
+def _read(logdir):
+    acc = event_accumulator.EventAccumulator(
+        os.fspath(logdir), size_guidance={event_accumulator.TENSORS: 0}
+    )
+    acc.Reload()
+    return acc
+
+
+def _events(acc, tag):
+    out = []
+    for event in acc.Tensors(tag):
+        out.append((event.step, tensor_util.make_ndarray(event.tensor_proto)))
+    return out
+
+
+def _plugin(acc, tag):
+    meta = acc.SummaryMetadata(tag)
+    return meta.plugin_data.plugin_name, meta.plugin_data.content
+
+
+def _reference_buckets(data, buckets):
+    """TensorBoard's own NumPy bucketing (`histogram_pb`)."""
+    from tensorboard.plugins.histogram import summary_v2
+
+    summary = summary_v2.histogram_pb("t", data, buckets=buckets)
+    return tensor_util.make_ndarray(summary.value[0].tensor)
+
+
+def test_scalars_read_back(tmp_path):
+    with _event_writer.Writer(tmp_path) as writer:
+        for step, value in enumerate([0.5, 2, np.float64(-1.25), True]):
+            writer.scalar("loss", value, step=step)
+        writer.scalar("other/metric", np.array(3.0, dtype="float16"), step=7)
+    acc = _read(tmp_path)
+    assert sorted(acc.Tags()["tensors"]) == ["loss", "other/metric"]
+    loss = _events(acc, "loss")
+    assert [s for s, _ in loss] == [0, 1, 2, 3]
+    for (_, got), want in zip(loss, [0.5, 2.0, -1.25, 1.0], strict=True):
+        assert got.dtype == np.float32 and got.shape == ()
+        assert float(got) == want
+    assert _events(acc, "other/metric")[0][0] == 7
+    assert _plugin(acc, "loss")[0] == "scalars"
+
+
+@pytest.mark.parametrize("name", sorted(HISTOGRAM_DATA))
+@pytest.mark.parametrize("buckets", BUCKETS)
+def test_histogram_buckets_match_tensorboard(name, buckets):
+    data = HISTOGRAM_DATA[name]
+    got = _event_writer.histogram_buckets(data, buckets)
+    want = _reference_buckets(data, buckets)
+    assert got.shape == (buckets, 3) and got.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    if data.size:
+        assert got[:, 2].sum() == data.size
+        assert got[-1, 1] == data.max()
+
+
+def test_histogram_non_finite_values_fall_in_no_bucket():
+    data = np.array([0.0, 1.0, 2.0, np.nan])
+    table = _event_writer.histogram_buckets(data, 4)
+    assert table.shape == (4, 3)
+    assert np.isnan(table[:, :2]).all()
+    assert table[:, 2].sum() == 0
+
+
+@pytest.mark.parametrize("name", sorted(HISTOGRAM_DATA))
+def test_histograms_read_back(tmp_path, name):
+    data = HISTOGRAM_DATA[name]
+    with _event_writer.Writer(tmp_path) as writer:
+        writer.histogram("h", data, step=3, buckets=5)
+        writer.histogram("h", data * 2, step=4)
+    acc = _read(tmp_path)
+    (step3, first), (step4, second) = _events(acc, "h")
+    assert (step3, step4) == (3, 4)
+    assert first.dtype == np.float64 and first.shape == (5, 3)
+    assert second.shape == (30, 3)
+    np.testing.assert_allclose(first, _reference_buckets(data, 5))
+    np.testing.assert_allclose(second, _reference_buckets(data * 2, 30))
+    assert _plugin(acc, "h")[0] == "histograms"
+
+
+def test_backend_tensors_are_accepted(tmp_path):
+    import keras
+
+    values = keras.random.normal((50,), seed=1)
+    with _event_writer.Writer(tmp_path) as writer:
+        writer.histogram("h", values, step=0, buckets=4)
+        writer.scalar("s", keras.ops.mean(values), step=0)
+    acc = _read(tmp_path)
+    expected = keras.ops.convert_to_numpy(values)
+    np.testing.assert_allclose(
+        _events(acc, "h")[0][1], _reference_buckets(expected, 4)
+    )
+    np.testing.assert_allclose(
+        _events(acc, "s")[0][1], expected.mean(), rtol=1e-6
+    )
+
+
+def test_flush_makes_events_visible_before_close(tmp_path):
+    writer = _event_writer.Writer(tmp_path)
+    writer.scalar("a", 1.0, step=0)
+    writer.flush()
+    assert [s for s, _ in _events(_read(tmp_path), "a")] == [0]
+    writer.close()
+    writer.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.scalar("a", 2.0, step=1)
+    files = os.listdir(tmp_path)
+    assert len(files) == 1 and files[0].startswith("events.out.tfevents.")
+    assert files[0].endswith(".v2")
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda w: w.scalar("", 1.0, step=0), "`tag`"),
+        (lambda w: w.scalar(3, 1.0, step=0), "`tag`"),
+        (lambda w: w.scalar("t", 1.0, step=-1), "`step`"),
+        (lambda w: w.scalar("t", 1.0, step=1.5), "`step`"),
+        (lambda w: w.scalar("t", 1.0, step=True), "`step`"),
+        (lambda w: w.scalar("t", [1.0, 2.0], step=0), "`value`"),
+        (lambda w: w.scalar("t", "x", step=0), "`value`"),
+        (lambda w: w.histogram("t", [1.0], step=0, buckets=0), "`buckets`"),
+        (lambda w: w.histogram("t", [1.0], step=0, buckets=2.0), "`buckets`"),
+        (lambda w: w.histogram("t", ["a"], step=0), "`values`"),
+    ],
+)
+def test_invalid_arguments(tmp_path, call, match):
+    with _event_writer.Writer(tmp_path) as writer:
+        with pytest.raises(ValueError, match=match):
+            call(writer)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"logdir": ""}, "`logdir`"),
+        ({"logdir": None}, "`logdir`"),
+        ({"logdir": "x", "flush_secs": 0}, "`flush_secs`"),
+    ],
+)
+def test_invalid_constructor_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _event_writer.Writer(**kwargs)
+
+
+@pytest.mark.skipif(not HAS_TF, reason="compares with tf.summary output")
+def test_same_as_tf_summary(tmp_path):
+    import tensorflow as tf
+
+    data = HISTOGRAM_DATA["normal"]
+    tf_dir = tmp_path / "tf"
+    ours_dir = tmp_path / "ours"
+    tf_writer = tf.summary.create_file_writer(str(tf_dir))
+    with tf_writer.as_default(), tf.summary.record_if(True):
+        for step in range(3):
+            tf.summary.scalar("loss", 1.5 / (step + 1), step=step)
+            tf.summary.histogram("kernel", data * (step + 1), step=step)
+            tf.summary.histogram("few", data[:2], step=step, buckets=4)
+    tf_writer.close()
+    with _event_writer.Writer(ours_dir) as writer:
+        for step in range(3):
+            writer.scalar("loss", 1.5 / (step + 1), step=step)
+            writer.histogram("kernel", data * (step + 1), step=step)
+            writer.histogram("few", data[:2], step=step, buckets=4)
+    theirs = _read(tf_dir)
+    ours = _read(ours_dir)
+    assert sorted(ours.Tags()["tensors"]) == sorted(theirs.Tags()["tensors"])
+    for tag in ("loss", "kernel", "few"):
+        assert _plugin(ours, tag) == _plugin(theirs, tag)
+        mine = _events(ours, tag)
+        reference = _events(theirs, tag)
+        assert [s for s, _ in mine] == [s for s, _ in reference]
+        for (_, a), (_, b) in zip(mine, reference, strict=True):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_allclose(a, b, rtol=1e-12)
