@@ -12,6 +12,8 @@ Public API:
 - Fans: `compute_fans`; layer layouts: `compute_layout_fans`.
 - Layer-aware re-initialization of a built model: `initialize` (returns an
   `InitReport`).
+- Diagnostics: `diagnose` (returns a `Diagnosis`), data-driven init `lsuv`
+  (Mishkin & Matas 2015), and the `ActivationHistogramLogger` callback.
 """
 
 from keras_winit import fans
@@ -19,6 +21,10 @@ from keras_winit import gains
 from keras_winit import initializers
 from keras_winit import layer_init
 from keras_winit import layouts
+from keras_winit.diagnostics import Diagnosis
+from keras_winit.diagnostics import Flag
+from keras_winit.diagnostics import LayerStats
+from keras_winit.diagnostics import diagnose
 from keras_winit.fans import compute_fans
 from keras_winit.gains import gain
 from keras_winit.gains import truncated_normal_std
@@ -38,13 +44,20 @@ from keras_winit.layer_init import InitReport
 from keras_winit.layer_init import UnknownLayerWarning
 from keras_winit.layer_init import initialize
 from keras_winit.layouts import compute_layout_fans
+from keras_winit.lsuv import LSUVResult
+from keras_winit.lsuv import LSUVWarning
+from keras_winit.lsuv import lsuv
+from keras_winit.probes import ActivationHistogramLogger
 
 __version__ = "0.1.0"
 
 initializers.register_aliases()
 
 __all__ = [
+    "ActivationHistogramLogger",
     "ActivationScaling",
+    "Diagnosis",
+    "Flag",
     "GlorotNormal",
     "GlorotUniform",
     "HeNormal",
@@ -52,6 +65,9 @@ __all__ = [
     "InitReport",
     "KaimingNormal",
     "KaimingUniform",
+    "LSUVResult",
+    "LSUVWarning",
+    "LayerStats",
     "LecunNormal",
     "LecunUniform",
     "UnknownLayerWarning",
@@ -60,6 +76,7 @@ __all__ = [
     "XavierUniform",
     "compute_fans",
     "compute_layout_fans",
+    "diagnose",
     "fans",
     "gain",
     "gains",
@@ -67,5 +84,6 @@ __all__ = [
     "initializers",
     "layer_init",
     "layouts",
+    "lsuv",
     "truncated_normal_std",
 ]
