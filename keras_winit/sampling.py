@@ -10,11 +10,34 @@ the samples (not of an underlying distribution):
   `σ = std / c(k)` so that the samples have std `std` (see
   `keras_winit.truncated_normal_std`). Drawn by inverse CDF: one uniform
   draw per value, `x = sqrt(2) σ erfinv(v)` with `v ~ U(-erf(k/√2),
-  erf(k/√2))`. Unlike rejection sampling it never loops, and every value is
-  inside the bound by construction (clipped against float rounding).
+  erf(k/√2))`. Unlike rejection sampling it never loops.
 
-Half-precision outputs (`float16`, `bfloat16`) are drawn in float32 and
-cast, so `erfinv` and the bound are computed at full precision.
+Every value stays inside its bound (`±L`, `±kσ`) exactly, in the output
+dtype:
+
+- The uniform's limits are rounded *down* to the compute dtype, and a
+  uniform draw never leaves `[minval, maxval]`.
+- For the truncated normal, the uniform's edge is `erf(k (1 - δ) / √2)`
+  rounded down, with `δ = 2**-18` (float32) or `2**-40` (float64). With
+  the TensorFlow backend and `0.25 <= k <= 2.5`, `erfinv` is accurate to
+  `9.4e-7` relative (checked on every float32 of the edge's range), far
+  inside `δ`, so the product cannot round past `kσ` and no clip is
+  needed. Elsewhere (other backends, other `k`) the values are clipped.
+  Moving the edge by `δ` drops a mass below `1e-6`: the std correction
+  stays exact to float32 precision.
+- Half-precision outputs (`float16`, `bfloat16`) are drawn in float32 and
+  clipped to the largest value of the output dtype inside the bound
+  before the cast (round-to-nearest is monotone, so the cast cannot step
+  past it).
+
+Large draws are made in chunks of at most `2**20` values (at least 8
+chunks above `2**17` values) and concatenated: every intermediate (the
+uniform's scaling, `erfinv`, the product, the cast) then works on a
+cache-sized buffer instead of a fresh multi-megabyte one, which is faster
+on CPU and keeps the peak memory near twice the output (the chunks plus
+the concatenated result). With an int seed, chunk `i > 0` draws from a
+seed derived from `(seed, i)`, so results depend only on the seed and the
+shape.
 """
 
 import math
@@ -29,6 +52,15 @@ from keras_winit.gains import truncated_normal_std
 DISTRIBUTIONS = ("truncated_normal", "untruncated_normal", "uniform")
 
 _HALF_PRECISION = ("float16", "bfloat16")
+# Values per chunk of a large draw, and how finely a mid-sized draw is cut.
+_CHUNK_MAX = 2**20
+_CHUNK_MIN = 2**17
+_MIN_CHUNKS = 8
+# Relative shrink of the truncated normal's edge (see the module docstring).
+_EDGE_MARGIN = {"float32": 2.0**-18, "float64": 2.0**-40}
+# Truncation bounds for which the backend's float32/float64 `erfinv` was
+# checked to stay within `_EDGE_MARGIN`, so the clip can be skipped.
+_UNCLIPPED_BOUNDS = {"tensorflow": (0.25, 2.5)}
 
 
 def sample(distribution, shape, stddev, dtype, seed, truncation=2.0):
@@ -46,38 +78,104 @@ def sample(distribution, shape, stddev, dtype, seed, truncation=2.0):
     Returns:
         A tensor of the given shape and dtype.
     """
-    compute_dtype = "float32" if dtype in _HALF_PRECISION else dtype
-    if distribution == "uniform":
-        limit = math.sqrt(3.0) * stddev
-        values = keras.random.uniform(
-            shape, minval=-limit, maxval=limit, dtype=compute_dtype, seed=seed
-        )
-    elif distribution == "untruncated_normal":
-        values = keras.random.normal(
-            shape, mean=0.0, stddev=stddev, dtype=compute_dtype, seed=seed
-        )
-    elif distribution == "truncated_normal":
-        values = _truncated_normal(
-            shape, stddev, truncation, compute_dtype, seed
-        )
-    else:
+    if distribution not in DISTRIBUTIONS:
         raise ValueError(
             f"Invalid `distribution` argument: {distribution!r}. "
             f"Expected one of {DISTRIBUTIONS}."
         )
-    if compute_dtype != dtype:
-        values = keras.ops.cast(values, dtype)
-        if distribution != "untruncated_normal":
-            # Rounding to half precision can step past the bound: clip to the
-            # largest value of `dtype` that is inside it.
-            limit = _inner_limit(
-                math.sqrt(3.0) * stddev
-                if distribution == "uniform"
-                else truncation * stddev / truncated_normal_std(truncation),
-                dtype,
+    draw = _chunk_sampler(distribution, stddev, dtype, truncation)
+    sizes = _chunk_sizes(math.prod(shape))
+    seeds = _chunk_seeds(seed, len(sizes))
+    if len(sizes) == 1:
+        flat = draw(sizes[0], seeds[0])
+    else:
+        parts = [draw(size, s) for size, s in zip(sizes, seeds, strict=True)]
+        flat = keras.ops.concatenate(parts)
+        del parts
+    return keras.ops.reshape(flat, shape)
+
+
+def _chunk_sampler(distribution, stddev, dtype, truncation):
+    """Returns `draw(size, seed)`: `size` values, flat, in `dtype`."""
+    compute_dtype = "float32" if dtype in _HALF_PRECISION else dtype
+    half = compute_dtype != dtype
+
+    if distribution == "untruncated_normal":
+
+        def draw(size, seed):
+            x = keras.random.normal(
+                (size,), stddev=stddev, dtype=compute_dtype, seed=seed
             )
-            values = keras.ops.clip(values, -limit, limit)
-    return values
+            return keras.ops.cast(x, dtype) if half else x
+
+        return draw
+
+    if distribution == "uniform":
+        bound = math.sqrt(3.0) * stddev
+        limit = _inner_limit(bound, compute_dtype)
+        out_limit = _inner_limit(bound, dtype)
+
+        def draw(size, seed):
+            x = keras.random.uniform(
+                (size,), -limit, limit, dtype=compute_dtype, seed=seed
+            )
+            if half:
+                x = keras.ops.cast(
+                    keras.ops.clip(x, -out_limit, out_limit), dtype
+                )
+            return x
+
+        return draw
+
+    sigma = stddev / truncated_normal_std(truncation)
+    bound = truncation * sigma
+    out_limit = _inner_limit(bound, dtype)
+    shrunk = truncation * (1.0 - _EDGE_MARGIN[compute_dtype])
+    edge = _inner_limit(math.erf(shrunk / math.sqrt(2.0)), compute_dtype)
+    scale = math.sqrt(2.0) * sigma
+    lo, hi = _UNCLIPPED_BOUNDS.get(keras.backend.backend(), (1.0, 0.0))
+    clip = half or not lo <= truncation <= hi
+
+    def draw(size, seed):
+        v = keras.random.uniform(
+            (size,), -edge, edge, dtype=compute_dtype, seed=seed
+        )
+        x = keras.ops.erfinv(v)
+        del v
+        x = keras.ops.multiply(x, scale)
+        if clip:
+            x = keras.ops.clip(x, -out_limit, out_limit)
+        return keras.ops.cast(x, dtype) if half else x
+
+    return draw
+
+
+def _chunk_sizes(n):
+    """Sizes of the chunks a draw of `n` values is made of."""
+    if n <= _CHUNK_MIN:
+        return [n]
+    size = min(_CHUNK_MAX, max(_CHUNK_MIN, -(-n // _MIN_CHUNKS)))
+    count = -(-n // size)
+    return [size] * (count - 1) + [n - size * (count - 1)]
+
+
+def _chunk_seeds(seed, count):
+    """One seed per chunk: chunk 0 keeps an int seed, the others mix it."""
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        return [seed] + [_mix(seed, i) for i in range(1, count)]
+    # A SeedGenerator advances on every draw; None uses Keras' global one.
+    return [seed] * count
+
+
+def _mix(seed, index):
+    """SplitMix64 of `(seed, index)`, folded to a non-negative int32."""
+    mask = 0xFFFFFFFFFFFFFFFF
+    z = ((seed & mask) * 0x9E3779B97F4A7C15 + index * 0xD1B54A32D192ED03) & (
+        mask
+    )
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return int((z ^ (z >> 31)) & 0x7FFFFFFF)
 
 
 def _inner_limit(limit, dtype):
@@ -86,15 +184,3 @@ def _inner_limit(limit, dtype):
     if float(rounded) > limit:
         rounded = np.nextafter(rounded, np.zeros((), dtype=dtype))
     return float(rounded)
-
-
-def _truncated_normal(shape, stddev, bound, dtype, seed):
-    sigma = stddev / truncated_normal_std(bound)
-    edge = math.erf(bound / math.sqrt(2.0))  # 2 Φ(k) - 1
-    v = keras.random.uniform(
-        shape, minval=-edge, maxval=edge, dtype=dtype, seed=seed
-    )
-    x = keras.ops.erfinv(v)
-    x = keras.ops.multiply(x, math.sqrt(2.0) * sigma)
-    limit = bound * sigma
-    return keras.ops.clip(x, -limit, limit)
