@@ -185,6 +185,7 @@ def test_clone_model(model):
 
 
 @pytest.mark.slow
+@pytest.mark.tensorflow_only  # tf.saved_model
 def test_export_saved_model(model, tmp_path):
     import tensorflow as tf
 
