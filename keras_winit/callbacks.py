@@ -245,11 +245,9 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         _check_backend()
         self._check_model()
         self._check_log_dir()
-        import tensorflow as tf
-
         model = self.model
         self._unwrap()
-        self._writer = tf.summary.create_file_writer(self.run_dir)
+        self._writer = _EventWriter(self.run_dir)
         self._state = _State(self, model)
         optimizer = model.optimizer
         original = optimizer.__dict__.get("apply")
@@ -305,16 +303,17 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         self._optimizer = None
 
     def _write_pending(self):
-        info = self._state.write_pending()
+        self._state.write_pending()
         if self.weights_freq:
             self._state.write_weights()
-        if info is None or self.warn_log10_ratio is None or self._warned:
+
+    def _maybe_warn(self, ratio, i_max, i_min, step, variances):
+        """Warns once that gradient variances span too many decades."""
+        if self.warn_log10_ratio is None or self._warned:
             return
-        ratio, i_max, i_min, step = info
         if ratio > self.warn_log10_ratio:
             self._warned = True
             paths = self._state.paths
-            variances = self._state.last_variances
             warnings.warn(
                 f"Gradient variances span 10^{ratio:.1f} across layers at "
                 f"optimizer step {step}: largest in layer "
@@ -339,8 +338,65 @@ def _check_backend():
         )
 
 
+class _EventWriter:
+    """Appends `Event` records to a new TensorBoard event file.
+
+    An event file is a TFRecord file of serialized `Event` protos, the first
+    one giving the file version. `tf.io.TFRecordWriter` writes a record in
+    one C++ call, which costs a fraction of a `tf.summary` op dispatch; it
+    knows the same file systems (local, `gs://`, ...). Not subject to
+    `tf.summary.record_if`, so Keras' `TensorBoard` callback cannot
+    swallow these events.
+    """
+
+    _files = 0
+
+    def __init__(self, run_dir):
+        import socket
+        import time
+
+        import tensorflow as tf
+        from tensorboard.compat.proto import event_pb2
+
+        _EventWriter._files += 1
+        name = (
+            f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}."
+            f"{os.getpid()}.{_EventWriter._files}.keras_winit.v2"
+        )
+        self.path = os.path.join(run_dir, name)
+        self._writer = tf.io.TFRecordWriter(self.path)
+        self._writer.write(
+            event_pb2.Event(
+                wall_time=time.time(), file_version="brain.Event:2"
+            ).SerializeToString()
+        )
+
+    def write(self, step, summary):
+        """Writes one event of serialized `Summary` bytes at `step`."""
+        import struct
+        import time
+
+        # Event: wall_time (field 1, double), step (2, int64),
+        # summary (5, message).
+        self._writer.write(
+            b"\x09"
+            + struct.pack("<d", time.time())
+            + b"\x10"
+            + _varint(int(step))
+            + b"\x2a"
+            + _varint(len(summary))
+            + summary
+        )
+
+    def flush(self):
+        self._writer.flush()
+
+    def close(self):
+        self._writer.close()
+
+
 class _State:
-    """Graph-side statistics and their writer for one `fit` call."""
+    """In-graph statistics of one `fit` call, and their writer."""
 
     def __init__(self, callback, model):
         import tensorflow as tf
@@ -359,9 +415,8 @@ class _State:
         self.index = {id(v): i for i, v in enumerate(self.variables)}
         self.index_by_path = {p: i for i, p in enumerate(self.paths)}
         kernels = [i for i, v in enumerate(self.variables) if len(v.shape) >= 2]
-        self.ratio_rows = kernels or list(range(len(self.variables)))
+        self.kernel_rows = kernels or list(range(len(self.variables)))
         self.present = set()
-        self.last_variances = None
         spe = int(getattr(model, "steps_per_execution", 1) or 1)
         self.buffer_size = max(1, min(spe, _MAX_BUFFERED_RECORDS))
         self.update_freq = callback.update_freq
@@ -371,52 +426,48 @@ class _State:
         self.hist_written = 0
         self.weights_written_at = None
         self.lost_warned = False
+        self.tags_with_metadata = set()
+        self._scalar_heads = {}
+        from tensorboard.plugins.scalar import metadata
+
+        self._scalar_metadata = metadata.create_summary_metadata(
+            display_name=None, description=None
+        ).SerializeToString()
         n = len(self.variables)
-        b = self.buffer_size
+        # One record: n x (variance, mean, norm, nonfinite), then the
+        # optimizer step, the kind of record and the skipped-step count.
+        # float64 keeps steps exact up to 2**53.
+        self.width = n * _NUM_STATS + 3
         on_read = dict(
             trainable=False,
             synchronization=tf.VariableSynchronization.ON_READ,
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         )
-        # Created in the model's strategy scope, so each replica can write
-        # its (identical, all-reduced) copy; not tracked by the model.
+        # Created in the model's strategy scope so that each replica writes
+        # its (identical, all-reduced) copy without a merge call; plain
+        # `tf.Variable`s, not tracked by the model, so saving is unaffected.
         with model.distribute_strategy.scope():
+            # Row 0 is a header: number of records, of histograms, and of
+            # skipped steps so far. Rows 1.. are a ring buffer of records.
+            # One variable, so that one read per batch end tells what is new.
             self.buf = tf.Variable(
-                tf.zeros([b, n, _NUM_STATS]), name="winit_stats", **on_read
-            )
-            self.buf_step = tf.Variable(
-                tf.zeros([b], tf.int64), name="winit_steps", **on_read
-            )
-            self.buf_kind = tf.Variable(
-                tf.zeros([b], tf.int32), name="winit_kinds", **on_read
-            )
-            self.count = tf.Variable(
-                tf.constant(0, tf.int64), name="winit_count", **on_read
-            )
-            self.skipped = tf.Variable(
-                tf.constant(0, tf.int64), name="winit_skipped", **on_read
+                tf.zeros([self.buffer_size + 1, self.width], tf.float64),
+                name="winit_records",
+                **on_read,
             )
             if self.histogram_freq:
                 self.hist = tf.Variable(
                     tf.zeros([n, _HISTOGRAM_BINS, 3]),
-                    name="winit_hist",
+                    name="winit_histograms",
                     **on_read,
                 )
                 self.hist_step = tf.Variable(
                     tf.constant(0, tf.int64), name="winit_hist_step", **on_read
                 )
-                self.hist_count = tf.Variable(
-                    tf.constant(0, tf.int64),
-                    name="winit_hist_count",
-                    **on_read,
-                )
-        self._write_fn = None
-        self._hist_fn = None
-        self._weights_fn = None
 
     # In the training graph -------------------------------------------
 
-    def _slot(self, variable):
+    def _row(self, variable):
         i = self.index.get(id(variable))
         if i is None:
             i = self.index_by_path.get(getattr(variable, "path", None))
@@ -426,30 +477,29 @@ class _State:
         """Computes and stores the statistics (traced into `train_step`)."""
         import tensorflow as tf
 
-        optimizer = self.optimizer
+        optimizer, inner = self.optimizer, self.inner
         if not optimizer.built and trainable_variables is not None:
             # What `apply` does first; needed to read its state below.
             with keras.name_scope(optimizer.name, caller=optimizer):
                 optimizer.build(list(trainable_variables))
             optimizer.built = True
         if trainable_variables is None:
-            trainable_variables = self.inner._trainable_variables
-        pairs = []
+            trainable_variables = inner._trainable_variables
+        triples = []
         for g, v in zip(grads, list(trainable_variables), strict=False):
-            i = self._slot(v)
+            i = self._row(v)
             if g is None or i is None:
                 continue
             if getattr(v, "overwrite_with_gradient", False):
                 continue
-            pairs.append((i, v, g))
-        if not pairs:
+            triples.append((i, v, g))
+        if not triples:
             return
-        self.present.update(i for i, _, _ in pairs)
-        rows = [i for i, _, _ in pairs]
+        self.present.update(i for i, _, _ in triples)
+        rows = [i for i, _, _ in triples]
         grads = [
-            tf.cast(tf.convert_to_tensor(g), tf.float32) for _, _, g in pairs
+            tf.cast(tf.convert_to_tensor(g), tf.float32) for _, _, g in triples
         ]
-        optimizer, inner = self.optimizer, self.inner
 
         # Unscale as the optimizer does.
         if self.is_loss_scaled:
@@ -471,7 +521,7 @@ class _State:
             is_update = tf.equal((raw_iterations + 1) % k, 0)
             accumulators = [
                 inner._accumulated_gradients[inner._get_variable_index(v)]
-                for _, v, _ in pairs
+                for _, v, _ in triples
             ]
             grads = [
                 (g + tf.cast(tf.convert_to_tensor(a), tf.float32)) / k
@@ -480,56 +530,62 @@ class _State:
         else:
             is_update = tf.constant(True)
 
-        # tf.distribute: each replica holds its share; sum them (outside
-        # the tf.cond, since an all-reduce may need a merge call).
+        # tf.distribute: each replica holds its share of the gradient; sum
+        # them (outside any tf.cond: an all-reduce may need a merge call).
         context = tf.distribute.get_replica_context()
         if context is not None and context.num_replicas_in_sync > 1:
             grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
 
         step = tf.cast(tf.convert_to_tensor(optimizer.iterations), tf.int64)
         skipped = tf.logical_and(is_update, tf.logical_not(finite))
-        if self.update_freq == 1:
-            due = is_update
-        else:
-            due = tf.logical_and(is_update, step % self.update_freq == 0)
-        due = tf.logical_and(due, finite)
+        due = tf.logical_and(is_update, finite)
+        if self.update_freq > 1:
+            due = tf.logical_and(due, step % self.update_freq == 0)
         n = len(self.variables)
+        all_rows = rows == list(range(n))
 
         def store():
-            stats = tf.stack([_grad_stats(g) for g in grads])
-            if len(rows) < n or rows != list(range(n)):
+            stats = _grad_stats(grads)
+            if not all_rows:
                 stats = tf.scatter_nd(
                     tf.constant(rows)[:, None], stats, [n, _NUM_STATS]
                 )
-            count = tf.convert_to_tensor(self.count)
-            slot = tf.cast(count % self.buffer_size, tf.int32)[None, None]
+            buf = self.buf.read_value()
+            count = tf.cast(buf[0, 0], tf.int64)
+            skipped_total = buf[0, 2] + tf.cast(skipped, tf.float64)
+            kind = tf.where(skipped, _KIND_SKIPPED, _KIND_APPLIED)
+            record = tf.concat(
+                [
+                    tf.cast(tf.reshape(stats, [-1]), tf.float64),
+                    tf.cast(
+                        tf.stack([step, tf.cast(kind, tf.int64)]), tf.float64
+                    ),
+                    skipped_total[None],
+                ],
+                0,
+            )
+            header = tf.concat(
+                [
+                    tf.stack([buf[0, 0] + 1.0, buf[0, 1], skipped_total]),
+                    tf.zeros([self.width - 3], tf.float64),
+                ],
+                0,
+            )
+            slot = tf.cast(count % self.buffer_size + 1, tf.int32)
             self.buf.assign(
                 tf.tensor_scatter_nd_update(
-                    tf.convert_to_tensor(self.buf), slot, stats[None]
+                    buf, tf.stack([[0], slot[None]]), tf.stack([header, record])
                 )
             )
-            self.buf_step.assign(
-                tf.tensor_scatter_nd_update(
-                    tf.convert_to_tensor(self.buf_step), slot, step[None]
-                )
-            )
-            kind = tf.where(skipped, _KIND_SKIPPED, _KIND_APPLIED)
-            self.buf_kind.assign(
-                tf.tensor_scatter_nd_update(
-                    tf.convert_to_tensor(self.buf_kind), slot, kind[None]
-                )
-            )
-            self.skipped.assign_add(tf.cast(skipped, tf.int64))
-            self.count.assign_add(1)
             return tf.constant(True)
 
-        tf.cond(tf.logical_or(due, skipped), store, lambda: tf.constant(False))
+        _cond(tf.logical_or(due, skipped), store)
 
         if self.histogram_freq:
 
             def store_histograms():
                 hist = tf.stack([_histogram(g) for g in grads])
-                if len(rows) < n or rows != list(range(n)):
+                if not all_rows:
                     hist = tf.scatter_nd(
                         tf.constant(rows)[:, None],
                         hist,
@@ -537,229 +593,255 @@ class _State:
                     )
                 self.hist.assign(hist)
                 self.hist_step.assign(step)
-                self.hist_count.assign_add(1)
+                self.buf.assign(
+                    tf.tensor_scatter_nd_add(
+                        self.buf.read_value(),
+                        [[0, 1]],
+                        tf.constant([1.0], tf.float64),
+                    )
+                )
                 return tf.constant(True)
 
             hist_due = tf.logical_and(
                 tf.logical_and(is_update, finite),
                 step % self.histogram_freq == 0,
             )
-            tf.cond(hist_due, store_histograms, lambda: tf.constant(False))
+            _cond(hist_due, store_histograms)
 
     # Between steps ----------------------------------------------------
 
-    def _build_write_fn(self):
-        import tensorflow as tf
+    def _value(self, tag, tensor, metadata):
+        from tensorboard.compat.proto import summary_pb2
 
-        present = sorted(self.present)
-        paths = self.paths
-        ratio_rows = [
-            i for i in self.ratio_rows if i in self.present
-        ] or present
-        writer = self.writer
-        b = self.buffer_size
-        buf, buf_step, buf_kind = self.buf, self.buf_step, self.buf_kind
-        skipped = self.skipped
+        value = summary_pb2.Summary.Value(tag=tag, tensor=tensor)
+        # TensorBoard reads a tag's metadata from its first value only.
+        if tag not in self.tags_with_metadata:
+            self.tags_with_metadata.add(tag)
+            value.metadata.CopyFrom(metadata)
+        return value
 
-        def write_values(stats, step):
-            for i in present:
-                p = paths[i]
-                _scalar(f"grad_variance/{p}", stats[i, 0], step=step)
-                _scalar(f"grad_mean/{p}", stats[i, 1], step=step)
-                _scalar(f"grad_norm/{p}", stats[i, 2], step=step)
-                _scalar(f"grad_nonfinite/{p}", stats[i, 3], step=step)
-            variances = tf.maximum(
-                tf.gather(stats[:, _VARIANCE], ratio_rows), _VARIANCE_FLOOR
-            )
-            ratio = (
-                tf.math.log(tf.reduce_max(variances))
-                - tf.math.log(tf.reduce_min(variances))
-            ) / math.log(10.0)
-            _scalar("grad_summary/log10_variance_ratio", ratio, step=step)
-            return tf.stack(
-                [
-                    ratio,
-                    tf.cast(tf.argmax(variances), tf.float32),
-                    tf.cast(tf.argmin(variances), tf.float32),
-                ]
-            )
+    def _write_event(self, step, summary):
+        self.writer.write(step, summary)
 
-        def write_skipped(stats, step):
-            for i in present:
-                _scalar(f"grad_nonfinite/{paths[i]}", stats[i, 3], step=step)
-            _scalar(
-                "grad_summary/skipped_steps", skipped.read_value(), step=step
-            )
-            return tf.constant([math.nan, 0.0, 0.0])
+    def _scalars(self, step, tags_and_values):
+        """Writes one event of float32 scalars, as `tf.summary.scalar` does.
 
-        @tf.function(autograph=False)
-        def write(start, end):
-            with writer.as_default(), tf.summary.record_if(True):
+        The `Summary` is assembled from serialized pieces cached per tag
+        (only the 4 bytes of each value change), which costs a fraction of
+        building one protobuf message per value.
+        """
+        import numpy as np
 
-                def body(i, info, last_step):
-                    slot = i % b
-                    stats = buf.read_value()[slot]
-                    step = buf_step.read_value()[slot]
-                    is_applied = tf.equal(
-                        buf_kind.read_value()[slot], _KIND_APPLIED
-                    )
-                    new = tf.cond(
-                        is_applied,
-                        lambda: write_values(stats, step),
-                        lambda: write_skipped(stats, step),
-                    )
-                    info = tf.where(is_applied, new, info)
-                    last_step = tf.where(is_applied, step, last_step)
-                    return i + 1, info, last_step
-
-                _, info, last_step = tf.while_loop(
-                    lambda i, info, last_step: i < end,
-                    body,
-                    (
-                        start,
-                        tf.constant([math.nan, 0.0, 0.0]),
-                        tf.constant(-1, tf.int64),
-                    ),
-                )
-            variances = tf.reshape(
-                buf.read_value()[(end - 1) % b][:, _VARIANCE], [-1]
-            )
-            return info, last_step, variances
-
-        self._write_fn = write
+        tags = [tag for tag, _ in tags_and_values]
+        packed = np.asarray([x for _, x in tags_and_values], "<f4").tobytes()
+        heads = self._scalar_heads
+        parts = []
+        for j, tag in enumerate(tags):
+            head = heads.get(tag)
+            if head is None:
+                # The first value of a tag carries the scalar plugin's
+                # metadata; later ones do not need it.
+                head = _scalar_head(tag, self._scalar_metadata)
+                heads[tag] = _scalar_head(tag, None)
+            parts.append(head)
+            parts.append(packed[4 * j : 4 * j + 4])
+        self._write_event(step, b"".join(parts))
 
     def write_pending(self):
-        """Writes the records stored since the last call.
-
-        Returns `(ratio, i_max, i_min, step)` of the last applied record
-        written (row indices into the variables), or `None`.
-        """
-        import tensorflow as tf
-
-        count = int(self.count.numpy())
-        info = None
+        """Writes the records and histograms stored since the last call."""
+        buf = self.buf.numpy()
+        count = int(buf[0, 0])
         if count > self.written:
-            if self._write_fn is None:
-                self._build_write_fn()
             start = max(self.written, count - self.buffer_size)
             if start > self.written and not self.lost_warned:
                 self.lost_warned = True
                 warnings.warn(
                     f"GradientVarianceLogger dropped {start - self.written} "
-                    "records written between two batch ends.",
+                    "records stored between two batch ends.",
                     stacklevel=3,
                 )
-            values, last_step, variances = self._write_fn(
-                tf.constant(start, tf.int64), tf.constant(count, tf.int64)
-            )
+            for i in range(start, count):
+                self._write_record(buf[i % self.buffer_size + 1])
             self.written = count
-            values = values.numpy()
-            if not math.isnan(values[0]):
-                ratio_rows = [
-                    i for i in self.ratio_rows if i in self.present
-                ] or sorted(self.present)
-                self.last_variances = variances.numpy()
-                info = (
-                    float(values[0]),
-                    ratio_rows[int(values[1])],
-                    ratio_rows[int(values[2])],
-                    int(last_step.numpy()),
-                )
-        if self.histogram_freq:
+        if self.histogram_freq and int(buf[0, 1]) > self.hist_written:
+            self.hist_written = int(buf[0, 1])
             self._write_histograms()
-        return info
+
+    def _write_record(self, record):
+        import numpy as np
+
+        n = len(self.variables)
+        stats = record[: n * _NUM_STATS].reshape(n, _NUM_STATS)
+        step, kind, skipped_total = record[n * _NUM_STATS :]
+        step = int(step)
+        present = sorted(self.present)
+        paths = self.paths
+        if kind == _KIND_SKIPPED:
+            self._scalars(
+                step,
+                [(f"grad_nonfinite/{paths[i]}", stats[i, 3]) for i in present]
+                + [("grad_summary/skipped_steps", skipped_total)],
+            )
+            return
+        scalars = []
+        for i in present:
+            p = paths[i]
+            scalars += [
+                (f"grad_variance/{p}", stats[i, _VARIANCE]),
+                (f"grad_mean/{p}", stats[i, _MEAN]),
+                (f"grad_norm/{p}", stats[i, _NORM]),
+                (f"grad_nonfinite/{p}", stats[i, _NONFINITE]),
+            ]
+        rows = [i for i in self.kernel_rows if i in self.present] or present
+        variances = np.maximum(stats[rows, _VARIANCE], _VARIANCE_FLOOR)
+        with np.errstate(invalid="ignore"):
+            ratio = float(np.log10(variances.max() / variances.min()))
+        scalars.append(("grad_summary/log10_variance_ratio", ratio))
+        self._scalars(step, scalars)
+        if not math.isnan(ratio):
+            self.callback._maybe_warn(
+                ratio,
+                rows[int(np.argmax(variances))],
+                rows[int(np.argmin(variances))],
+                step,
+                stats[:, _VARIANCE],
+            )
 
     def _write_histograms(self):
-        import tensorflow as tf
+        from tensorboard.compat.proto import summary_pb2
+        from tensorboard.plugins.histogram import metadata
+        from tensorboard.util import tensor_util
 
-        count = int(self.hist_count.numpy())
-        if count <= self.hist_written:
-            return
-        self.hist_written = count
-        if self._hist_fn is None:
-            from tensorboard.plugins.histogram import metadata
-
-            present = sorted(self.present)
-            paths = self.paths
-            writer = self.writer
-            hist, hist_step = self.hist, self.hist_step
-            meta = {
-                i: metadata.create_summary_metadata(
-                    display_name=f"grad_histogram/{paths[i]}", description=""
-                )
-                for i in present
-            }
-
-            @tf.function(autograph=False)
-            def write_histograms():
-                values = hist.read_value()
-                step = hist_step.read_value()
-                with writer.as_default(), tf.summary.record_if(True):
-                    for i in present:
-                        tf.summary.write(
-                            f"grad_histogram/{paths[i]}",
-                            tensor=values[i],
-                            step=step,
-                            metadata=meta[i],
-                        )
-
-            self._hist_fn = write_histograms
-        self._hist_fn()
+        if not hasattr(self, "_histogram_metadata"):
+            self._histogram_metadata = metadata.create_summary_metadata(
+                display_name=None, description=None
+            )
+        hist = self.hist.numpy().astype("float64")
+        step = int(self.hist_step.numpy())
+        values = [
+            self._value(
+                f"grad_histogram/{self.paths[i]}",
+                tensor_util.make_tensor_proto(hist[i]),
+                self._histogram_metadata,
+            )
+            for i in sorted(self.present)
+        ]
+        self._write_event(
+            step, summary_pb2.Summary(value=values).SerializeToString()
+        )
 
     def write_weights(self, force=False):
-        import tensorflow as tf
+        import numpy as np
 
         step = int(keras.ops.convert_to_numpy(self.optimizer.iterations))
-        freq = self.weights_freq
-        mark = step // freq
         # Logged at the first batch end at or after each multiple of freq.
+        mark = step // self.weights_freq
         if not force and mark == self.weights_written_at:
             return
         self.weights_written_at = mark
-        if self._weights_fn is None:
-            variables = self.variables
-            paths = self.paths
-            writer = self.writer
-
-            @tf.function(autograph=False)
-            def write_weights(step):
-                with writer.as_default(), tf.summary.record_if(True):
-                    for v, p in zip(variables, paths, strict=True):
-                        w = tf.cast(tf.convert_to_tensor(v), tf.float32)
-                        _scalar(
-                            f"weight_variance/{p}",
-                            tf.math.reduce_variance(w),
-                            step=step,
-                        )
-
-            self._weights_fn = write_weights
-        self._weights_fn(tf.constant(step, tf.int64))
+        self._scalars(
+            step,
+            [
+                (
+                    f"weight_variance/{p}",
+                    np.var(keras.ops.convert_to_numpy(v).astype("float64")),
+                )
+                for v, p in zip(self.variables, self.paths, strict=True)
+            ],
+        )
 
 
-def _scalar(tag, value, step):
-    """Writes a scalar summary under exactly `tag` (no name scope prefix)."""
+def _varint(n):
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _scalar_head(tag, metadata):
+    """Serialized `Summary.value` entry for a float32 scalar, minus the value.
+
+    Protobuf wire format: `Summary.value` (field 1) holds a `Summary.Value`
+    with `tag` (field 1), optionally `metadata` (field 9) and `tensor`
+    (field 8): a `TensorProto` with `dtype` (field 1) = DT_FLOAT (1) and a
+    packed `float_val` (field 5) of 4 bytes, which the caller appends.
+    """
+    tag = tag.encode("utf-8")
+    body = b"\x0a" + _varint(len(tag)) + tag
+    if metadata:
+        body += b"\x4a" + _varint(len(metadata)) + metadata
+    body += b"\x42\x08\x08\x01\x2a\x04"
+    return b"\x0a" + _varint(len(body) + 4) + body
+
+
+def _cond(pred, true_fn):
+    """`tf.cond(pred, true_fn, no-op)` that costs ~nothing when not taken.
+
+    Inside a `tf.function`, TensorFlow lowers `tf.cond` to Switch/Merge ops,
+    so the executor visits every op of the branch not taken, on every
+    step. Keeping the functional `If` op runs only the taken branch.
+    """
     import tensorflow as tf
-    from tensorboard.plugins.scalar import metadata
 
-    return tf.summary.write(
-        tag,
-        tensor=tf.cast(value, tf.float32),
-        step=step,
-        metadata=metadata.create_summary_metadata(
-            display_name=tag, description=""
+    out = tf.cond(pred, true_fn, lambda: tf.constant(False))
+    if not tf.executing_eagerly():
+        from tensorflow.core.framework import attr_value_pb2
+
+        op = out.op
+        while op.type not in ("If", "StatelessIf") and op.inputs:
+            op = op.inputs[0].op
+        if op.type in ("If", "StatelessIf"):
+            op._set_attr(
+                "_lower_using_switch_merge", attr_value_pb2.AttrValue(b=False)
+            )
+    return out
+
+
+def _grad_stats(grads):
+    """`[len(grads), 4]`: variance, mean, L2 norm and non-finite count.
+
+    Three passes over each gradient: its sum, the centred values and their
+    dot product (`sum(g**2) = sum((g - mean)**2) + n * mean**2`, both terms
+    non-negative). Non-finite entries are only counted, in one `tf.cond`,
+    when some sum is not finite.
+    """
+    import tensorflow as tf
+
+    means, variances, norms, sums = [], [], [], []
+    for g in grads:
+        flat = tf.reshape(g, [-1])
+        n = tf.cast(tf.size(flat), tf.float32)
+        total = tf.reduce_sum(flat)
+        mean = total / n
+        centered = flat - mean
+        squares = tf.reshape(
+            tf.matmul(centered[None, :], centered[:, None]), []
+        )
+        means.append(mean)
+        variances.append(squares / n)
+        norms.append(tf.sqrt(squares + n * tf.square(mean)))
+        sums.append(total + squares)
+    means, variances, norms = (
+        tf.stack(means),
+        tf.stack(variances),
+        tf.stack(norms),
+    )
+    nonfinite = tf.cond(
+        tf.reduce_all(tf.math.is_finite(tf.stack(sums))),
+        lambda: tf.zeros([len(grads)]),
+        lambda: tf.stack(
+            [
+                tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32))
+                for g in grads
+            ]
         ),
     )
-
-
-def _grad_stats(g):
-    """Variance, mean, L2 norm and non-finite count of a float32 tensor."""
-    import tensorflow as tf
-
-    mean = tf.reduce_mean(g)
-    variance = tf.reduce_mean(tf.square(g - mean))
-    norm = tf.sqrt(tf.reduce_sum(tf.square(g)))
-    nonfinite = tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32))
-    return tf.stack([variance, mean, norm, nonfinite])
+    return tf.stack([variances, means, norms, nonfinite], axis=1)
 
 
 def _histogram(g):
@@ -768,10 +850,11 @@ def _histogram(g):
 
     g = tf.reshape(g, [-1])
     finite = tf.math.is_finite(g)
+    any_finite = tf.reduce_any(finite)
     low = tf.reduce_min(tf.where(finite, g, math.inf))
     high = tf.reduce_max(tf.where(finite, g, -math.inf))
-    low = tf.where(tf.reduce_any(finite), low, 0.0)
-    high = tf.where(tf.reduce_any(finite), high, 0.0)
+    low = tf.where(any_finite, low, 0.0)
+    high = tf.where(any_finite, high, 0.0)
     width = tf.maximum(high - low, 1e-12) / _HISTOGRAM_BINS
     index = tf.cast(
         tf.floor((tf.where(finite, g, low) - low) / width), tf.int32
