@@ -39,7 +39,6 @@ Usage:
     python -m benchmarks --only initializers [--quick] [--json out.json]
 """
 
-import gc
 import json
 import math
 import os
@@ -193,7 +192,6 @@ def _keras_call(initializer):
 
 
 def _time(call, fetch, shape, dtype):
-    gc.collect()
     wall, cpu = time.perf_counter(), time.process_time()
     x = call(shape, dtype)
     fetch(x)
@@ -283,14 +281,12 @@ def peak_memory_available():
 
 
 def _peak_of(call, fetch, shape, dtype):
-    gc.collect()
     before = _proc_status()["VmRSS"]
     _reset_peak()
     x = call(shape, dtype)
     fetch(x)
     peak = _proc_status()["VmHWM"] - before
     del x
-    gc.collect()
     return peak
 
 

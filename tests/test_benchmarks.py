@@ -1,0 +1,159 @@
+"""Smoke test of `python -m benchmarks --quick` (run in-process).
+
+Checks the tables' rows and columns and the JSON, not the speeds.
+"""
+
+import json
+import sys
+import types
+
+import pytest
+
+from benchmarks import __main__ as runner
+from benchmarks import import_cost
+from benchmarks import initializers
+
+MONITORING_ROWS = [
+    {"name": "plain fit", "ms_per_step": 2.0, "overhead": 0.0},
+    {
+        "name": "GradientVarianceLogger(update_freq=1)",
+        "ms_per_step": 3.0,
+        "overhead": 0.5,
+    },
+]
+
+
+@pytest.fixture
+def fake_monitoring(monkeypatch):
+    # The real monitoring benchmark trains six models (minutes); its own
+    # module is tested elsewhere. Here only the runner's hook is checked.
+    calls = []
+    module = types.ModuleType("benchmarks.monitoring")
+
+    def run(steps, repeats):
+        calls.append((steps, repeats))
+        return [dict(row) for row in MONITORING_ROWS]
+
+    module.run = run
+    monkeypatch.setitem(sys.modules, "benchmarks.monitoring", module)
+    return calls
+
+
+def test_quick_run_prints_every_table(tmp_path, capsys, fake_monitoring):
+    path = tmp_path / "out.json"
+    # The import section is left out: its subprocess spends its time in
+    # `import keras` (seconds); test_import_cost_subprocess covers it.
+    code = runner.main(
+        [
+            "--quick",
+            "--only",
+            "initializers,monitoring",
+            "--memory",
+            "inprocess",
+            "--json",
+            str(path),
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Machine: ")
+    assert "## Initializers" in out and "## Monitoring overhead" in out
+    assert "## Import" not in out
+    header = next(line for line in out.splitlines() if "| shape |" in line)
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns == [
+        "shape",
+        "dtype",
+        "distribution",
+        "initializer",
+        "median s",
+        "M values/s",
+        "CPU s",
+        "speedup vs Keras (wall)",
+        "speedup (CPU)",
+        "peak mem / output",
+        "target",
+    ]
+    for name in (
+        "keras_winit.HeNormal",
+        "keras.initializers.HeNormal",
+        "keras_winit.HeUniform",
+        "keras.initializers.HeUniform",
+        'keras_winit.VarianceScaling(distribution="untruncated_normal")',
+        "np.ones (memory method check)",
+        "GradientVarianceLogger(update_freq=1)",
+    ):
+        assert f"| {name} |" in out
+    assert fake_monitoring == [(10, 1)]
+
+    results = json.loads(path.read_text())
+    assert results["quick"] is True
+    assert results["machine"]["nproc"] >= 1
+    rows = results["sections"]["initializers"]
+    timed = [r for r in rows if r["family"] != "calibration"]
+    groups = {(tuple(r["shape"]), r["dtype"], r["family"]) for r in timed}
+    assert groups == {
+        (shape, dtype, family)
+        for shape in initializers.QUICK_SHAPES
+        for dtype in initializers.DTYPES
+        for family in initializers.FAMILIES
+    }
+    for r in timed:
+        assert r["median_wall_s"] > 0 and r["values_per_s"] > 0
+        assert len(r["samples_wall_s"]) == r["repeats"] or (
+            r["name"] == "scipy.stats.truncnorm.rvs"
+        )
+        if r["provider"] == "keras":
+            assert r["speedup_wall"] == 1.0
+        if r["provider"] in ("keras", "keras_winit"):
+            assert r["peak_memory_ratio"] is not None
+    calibration = [r for r in rows if r["family"] == "calibration"]
+    assert len(calibration) == len(initializers.QUICK_SHAPES) * 2
+    assert results["sections"]["monitoring"][1]["overhead"] == 0.5
+
+
+def test_missing_monitoring_module_is_skipped(monkeypatch, capsys):
+    monkeypatch.setattr(runner, "_load_monitoring", lambda: None)
+    assert runner.main(["--quick", "--only", "monitoring"]) == 0
+    out = capsys.readouterr().out
+    assert "benchmarks/monitoring.py is not there: skipped" in out
+    assert "## Initializers" not in out and "## Import" not in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--only", "speed"],
+        ["--only", ""],
+        ["--repeats", "0"],
+        ["--memory", "maybe"],
+    ],
+)
+def test_rejects_bad_arguments(argv, capsys):
+    with pytest.raises(SystemExit):
+        runner.main(argv)
+    assert "argument" in capsys.readouterr().err
+
+
+def test_run_rejects_bad_memory_method():
+    with pytest.raises(ValueError, match="Invalid `memory` argument"):
+        initializers.run(shapes=[(2, 2)], memory="rss")
+
+
+def test_import_cost_subprocess():
+    # A light module stands in for keras_winit: the mechanism is the same.
+    (row,) = import_cost.run(repeats=2, base="json", module="benchmarks")
+    assert row["name"] == "import benchmarks (after import json)"
+    assert row["repeats"] == 2 and len(row["samples_wall_s"]) == 2
+    assert 0 < row["median_wall_s"] < 5
+    assert row["meets_target"] == (row["median_wall_s"] <= 0.1)
+    table = runner.import_table([row])
+    assert table.splitlines()[0] == (
+        "| measurement | median wall s | median CPU s | repeats | target |"
+    )
+    assert "| import benchmarks (after import json) |" in table
+
+
+def test_import_cost_rejects_zero_repeats():
+    with pytest.raises(ValueError, match="repeats=0"):
+        import_cost.run(repeats=0)
