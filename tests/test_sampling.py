@@ -1,0 +1,122 @@
+"""Tests of keras_winit.sampling: chunked draws, seeds and exact bounds."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+from scipy import stats
+
+from keras_winit import sampling
+from keras_winit.gains import truncated_normal_std
+
+DTYPES = ["float32", "float16", "bfloat16", "float64"]
+# Three chunks of 2**17 values: the chunked path.
+CHUNKED_SHAPE = (3, 2**17)
+STD = 0.05
+
+
+def target(distribution, std, k=2.0):
+    if distribution == "uniform":
+        limit = math.sqrt(3) * std
+        return stats.uniform(loc=-limit, scale=2 * limit)
+    if distribution == "untruncated_normal":
+        return stats.norm(scale=std)
+    sigma = std / stats.truncnorm(-k, k).std()
+    return stats.truncnorm(-k, k, scale=sigma)
+
+
+def to_numpy(x):
+    return np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(x, "float64")))
+
+
+@pytest.mark.parametrize(
+    "n", [0, 1, 2**17, 2**17 + 1, 3 * 3 * 512 * 512, 2**24 + 5]
+)
+def test_chunk_sizes(n):
+    sizes = sampling._chunk_sizes(n)
+    assert sum(sizes) == n
+    assert all(0 < s <= sampling._CHUNK_MAX for s in sizes) or n == 0
+    if n <= sampling._CHUNK_MIN:
+        assert sizes == [n]
+    else:
+        assert len(sizes) >= min(8, math.ceil(n / sampling._CHUNK_MIN))
+
+
+def test_chunk_seeds():
+    seeds = sampling._chunk_seeds(1234, 40)
+    assert seeds[0] == 1234
+    assert len(set(seeds)) == 40
+    assert all(0 <= s < 2**31 for s in seeds)
+    assert sampling._chunk_seeds(1234, 40) == seeds
+    generator = keras.random.SeedGenerator(0)
+    assert sampling._chunk_seeds(generator, 3) == [generator] * 3
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("distribution", sampling.DISTRIBUTIONS)
+def test_chunked_draw_is_exact(distribution, dtype):
+    values = sampling.sample(distribution, CHUNKED_SHAPE, STD, dtype, seed=3)
+    assert tuple(values.shape) == CHUNKED_SHAPE
+    assert keras.backend.standardize_dtype(values.dtype) == dtype
+    x = to_numpy(values)
+    dist = target(distribution, STD)
+    assert stats.kstest(x.ravel(), dist.cdf).pvalue > 1e-4
+    assert np.std(x) == pytest.approx(STD, rel=0.01)
+    lo, hi = dist.support()
+    assert x.min() >= lo and x.max() <= hi
+    # Every chunk is its own draw.
+    assert abs(np.corrcoef(x[0], x[1])[0, 1]) < 0.02
+    assert abs(np.corrcoef(x[1], x[2])[0, 1]) < 0.02
+
+
+@pytest.mark.parametrize("distribution", sampling.DISTRIBUTIONS)
+def test_chunked_draw_is_reproducible(distribution):
+    def draw(seed):
+        return to_numpy(
+            sampling.sample(distribution, CHUNKED_SHAPE, STD, "float32", seed)
+        )
+
+    np.testing.assert_array_equal(draw(5), draw(5))
+    assert not np.array_equal(draw(5), draw(6))
+    # A SeedGenerator advances between the chunks and between the calls.
+    generator = keras.random.SeedGenerator(5)
+    first = to_numpy(
+        sampling.sample(distribution, (2, 2**17), STD, "float32", generator)
+    )
+    second = to_numpy(
+        sampling.sample(distribution, (2, 2**17), STD, "float32", generator)
+    )
+    assert not np.array_equal(first[0], first[1])
+    assert not np.array_equal(first, second)
+
+
+@pytest.mark.parametrize("bound", [0.25, 0.5, 1.0, 2.0, 2.5])
+@pytest.mark.parametrize("std", [1e-3, 0.0123, 1.0])
+def test_unclipped_edge_cannot_round_past_the_bound(bound, std):
+    # Where `sample` skips the clip, check the backend's float32 erfinv and
+    # product on every float32 in the top 2% of the uniform's range.
+    lo, hi = sampling._UNCLIPPED_BOUNDS.get(keras.backend.backend(), (1, 0))
+    if not lo <= bound <= hi:
+        pytest.skip("this backend clips the truncated normal")
+    sigma = std / truncated_normal_std(bound)
+    shrunk = bound * (1.0 - sampling._EDGE_MARGIN["float32"])
+    edge = sampling._inner_limit(math.erf(shrunk / math.sqrt(2)), "float32")
+    top = np.float32(edge).view(np.int32)
+    bottom = np.float32(0.98 * edge).view(np.int32)
+    v = np.arange(bottom, top + 1, dtype=np.int32).view(np.float32)
+    x = keras.ops.multiply(keras.ops.erfinv(v), math.sqrt(2.0) * sigma)
+    assert float(np.max(to_numpy(x))) <= bound * sigma
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_uniform_limit_is_rounded_down(dtype):
+    std = 0.1  # sqrt(3) * 0.1 is not representable in any float dtype
+    limit = sampling._inner_limit(math.sqrt(3) * std, dtype)
+    assert limit <= math.sqrt(3) * std
+    assert limit == float(np.asarray(limit).astype(dtype))
+
+
+def test_rejects_unknown_distribution():
+    with pytest.raises(ValueError, match="Invalid `distribution` argument"):
+        sampling.sample("cauchy", (2, 2), 1.0, "float32", seed=0)
