@@ -226,7 +226,7 @@ def lsuv(
         if orthogonal:
             _orthonormalize(layer, seed)
         if zero_bias and getattr(layer, "bias", None) is not None:
-            layer.bias.assign(keras.ops.zeros_like(layer.bias))
+            layer.bias.assign(keras.ops.zeros_like(layer.bias.value))
         z, a = _signal.split_call(layer, args, kwargs)
         if z is None:
             z = a

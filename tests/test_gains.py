@@ -1,5 +1,6 @@
 import math
 
+import keras
 import numpy as np
 import pytest
 
@@ -102,8 +103,10 @@ def test_moment_accepts_callables():
     ],
 )
 def test_kumar_gains(name, param, expected):
+    # XLA (JAX) evaluates tanh with a ~1e-6 rational approximation.
+    rel = 1e-5 if keras.backend.backend() == "jax" else 1e-9
     assert keras_winit.gain(name, param, method="kumar") == pytest.approx(
-        expected, rel=1e-9
+        expected, rel=rel
     )
 
 
