@@ -6,8 +6,9 @@ from `keras_winit.HeNormal` (`Var(w) = 2 / fan_in`). Every ReLU layer
 keeps half of the second moment of its input, so Xavier's variance halves
 per layer (std ×0.71), He's is preserved (std ×1). At 30 layers the
 Xavier network's output is ~`2**-15` of its input and its loss stays at
-`ln 10` (a uniform guess over 10 classes); a 10-layer network trains with
-both (He et al., 2015, figure 3).
+`ln 10` (a uniform guess over 10 classes): He et al. (2015), figure 3. A
+10-layer network trains with both, He's faster (their figure 2, 22
+layers).
 
 Run: `python tutorials/05_he_depth.py [--fast] [--out DIR]`.
 

@@ -20,6 +20,7 @@ import sys
 from _common import LN10
 from _common import digits
 from _common import format_table
+from _common import layer_statistics
 from _common import model_for
 from _common import output_dir
 from _common import plot_curves
@@ -93,6 +94,11 @@ def main(fast=False, out=None):
                 numbers[f"{key}_iterations"] = [
                     layer.iterations for layer in result.layers
                 ]
+            grads = layer_statistics(model, data[0], data[1])[
+                "preactivation_grad_std"
+            ]
+            grad_ratio = float(grads[0] / grads[depth - 1])
+            numbers[f"{key}_grad_ratio_layer1_to_{depth}"] = grad_ratio
             history = train(
                 model, data, epochs, learning_rate=lr, validation=not fast
             )
@@ -105,6 +111,7 @@ def main(fast=False, out=None):
                 [
                     net,
                     name,
+                    grad_ratio,
                     history["loss"][-1],
                     history["accuracy"][-1],
                     history["val_accuracy"][-1] if not fast else "—",
@@ -112,7 +119,15 @@ def main(fast=False, out=None):
             )
     print(
         format_table(
-            ["network", "init", "final loss", "train acc", "val acc"], rows
+            [
+                "network",
+                "init",
+                "grad std layer 1 / last hidden (init)",
+                "final loss",
+                "train acc",
+                "val acc",
+            ],
+            rows,
         )
     )
 
