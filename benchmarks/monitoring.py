@@ -8,7 +8,8 @@ configuration is timed `repeats` times, interleaved, and the median is
 reported; overheads are ratios to the plain fit of the same run.
 
 Usage:
-    python benchmarks/monitoring.py [--steps 300] [--repeats 5] [--json out]
+    python benchmarks/monitoring.py [--steps 300] [--repeats 5] [--threads 1]
+        [--json out]
 """
 
 import argparse
@@ -104,12 +105,22 @@ def _time_fit(make_callbacks, x, y, warmup):
     return (timer.end - timer.start) / (timer.last + 1 - warmup)
 
 
-def run(steps=300, repeats=5):
+def run(steps=300, repeats=5, threads=None):
     """Times every configuration; returns one dict per configuration.
 
     Keys: `name`, `ms_per_step` (median CPU milliseconds per step),
-    `overhead` (ratio to the plain fit minus 1), `samples_ms`.
+    `overhead` (ratio to the plain fit minus 1), `samples_ms`, `steps`,
+    `repeats`, `threads`. `threads` limits TensorFlow's intra- and
+    inter-op thread pools (it must be set before TensorFlow runs any op;
+    `None` keeps TensorFlow's defaults): with one thread, CPU time counts
+    work only, not idle pool threads spinning, which makes it far less
+    noisy on a shared machine.
     """
+    if threads is not None:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     warmup = WARMUP_STEPS
     total = steps + warmup
     rng = np.random.default_rng(0)
@@ -133,6 +144,7 @@ def run(steps=300, repeats=5):
                 "samples_ms": [1e3 * s for s in samples[name]],
                 "steps": steps,
                 "repeats": repeats,
+                "threads": threads,
             }
         )
     return rows
@@ -156,9 +168,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="TensorFlow intra/inter-op threads; 0 keeps TF's defaults",
+    )
     parser.add_argument("--json", default=None, help="write results here")
     args = parser.parse_args(argv)
-    rows = run(steps=args.steps, repeats=args.repeats)
+    rows = run(
+        steps=args.steps, repeats=args.repeats, threads=args.threads or None
+    )
     print(_table(rows))
     if args.json:
         with open(args.json, "w") as f:

@@ -158,6 +158,15 @@ def test_non_tensorflow_backend_fails_in_set_model(tmp_path, monkeypatch):
         logger.set_model(_model())
 
 
+def test_unbuilt_model_fails_before_first_step(tmp_path):
+    model = _CustomModel()
+    model.compile(optimizer="sgd")
+    logger = GradientVarianceLogger(tmp_path)
+    logger.set_model(model)
+    with pytest.raises(ValueError, match="no trainable variables"):
+        logger.on_train_begin()
+
+
 def test_unwritable_log_dir_fails_before_first_step(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
@@ -377,6 +386,28 @@ def test_custom_train_step_calling_optimizer_apply(tmp_path):
     }
     assert _steps(events, "grad_variance/custom/out/kernel") == list(range(6))
     _check_step0_matches_tape(events, expected)
+
+
+class _TwiceModel(_CustomModel):
+    def train_step(self, data):
+        for _ in range(2):  # two optimizer steps per batch
+            logs = super().train_step(data)
+        return logs
+
+
+def test_custom_train_step_with_two_optimizer_steps_per_batch(tmp_path):
+    # The callback skips reading its variables on batch ends that cannot
+    # hold a record; it must adapt to 2 optimizer steps per batch.
+    keras.utils.set_random_seed(3)
+    model = _TwiceModel()
+    model.compile(optimizer="sgd")
+    model(_data()[0][:1])
+    _fit(model, tmp_path, epochs=3, update_freq=5)
+    events = _read(tmp_path / "gradients")
+    assert int(model.optimizer.iterations.numpy()) == 36
+    assert _steps(events, "grad_variance/custom/out/kernel") == list(
+        range(0, 36, 5)
+    )
 
 
 def test_does_not_change_training(tmp_path):
