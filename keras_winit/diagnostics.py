@@ -230,8 +230,8 @@ def diagnose(
 ):
     """Measures how the signal propagates through a model, layer by layer.
 
-    One forward and one backward pass on the batch `x` (TensorFlow backend,
-    `tf.GradientTape`). For every layer call, in execution order, it
+    One forward and one backward pass on the batch `x` (on the TensorFlow,
+    JAX and PyTorch backends). For every layer call, in execution order, it
     reports the mean and std of the output, the std of the back-propagated
     gradient, the variance of the kernel's gradient, each std's ratio to
     the previous layer's, and the share of saturated (`|tanh| > 0.99`,
@@ -275,7 +275,8 @@ def diagnose(
     `keras_winit.gain(name, method="moment")`.
 
     Supported: `keras.Sequential` and Functional models (nested ones
-    included), TensorFlow backend. Subclassed models raise `ValueError`.
+    included), on the TensorFlow, JAX and PyTorch backends. Subclassed
+    models raise `ValueError`.
 
     Examples:
 

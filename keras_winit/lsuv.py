@@ -151,9 +151,9 @@ def lsuv(
     weights (e.g. `Embedding`, `LSTM`, `BatchNormalization`), are left as
     they are. A layer called several times is initialized on its first
     call. Models: `keras.Sequential` and Functional (nested ones included),
-    TensorFlow backend. Layers that do not reach `tol` are reported (and an
-    `LSUVWarning` names them); the loop stops early when the variance is 0
-    or not finite.
+    on the TensorFlow, JAX and PyTorch backends. Layers that do not reach
+    `tol` are reported (and an `LSUVWarning` names them); the loop stops
+    early when the variance is 0 or not finite.
 
     Examples:
 
