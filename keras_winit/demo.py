@@ -344,6 +344,15 @@ def run(args):
     except ImportError as e:
         print(f"keras-winit demo: {e}", file=sys.stderr)
         return 1
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        print(
+            "keras-winit demo: needs the TensorFlow backend (it logs "
+            "gradients with tf.summary). Received: backend="
+            f"{backend!r}. Run it with KERAS_BACKEND=tensorflow.",
+            file=sys.stderr,
+        )
+        return 1
     out = os.path.abspath(args.output_dir)
     os.makedirs(out, exist_ok=True)
     log_dir = os.path.join(out, "logs")

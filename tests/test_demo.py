@@ -18,6 +18,7 @@ def _event_files(run_dir):
     return [f for f in os.listdir(run_dir) if "tfevents" in f]
 
 
+@pytest.mark.tensorflow_only  # tf.GradientTape, tf.summary
 def test_demo_writes_table_figure_and_logs(tmp_path, capsys):
     out = tmp_path / "demo"
     status = cli.main(
@@ -55,6 +56,7 @@ def test_demo_writes_table_figure_and_logs(tmp_path, capsys):
         assert math.isfinite(r["val_accuracy"][-1])
 
 
+@pytest.mark.tensorflow_only  # tf.GradientTape, tf.summary
 def test_demo_without_matplotlib_skips_figure(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     status = cli.main(
@@ -125,6 +127,7 @@ def test_load_digits_split_rejects_bad_fraction(fraction):
         demo.load_digits_split(validation_fraction=fraction)
 
 
+@pytest.mark.tensorflow_only  # tf.GradientTape, tf.summary
 def test_layer_statistics_shows_glorot_shrinking_relu_signal():
     import keras_winit
 

@@ -72,12 +72,12 @@ def main(fast=False, out=None):
             model, data, epochs, learning_rate=0.05, validation=not fast
         )
         hidden = model.layers[:DEPTH]
-        counts = [distinct_units(layer.kernel.numpy()) for layer in hidden]
-        spread = [
-            float(np.ptp(layer.kernel.numpy(), axis=1).max())
-            for layer in hidden
+        kernels_np = [
+            keras.ops.convert_to_numpy(layer.kernel) for layer in hidden
         ]
-        kernels[name] = hidden[0].kernel.numpy()
+        counts = [distinct_units(k) for k in kernels_np]
+        spread = [float(np.ptp(k, axis=1).max()) for k in kernels_np]
+        kernels[name] = kernels_np[0]
         numbers[f"{key}_distinct_units"] = counts
         numbers[f"{key}_max_spread_across_units"] = spread
         numbers[f"{key}_train_accuracy"] = history["accuracy"][-1]
