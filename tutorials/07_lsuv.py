@@ -30,7 +30,6 @@ from _common import save_figure
 from _common import train
 
 import keras_winit
-from keras_winit.lsuv import lsuv
 
 #: Examples of the LSUV batch (the paper uses one mini-batch).
 LSUV_BATCH = 256
@@ -85,7 +84,9 @@ def main(fast=False, out=None):
             key = f"{activation}_{name.lower()}"
             model = model_for(init, depth, width, activation)
             if name == "LSUV":
-                result = lsuv(model, x_batch, tol=0.02, max_iter=20, seed=0)
+                result = keras_winit.lsuv(
+                    model, x_batch, tol=0.02, max_iter=20, seed=0
+                )
                 variances = [layer.variance for layer in result.layers]
                 numbers[f"{key}_converged"] = bool(result.converged)
                 numbers[f"{key}_max_abs_variance_error"] = float(
