@@ -110,6 +110,12 @@ def test_kumar_gains(name, param, expected):
     )
 
 
+@pytest.mark.parametrize("name", ["tanh_shrink", "soft_shrink", "hard_shrink"])
+def test_kumar_rejects_zero_slope_at_zero(name):
+    with pytest.raises(ValueError, match="zero slope"):
+        keras_winit.gain(name, method="kumar")
+
+
 def test_kumar_sigmoid_is_the_papers_3_6():
     assert round(keras_winit.gain("sigmoid", method="kumar"), 2) == 3.58
 
