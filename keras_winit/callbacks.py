@@ -614,7 +614,10 @@ class _State:
             )
             return tf.constant(True)
 
-        _cond(tf.logical_or(due, skipped), store)
+        if self.update_freq == 1 and not self.is_loss_scaled and not k:
+            store()  # Every call is recorded: no tf.cond.
+        else:
+            _cond(tf.logical_or(due, skipped), store)
         # The latest step seen, every step: lets the Python side skip
         # reading the variables on batch ends that cannot hold a record.
         self.buf.assign(
@@ -668,16 +671,20 @@ class _State:
         self.writer.write(step, summary)
 
     def _scalars(self, step, tags_and_values):
-        """Writes one event of float32 scalars, as `tf.summary.scalar` does.
-
-        The `Summary` is assembled from serialized pieces cached per tag
-        (only the 4 bytes of each value change), which costs a fraction of
-        building one protobuf message per value.
-        """
         import numpy as np
 
         tags = [tag for tag, _ in tags_and_values]
-        packed = np.asarray([x for _, x in tags_and_values], "<f4").tobytes()
+        values = np.asarray([x for _, x in tags_and_values], "<f4")
+        self._write_scalars(step, tags, values.tobytes())
+
+    def _write_scalars(self, step, tags, packed):
+        """Writes one event of float32 scalars, as `tf.summary.scalar` does.
+
+        `packed` holds the little-endian float32 values of `tags`. The
+        `Summary` is assembled from serialized pieces cached per tag (only
+        the 4 bytes of each value change), which costs a fraction of
+        building one protobuf message per value.
+        """
         heads = self._scalar_heads
         parts = []
         for j, tag in enumerate(tags):
@@ -753,6 +760,25 @@ class _State:
         skip = int((due - latest - 1) // rate)
         self.next_read = self.batch_ends + max(1, skip)
 
+    def _layout(self):
+        """Present rows, their tags in record order, and the ratio rows."""
+        present = tuple(sorted(self.present))
+        if getattr(self, "_layout_key", None) != present:
+            paths = self.paths
+            tags = []
+            for i in present:
+                tags += [
+                    f"grad_variance/{paths[i]}",
+                    f"grad_mean/{paths[i]}",
+                    f"grad_norm/{paths[i]}",
+                    f"grad_nonfinite/{paths[i]}",
+                ]
+            tags.append("grad_summary/log10_variance_ratio")
+            ratio_rows = [i for i in self.kernel_rows if i in self.present]
+            self._layout_key = present
+            self._layout_value = (list(present), tags, ratio_rows or present)
+        return self._layout_value
+
     def _write_record(self, record):
         import numpy as np
 
@@ -760,35 +786,34 @@ class _State:
         stats = record[: n * _NUM_STATS].reshape(n, _NUM_STATS)
         step, kind, skipped_total = record[n * _NUM_STATS :]
         step = int(step)
-        present = sorted(self.present)
-        paths = self.paths
+        present, tags, ratio_rows = self._layout()
         if kind == _KIND_SKIPPED:
             self._scalars(
                 step,
-                [(f"grad_nonfinite/{paths[i]}", stats[i, 3]) for i in present]
+                [
+                    (f"grad_nonfinite/{self.paths[i]}", stats[i, _NONFINITE])
+                    for i in present
+                ]
                 + [("grad_summary/skipped_steps", skipped_total)],
             )
             return
-        scalars = []
-        for i in present:
-            p = paths[i]
-            scalars += [
-                (f"grad_variance/{p}", stats[i, _VARIANCE]),
-                (f"grad_mean/{p}", stats[i, _MEAN]),
-                (f"grad_norm/{p}", stats[i, _NORM]),
-                (f"grad_nonfinite/{p}", stats[i, _NONFINITE]),
-            ]
-        rows = [i for i in self.kernel_rows if i in self.present] or present
-        variances = np.maximum(stats[rows, _VARIANCE], _VARIANCE_FLOOR)
-        with np.errstate(invalid="ignore"):
-            ratio = float(np.log10(variances.max() / variances.min()))
-        scalars.append(("grad_summary/log10_variance_ratio", ratio))
-        self._scalars(step, scalars)
+        variances = [
+            max(float(stats[i, _VARIANCE]), _VARIANCE_FLOOR) for i in ratio_rows
+        ]
+        high, low = max(variances), min(variances)
+        if math.isfinite(high) and math.isfinite(low):
+            ratio = math.log10(high / low)
+        else:
+            ratio = math.nan
+        values = np.empty(len(tags), "<f4")
+        values[:-1] = stats[present].ravel()
+        values[-1] = ratio
+        self._write_scalars(step, tags, values.tobytes())
         if not math.isnan(ratio):
             self.callback._maybe_warn(
                 ratio,
-                rows[int(np.argmax(variances))],
-                rows[int(np.argmin(variances))],
+                ratio_rows[variances.index(high)],
+                ratio_rows[variances.index(low)],
                 step,
                 stats[:, _VARIANCE],
             )
@@ -900,13 +925,18 @@ def _grad_stats(grads):
 
     means, variances, norms, sums = [], [], [], []
     for g in grads:
-        flat = tf.reshape(g, [-1])
-        n = tf.cast(tf.size(flat), tf.float32)
+        size = g.shape.num_elements()
+        if size is None:
+            flat = tf.reshape(g, [1, -1])
+            n = tf.cast(tf.size(flat), tf.float32)
+        else:  # A static size saves a few ops per variable.
+            flat = tf.reshape(g, [1, size])
+            n = float(size)
         total = tf.reduce_sum(flat)
         mean = total / n
         centered = flat - mean
         squares = tf.reshape(
-            tf.matmul(centered[None, :], centered[:, None]), []
+            tf.matmul(centered, centered, transpose_b=True), []
         )
         means.append(mean)
         variances.append(squares / n)
