@@ -30,8 +30,9 @@ dtype:
   before the cast (round-to-nearest is monotone, so the cast cannot step
   past it).
 
-Large draws are made in chunks of at most `2**20` values (at least 8
-chunks above `2**17` values) and concatenated: every intermediate (the
+Large draws are made in chunks of at most `2**20` values (at least 4
+chunks above `2**17` values, 8 for half-precision outputs) and
+concatenated: every intermediate (the
 uniform's scaling, `erfinv`, the product, the cast) then works on a
 cache-sized buffer instead of a fresh multi-megabyte one, which is faster
 on CPU and keeps the peak memory near twice the output (the chunks plus
@@ -55,7 +56,9 @@ _HALF_PRECISION = ("float16", "bfloat16")
 # Values per chunk of a large draw, and how finely a mid-sized draw is cut.
 _CHUNK_MAX = 2**20
 _CHUNK_MIN = 2**17
-_MIN_CHUNKS = 8
+# A chunk's float32 intermediates take ~3 chunks: halve the chunks of a
+# half-precision output so that they stay below its size.
+_MIN_CHUNKS = {"full": 4, "half": 8}
 # Relative shrink of the truncated normal's edge (see the module docstring).
 _EDGE_MARGIN = {"float32": 2.0**-18, "float64": 2.0**-40}
 # Truncation bounds for which the backend's float32/float64 `erfinv` was
@@ -84,7 +87,10 @@ def sample(distribution, shape, stddev, dtype, seed, truncation=2.0):
             f"Expected one of {DISTRIBUTIONS}."
         )
     draw = _chunk_sampler(distribution, stddev, dtype, truncation)
-    sizes = _chunk_sizes(math.prod(shape))
+    sizes = _chunk_sizes(
+        math.prod(shape),
+        _MIN_CHUNKS["half" if dtype in _HALF_PRECISION else "full"],
+    )
     seeds = _chunk_seeds(seed, len(sizes))
     if len(sizes) == 1:
         flat = draw(sizes[0], seeds[0])
@@ -150,11 +156,11 @@ def _chunk_sampler(distribution, stddev, dtype, truncation):
     return draw
 
 
-def _chunk_sizes(n):
+def _chunk_sizes(n, min_chunks=_MIN_CHUNKS["half"]):
     """Sizes of the chunks a draw of `n` values is made of."""
     if n <= _CHUNK_MIN:
         return [n]
-    size = min(_CHUNK_MAX, max(_CHUNK_MIN, -(-n // _MIN_CHUNKS)))
+    size = min(_CHUNK_MAX, max(_CHUNK_MIN, -(-n // min_chunks)))
     count = -(-n // size)
     return [size] * (count - 1) + [n - size * (count - 1)]
 

@@ -33,14 +33,15 @@ def to_numpy(x):
 @pytest.mark.parametrize(
     "n", [0, 1, 2**17, 2**17 + 1, 3 * 3 * 512 * 512, 2**24 + 5]
 )
-def test_chunk_sizes(n):
-    sizes = sampling._chunk_sizes(n)
+@pytest.mark.parametrize("min_chunks", [4, 8])
+def test_chunk_sizes(n, min_chunks):
+    sizes = sampling._chunk_sizes(n, min_chunks)
     assert sum(sizes) == n
     assert all(0 < s <= sampling._CHUNK_MAX for s in sizes) or n == 0
     if n <= sampling._CHUNK_MIN:
         assert sizes == [n]
     else:
-        assert len(sizes) >= min(8, math.ceil(n / sampling._CHUNK_MIN))
+        assert len(sizes) >= min(min_chunks, math.ceil(n / sampling._CHUNK_MIN))
 
 
 def test_chunk_seeds():
