@@ -619,14 +619,16 @@ class _State:
         else:
             _cond(tf.logical_or(due, skipped), store)
         # The latest step seen, every step: lets the Python side skip
-        # reading the variables on batch ends that cannot hold a record.
-        self.buf.assign(
-            tf.tensor_scatter_nd_update(
-                self.buf.read_value(),
-                [[0, 3]],
-                tf.cast(step, tf.float64)[None],
+        # reading the variables on batch ends that cannot hold a record
+        # (with update_freq=1, every batch end is read anyway).
+        if self.update_freq > 1:
+            self.buf.assign(
+                tf.tensor_scatter_nd_update(
+                    self.buf.read_value(),
+                    [[0, 3]],
+                    tf.cast(step, tf.float64)[None],
+                )
             )
-        )
 
         if self.histogram_freq:
 
