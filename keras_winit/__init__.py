@@ -12,6 +12,8 @@ Public API:
 - Fans: `compute_fans`; layer layouts: `compute_layout_fans`.
 - Layer-aware re-initialization of a built model: `initialize` (returns an
   `InitReport`).
+- Monitoring: the `GradientVarianceLogger` callback (per-layer gradient
+  statistics of the gradients `fit` applies, in TensorBoard).
 - Diagnostics: `diagnose` (returns a `Diagnosis`), data-driven init `lsuv`
   (Mishkin & Matas 2015), and the `ActivationHistogramLogger` callback.
 """
@@ -21,6 +23,8 @@ from keras_winit import gains
 from keras_winit import initializers
 from keras_winit import layer_init
 from keras_winit import layouts
+from keras_winit.callbacks import GradientVarianceLogger
+from keras_winit.callbacks import GradientVarianceWarning
 from keras_winit.diagnostics import Diagnosis
 from keras_winit.diagnostics import Flag
 from keras_winit.diagnostics import LayerStats
@@ -59,6 +63,8 @@ __all__ = [
     "Diagnosis",
     "Flag",
     "GlorotNormal",
+    "GradientVarianceLogger",
+    "GradientVarianceWarning",
     "GlorotUniform",
     "HeNormal",
     "HeUniform",
