@@ -11,6 +11,9 @@ test process runs ONE backend; CI runs the suite once per backend.
   silently truncates `float64` to `float32` (with a warning, an error
   here), and the initializers are tested in `float64` on every backend.
   Users who want `float64` weights on JAX must enable it too.
+- After each test, Keras name scopes left open are dropped: on TensorFlow, Keras
+  3.15 leaves the model's scope open after the first call of a subclassed
+  model, and every layer built later gets that prefix in its `path`.
 """
 
 import keras
@@ -37,6 +40,16 @@ def pytest_configure(config):
         "tensorflow_only: needs the TensorFlow backend (SavedModel, "
         "tf.GradientTape, tf.distribute, XLA); skipped on other backends",
     )
+
+
+@pytest.fixture(autouse=True)
+def _close_leaked_name_scopes():
+    yield
+    from keras.src.backend.common import global_state
+
+    stack = global_state.get_global_attribute("name_scope_stack")
+    if stack:
+        stack.clear()
 
 
 def pytest_collection_modifyitems(config, items):

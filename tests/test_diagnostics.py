@@ -233,7 +233,7 @@ def test_functional_nested_and_shared_layers():
     assert "inner/dense" in "".join(names) or any(
         n.startswith("inner/") for n in names
     )
-    assert sum(n.startswith("shared") for n in names) == 2
+    assert sum(n.startswith("shared") for n in names) == 2, names
     assert any(n.endswith("/call_2") for n in names)
     assert len(result.layers) == 7
     # The walked graph computes what the model computes.
