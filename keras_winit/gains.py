@@ -37,6 +37,8 @@ import numbers
 
 import numpy as np
 
+from keras_winit import _checks
+
 #: Methods understood by `gain`.
 GAIN_METHODS = ("torch", "kumar", "moment")
 
@@ -91,7 +93,7 @@ def truncated_normal_std(bound):
     >>> round(keras_winit.truncated_normal_std(2.0), 12)
     0.879625661034
     """
-    k = _check_positive_number("bound", bound)
+    k = _checks.positive_float("bound", bound)
     mass = math.erf(k / math.sqrt(2.0))  # 2 Φ(k) - 1
     pdf = math.exp(-0.5 * k * k) / math.sqrt(2.0 * math.pi)
     if k < 1e-3:
@@ -208,20 +210,6 @@ def _check_param(param):
         raise ValueError(
             f"Argument `param` must be finite. Received: param={param!r}"
         )
-
-
-def _check_positive_number(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(
-            f"Argument `{name}` must be a positive finite number. "
-            f"Received: {name}={value!r}"
-        )
-    return float(value)
 
 
 def _resolve_activation(activation, param):

@@ -41,6 +41,8 @@ import numbers
 
 import keras
 
+from keras_winit import _checks
+from keras_winit import _seeds
 from keras_winit import fans as fans_lib
 from keras_winit import gains
 from keras_winit import sampling
@@ -125,7 +127,7 @@ class VarianceScaling(keras.initializers.VarianceScaling):
         fan_in=None,
         fan_out=None,
     ):
-        self.scale = _check_positive("scale", scale)
+        self.scale = _checks.positive_float("scale", scale)
         self.mode = _check_choice("mode", mode, fans_lib.MODES)
         distribution = _check_choice(
             "distribution",
@@ -138,7 +140,7 @@ class VarianceScaling(keras.initializers.VarianceScaling):
             sampling.DISTRIBUTIONS,
         )
         self.distribution = distribution
-        self.truncation = _check_positive("truncation", truncation)
+        self.truncation = _checks.positive_float("truncation", truncation)
         self.fan_in = _check_fan("fan_in", fan_in)
         self.fan_out = _check_fan("fan_out", fan_out)
         self.input_axes, self.output_axes = _check_axes(input_axes, output_axes)
@@ -169,7 +171,7 @@ class VarianceScaling(keras.initializers.VarianceScaling):
         return math.sqrt(self.scale / fan)
 
     def __call__(self, shape, dtype=None):
-        shape = _check_shape(shape)
+        shape = _checks.shape(shape)
         dtype = _check_dtype(dtype)
         return sampling.sample(
             self.distribution,
@@ -183,7 +185,7 @@ class VarianceScaling(keras.initializers.VarianceScaling):
     def _next_seed(self):
         if isinstance(self.seed, keras.random.SeedGenerator):
             return self.seed
-        seed = _derive_seed(self.seed, self._draws)
+        seed = _seeds.mix(self.seed, self._draws)
         self._draws += 1
         return seed
 
@@ -576,7 +578,7 @@ def _xavier(name, distribution, sampled):
         fan_in=None,
         fan_out=None,
     ):
-        g = _check_positive("gain", gain)
+        g = _checks.positive_float("gain", gain)
         VarianceScaling.__init__(
             self,
             scale=g * g,
@@ -682,31 +684,6 @@ def register_aliases():
         custom_objects.setdefault(alias, cls)
 
 
-def _derive_seed(seed, draw):
-    """SplitMix64 of `(seed, draw)`, folded to a non-negative int32."""
-    z = ((int(seed) & 0xFFFFFFFFFFFFFFFF) * 0x9E3779B97F4A7C15 + draw + 1) & (
-        0xFFFFFFFFFFFFFFFF
-    )
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    z ^= z >> 31
-    return int(z & 0x7FFFFFFF)
-
-
-def _check_positive(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(
-            f"Argument `{name}` must be a positive finite float. "
-            f"Received: {name}={value!r}"
-        )
-    return float(value)
-
-
 def _check_choice(name, value, choices):
     if not isinstance(value, str) or value.lower() not in choices:
         raise ValueError(
@@ -755,22 +732,6 @@ def _check_axes(input_axes, output_axes):
             )
         checked.append([int(a) for a in axes])
     return checked[0], checked[1]
-
-
-def _check_shape(shape):
-    try:
-        dims = tuple(shape)
-    except TypeError:
-        dims = None
-    if dims is None or not all(
-        isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 0
-        for d in dims
-    ):
-        raise ValueError(
-            "Argument `shape` must be a tuple of non-negative integers with "
-            f"every dimension known. Received: shape={shape!r}"
-        )
-    return tuple(int(d) for d in dims)
 
 
 def _check_dtype(dtype):

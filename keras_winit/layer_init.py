@@ -32,7 +32,6 @@ guessed at: it is left as it is, reported with `init="unknown"` and a
 `UnknownLayerWarning`, or raises with `strict=True`.
 """
 
-import hashlib
 import math
 import numbers
 import random
@@ -42,6 +41,7 @@ import warnings
 import keras
 import numpy as np
 
+from keras_winit import _seeds
 from keras_winit import initializers as init_lib
 from keras_winit import layouts
 
@@ -655,7 +655,7 @@ class _Writer:
         block_shape = shape[:-1] + (shape[-1] // n,)
         blocks, specs = [], []
         for g in range(n):
-            block_seed = _derive_seed(self.seed, index, g)
+            block_seed = _seeds.mix(self.seed, index, g)
             values, label, fans, target = self._draw(
                 item, g, block_shape, variable.dtype, block_seed
             )
@@ -870,11 +870,6 @@ def _is_float(variable):
         "float32",
         "float64",
     )
-
-
-def _derive_seed(seed, index, gate):
-    digest = hashlib.sha256(f"{seed}:{index}:{gate}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def _to_numpy(variable):

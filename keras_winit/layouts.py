@@ -67,6 +67,8 @@ import math
 import numbers
 import re
 
+from keras_winit import _checks
+
 #: Layout names understood by `compute_layout_fans`.
 LAYOUTS = (
     "dense",
@@ -137,7 +139,7 @@ def compute_layout_fans(
           https://proceedings.mlr.press/v9/glorot10a.html)
         - [He et al., 2015](https://arxiv.org/abs/1502.01852)
     """
-    shape = _check_shape(shape)
+    shape = _checks.shape(shape, allow_zero=False)
     if layout not in LAYOUTS:
         raise ValueError(
             f"Invalid `layout` argument: {layout!r}. Expected one of {LAYOUTS}."
@@ -241,22 +243,6 @@ def einsum_axes(equation, rank=None):
         i for i, c in enumerate(kernel) if c in outputs and c not in inputs
     ]
     return in_axes, out_axes
-
-
-def _check_shape(shape):
-    try:
-        dims = tuple(shape)
-    except TypeError:
-        dims = None
-    if dims is None or not all(
-        isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0
-        for d in dims
-    ):
-        raise ValueError(
-            "Argument `shape` must be a sequence of positive integers. "
-            f"Received: shape={shape!r}"
-        )
-    return tuple(int(d) for d in dims)
 
 
 def _check_rank(shape, layout, ok, expected):

@@ -48,6 +48,7 @@ import keras
 import ml_dtypes  # noqa: F401  (registers bfloat16 with NumPy)
 import numpy as np
 
+from keras_winit import _seeds
 from keras_winit.gains import truncated_normal_std
 
 #: Distributions understood by `sample`.
@@ -169,20 +170,9 @@ def _chunk_sizes(n, min_chunks=_MIN_CHUNKS["half"]):
 def _chunk_seeds(seed, count):
     """One seed per chunk: chunk 0 keeps an int seed, the others mix it."""
     if isinstance(seed, int) and not isinstance(seed, bool):
-        return [seed] + [_mix(seed, i) for i in range(1, count)]
+        return [seed] + [_seeds.mix(seed, i) for i in range(1, count)]
     # A SeedGenerator advances on every draw; None uses Keras' global one.
     return [seed] * count
-
-
-def _mix(seed, index):
-    """SplitMix64 of `(seed, index)`, folded to a non-negative int32."""
-    mask = 0xFFFFFFFFFFFFFFFF
-    z = ((seed & mask) * 0x9E3779B97F4A7C15 + index * 0xD1B54A32D192ED03) & (
-        mask
-    )
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-    return int((z ^ (z >> 31)) & 0x7FFFFFFF)
 
 
 def _inner_limit(limit, dtype):
