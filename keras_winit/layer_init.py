@@ -174,7 +174,9 @@ def initialize(
       `keras.initializers.VarianceScaling`): its scale, mode and
       distribution, with its own fans and axes replaced per layer;
     - `"auto"`: per layer, `keras_winit.ActivationScaling` with the
-      activation that follows the kernel (`layer.activation`; per gate
+      activation that follows the kernel (`layer.activation`, or, when that
+      is linear, a separate `Activation`/`ReLU`/`LeakyReLU`/`ELU` layer
+      applied right after it, with its slope or alpha; per gate
       `recurrent_activation` or `activation` for RNNs; linear for
       `softmax`, for the depthwise half of a separable convolution and for
       layers without one), `gain_method` (default `"moment"`: the
@@ -330,6 +332,9 @@ class _Walker:
     def __init__(self):
         self.items = []
         self._seen = set()
+        # id(layer) -> (activation name, param) of a separate activation
+        # layer (`Activation`, `ReLU`, `LeakyReLU`, `ELU`) fed by it.
+        self._following = {}
 
     def visit(self, layer):
         if not layer.weights:
@@ -359,7 +364,12 @@ class _Walker:
             for variable in layer.weights:
                 self._add(_Item(variable, layer.name, "kept"))
         else:
-            for sublayer in _sublayers(layer):
+            sublayers = list(_sublayers(layer))
+            for before, after in zip(sublayers, sublayers[1:], strict=False):
+                spec = _activation_layer_spec(after)
+                if spec is not None and _feeds(before, after):
+                    self._following[id(before)] = spec
+            for sublayer in sublayers:
                 self.visit(sublayer)
         # Whatever is left (a custom layer's own weights, LoRA factors,
         # quantization scales, a cell we do not know) is never guessed at.
@@ -367,6 +377,13 @@ class _Walker:
             if id(variable) not in self._seen:
                 role = "unknown" if variable.trainable else "kept"
                 self._add(_Item(variable, layer.name, role))
+
+    def _activation(self, layer):
+        """The layer's activation, or that of an activation layer after it."""
+        own = _activation_name(layer)
+        if own == "linear" and id(layer) in self._following:
+            return self._following[id(layer)]
+        return own
 
     def _add(self, item):
         if id(item.variable) not in self._seen:
@@ -423,7 +440,7 @@ class _Walker:
             layer,
             "dense",
             fans,
-            _activation_name(layer),
+            self._activation(layer),
             ("uniform", fans[0]),
             ("uniform", fans[0]),
             "kernel",
@@ -440,7 +457,7 @@ class _Walker:
             layer,
             "einsum",
             fans,
-            _activation_name(layer),
+            self._activation(layer),
             torch or ("uniform", fans[0]),
             torch_bias or ("uniform", fans[0]),
             "kernel",
@@ -487,7 +504,7 @@ class _Walker:
             layer,
             layout,
             fans,
-            _activation_name(layer),
+            self._activation(layer),
             ("uniform", torch_fan),
             ("uniform", torch_fan),
             "kernel",
@@ -514,7 +531,7 @@ class _Walker:
                 layer,
                 "pointwise",
                 fans,
-                _activation_name(layer),
+                self._activation(layer),
                 ("uniform", fans[0]),
                 ("uniform", fans[0]),
                 "pointwise_kernel",
@@ -711,6 +728,9 @@ class _Writer:
 
     def _initializer(self, activation, fan_in, fan_out, seed, layer_name):
         if self.base == "auto":
+            param = None
+            if isinstance(activation, tuple):  # from a separate layer
+                activation, param = activation
             if not isinstance(activation, str):
                 raise ValueError(
                     "scheme='auto' needs the activation of layer "
@@ -723,6 +743,7 @@ class _Writer:
             try:
                 initializer = init_lib.ActivationScaling(
                     activation,
+                    param=param,
                     method=self.gain_method,
                     seed=seed,
                     fan_in=fan_in,
@@ -733,7 +754,8 @@ class _Writer:
                     f"scheme='auto' cannot compute a gain for the activation "
                     f"{activation!r} of layer '{layer_name}': {error}"
                 ) from error
-            return initializer, f"auto({activation}, g={initializer.gain:.3g})"
+            name = activation if param is None else f"{activation}({param:g})"
+            return initializer, f"auto({name}, g={initializer.gain:.3g})"
         config = dict(self.base.get_config())
         config.update(
             seed=seed,
@@ -832,6 +854,32 @@ def _conv_classes(name):
 
 def _sublayers(layer):
     return layer._flatten_layers(include_self=False, recursive=False)
+
+
+def _activation_layer_spec(layer):
+    """`(name, param)` of an elementwise activation layer, else None."""
+    if isinstance(layer, keras.layers.Activation):
+        name = _activation_name(layer)
+        return (name, None) if isinstance(name, str) else None
+    if isinstance(layer, keras.layers.LeakyReLU):
+        return ("leaky_relu", float(layer.negative_slope))
+    if isinstance(layer, keras.layers.ELU):
+        return ("elu", float(layer.alpha))
+    if isinstance(layer, keras.layers.ReLU):
+        if layer.max_value is not None or layer.threshold != 0:
+            return None  # not one of the gain rules' activations
+        if layer.negative_slope:
+            return ("leaky_relu", float(layer.negative_slope))
+        return ("relu", None)
+    return None
+
+
+def _feeds(before, after):
+    """Whether `after` is applied to the output of `before` (and only it)."""
+    try:
+        return after.input is before.output
+    except (AttributeError, ValueError):  # not called, or called twice
+        return False
 
 
 def _activation_name(layer, attribute="activation"):

@@ -277,6 +277,47 @@ def test_auto_dense(activation):
     assert stats.kstest(values, dist.cdf).pvalue > KS_P
 
 
+@pytest.mark.parametrize(
+    "activation_layer, name, param",
+    [
+        (lambda: keras.layers.ReLU(), "relu", None),
+        (lambda: keras.layers.LeakyReLU(negative_slope=0.3), "leaky_relu", 0.3),
+        (lambda: keras.layers.ELU(alpha=0.5), "elu", 0.5),
+        (lambda: keras.layers.Activation("tanh"), "tanh", None),
+    ],
+)
+@pytest.mark.parametrize("functional", [False, True])
+def test_auto_follows_a_separate_activation_layer(
+    activation_layer, name, param, functional
+):
+    dense = keras.layers.Dense(64)
+    if functional:
+        inputs = keras.Input((100,))
+        outputs = keras.layers.Dense(3)(activation_layer()(dense(inputs)))
+        model = keras.Model(inputs, outputs)
+    else:
+        model = keras.Sequential(
+            [
+                keras.Input((100,)),
+                dense,
+                activation_layer(),
+                keras.layers.Dense(3),
+            ]
+        )
+    report = layer_init.initialize(model, "auto", seed=0)
+    std = keras_winit.gain(name, param, method="moment") / math.sqrt(100)
+    values = np.asarray(dense.kernel).ravel()
+    dist = stats.truncnorm(-2, 2, scale=std / TRUNC)
+    assert stats.kstest(values, dist.cdf).pvalue > KS_P
+    (row,) = [r for r in report.rows if r["path"] == dense.kernel.path]
+    np.testing.assert_allclose(row["target_std"], std, rtol=1e-6)
+    assert name in row["init"]
+    # The head after the activation layer is linear.
+    head = model.layers[-1].kernel
+    (row,) = [r for r in report.rows if r["path"] == head.path]
+    assert "linear" in row["init"]
+
+
 def test_initializer_instance_scheme_keeps_scale_mode_distribution():
     scheme = keras_winit.VarianceScaling(
         scale=3.0, mode="fan_out", distribution="uniform", seed=5
