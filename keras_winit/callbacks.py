@@ -254,14 +254,17 @@ class GradientVarianceLogger(keras.callbacks.Callback):
             )
 
     def _check_log_dir(self):
-        import tensorflow as tf
-
         run_dir = self.run_dir
+        tf = _tensorflow()
+        errors = (OSError,) if tf is None else (OSError, tf.errors.OpError)
         try:
-            tf.io.gfile.makedirs(run_dir)
+            if tf is not None:
+                tf.io.gfile.makedirs(run_dir)
+            else:
+                os.makedirs(run_dir, exist_ok=True)
             if "://" not in run_dir and not os.access(run_dir, os.W_OK):
                 raise PermissionError(f"Permission denied: {run_dir!r}")
-        except (OSError, tf.errors.OpError) as e:
+        except errors as e:
             raise ValueError(
                 "GradientVarianceLogger cannot write to `log_dir`: "
                 f"{run_dir!r} cannot be created or is not writable ({e}). "
@@ -282,23 +285,25 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
         self._writer = _EventWriter(self.run_dir)
-        self._state = _State(self, model)
         optimizer = model.optimizer
-        original = optimizer.__dict__.get("apply")
-        state = self._state
-
-        def apply(grads, trainable_variables=None):
-            state.record(grads, trainable_variables)
-            if original is not None:
-                return original(grads, trainable_variables)
-            return type(optimizer).apply(optimizer, grads, trainable_variables)
-
-        apply._keras_winit_original = original
-        optimizer.apply = apply
         self._optimizer = optimizer
-        # `fit` made the train function before `on_train_begin`: re-trace it
-        # so that it calls the wrapper (also after an earlier `fit`).
-        model.make_train_function(force=True)
+        if keras.backend.backend() != "tensorflow":
+            from keras_winit import _grad_hooks
+
+            self._state = _grad_hooks.make_hook(self, model)
+            self._state.install()
+        else:
+            self._state = _State(self, model)
+            state = self._state
+
+            def record(grads, trainable_variables=None):
+                state.record(grads, trainable_variables)
+
+            _wrap(optimizer, "apply", record)
+            # `fit` made the train function before `on_train_begin`:
+            # re-trace it so that it calls the wrapper (also after an
+            # earlier `fit`).
+            model.make_train_function(force=True)
         if self.weights_freq:
             self._state.write_weights(force=True)
 
@@ -327,13 +332,8 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         optimizer = self._optimizer
         if optimizer is None:
             return
-        apply = optimizer.__dict__.get("apply")
-        if apply is not None and hasattr(apply, "_keras_winit_original"):
-            original = apply._keras_winit_original
-            if original is None:
-                del optimizer.apply
-            else:
-                optimizer.apply = original
+        for name in _WRAPPED_METHODS:
+            _unwrap(optimizer, name)
         self._optimizer = None
 
     def _maybe_warn(self, ratio, i_max, i_min, step, variances):
@@ -358,24 +358,84 @@ class GradientVarianceLogger(keras.callbacks.Callback):
             )
 
 
+_BACKENDS = ("tensorflow", "jax", "torch")
+# Optimizer methods that a `fit` may have wrapped (TensorFlow and PyTorch:
+# `apply`; JAX: `stateless_apply`).
+_WRAPPED_METHODS = ("apply", "stateless_apply")
+
+
 def _check_backend():
     backend = keras.backend.backend()
-    if backend != "tensorflow":
+    if backend not in _BACKENDS:
         raise RuntimeError(
-            "GradientVarianceLogger only supports the TensorFlow backend. "
-            f"Received: backend={backend!r}. Set KERAS_BACKEND=tensorflow."
+            "GradientVarianceLogger supports the TensorFlow, JAX and "
+            f"PyTorch backends. Received: backend={backend!r}. Set "
+            "KERAS_BACKEND to one of tensorflow, jax, torch."
         )
+
+
+def _tensorflow():
+    """The `tensorflow` module, or `None` when it is not installed.
+
+    The `tensorboard` package imports TensorFlow whenever it is installed;
+    without it, the event files are written with `tensorboard` alone.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf
+    import importlib.util
+
+    if _tensorflow.disabled or importlib.util.find_spec("tensorflow") is None:
+        return None
+    import tensorflow as tf
+
+    return tf
+
+
+# Set to True to write event files without TensorFlow even when it is
+# installed (tests).
+_tensorflow.disabled = False
+
+
+def _wrap(optimizer, name, before):
+    """Makes `optimizer.<name>(*args)` call `before(*args)` first.
+
+    The wrapper is an instance attribute (the class is untouched); it
+    remembers the instance attribute it replaces, if any, for `_unwrap`.
+    """
+    original = optimizer.__dict__.get(name)
+    method = original if original is not None else getattr(optimizer, name)
+
+    def wrapper(*args, **kwargs):
+        before(*args, **kwargs)
+        return method(*args, **kwargs)
+
+    wrapper._keras_winit_original = original
+    setattr(optimizer, name, wrapper)
+
+
+def _unwrap(optimizer, name):
+    wrapper = optimizer.__dict__.get(name)
+    if wrapper is not None and hasattr(wrapper, "_keras_winit_original"):
+        original = wrapper._keras_winit_original
+        if original is None:
+            delattr(optimizer, name)
+        else:
+            setattr(optimizer, name, original)
 
 
 class _EventWriter:
     """Appends `Event` records to a new TensorBoard event file.
 
     An event file is a TFRecord file of serialized `Event` protos, the first
-    one giving the file version. `tf.io.TFRecordWriter` writes a record in
-    one C++ call, which costs a fraction of a `tf.summary` op dispatch; it
-    knows the same file systems (local, `gs://`, ...). Not subject to
-    `tf.summary.record_if`, so Keras' `TensorBoard` callback cannot
-    swallow these events.
+    one giving the file version. When TensorFlow is installed,
+    `tf.io.TFRecordWriter` writes a record in one C++ call, which costs a
+    fraction of a `tf.summary` op dispatch; it knows the same file systems
+    (local, `gs://`, ...). Without TensorFlow, `tensorboard`'s own record
+    writer frames the records (its CRC is pure Python: slower, and local
+    files only). Not subject to `tf.summary.record_if`, so Keras'
+    `TensorBoard` callback cannot swallow these events.
     """
 
     _files = 0
@@ -384,7 +444,6 @@ class _EventWriter:
         import socket
         import time
 
-        import tensorflow as tf
         from tensorboard.compat.proto import event_pb2
 
         _EventWriter._files += 1
@@ -393,7 +452,13 @@ class _EventWriter:
             f"{os.getpid()}.{_EventWriter._files}.keras_winit.v2"
         )
         self.path = os.path.join(run_dir, name)
-        self._writer = tf.io.TFRecordWriter(self.path)
+        tf = _tensorflow()
+        if tf is not None:
+            self._writer = tf.io.TFRecordWriter(self.path)
+        else:
+            from tensorboard.summary.writer import record_writer
+
+            self._writer = record_writer.RecordWriter(open(self.path, "wb"))
         self._writer.write(
             event_pb2.Event(
                 wall_time=time.time(), file_version="brain.Event:2"
@@ -424,13 +489,19 @@ class _EventWriter:
         self._writer.close()
 
 
-class _State:
-    """In-graph statistics of one `fit` call, and their writer."""
+class _Records:
+    """Host side of one `fit` call: tags, and writing records as events.
+
+    Shared by the TensorFlow implementation (`_State`) and the JAX and
+    PyTorch hooks (`keras_winit._grad_hooks`). A record is a flat float64
+    array: `n x (variance, mean, norm, nonfinite)` for the `n` trainable
+    variables (zeros for variables without a gradient), then the optimizer
+    step, the kind of record and the number of skipped steps so far.
+    """
 
     def __init__(self, callback, model):
-        import tensorflow as tf
-
         self.callback = callback
+        self.model = model
         self.writer = callback._writer
         self.optimizer = model.optimizer
         self.inner = getattr(self.optimizer, "inner_optimizer", None)
@@ -446,21 +517,10 @@ class _State:
         kernels = [i for i, v in enumerate(self.variables) if len(v.shape) >= 2]
         self.kernel_rows = kernels or list(range(len(self.variables)))
         self.present = set()
-        spe = int(getattr(model, "steps_per_execution", 1) or 1)
-        self.steps_per_execution = spe
-        # Room for the records of several executions, in case the schedule
-        # of reads below underestimates the optimizer steps per batch.
-        self.buffer_size = min(max(2 * spe, 16), _MAX_BUFFERED_RECORDS)
-        self.batch_ends = 0
-        self.next_read = 1
-        self.last_seen = None
         self.update_freq = callback.update_freq
         self.histogram_freq = callback.histogram_freq
         self.weights_freq = callback.weights_freq
-        self.written = 0
-        self.hist_written = 0
         self.weights_written_at = None
-        self.lost_warned = False
         self.tags_with_metadata = set()
         self._scalar_heads = {}
         from tensorboard.plugins.scalar import metadata
@@ -469,10 +529,186 @@ class _State:
             display_name=None, description=None
         ).SerializeToString()
         n = len(self.variables)
+        self.width = n * _NUM_STATS + 3
+
+    def _row(self, variable):
+        i = self.index.get(id(variable))
+        if i is None:
+            i = self.index_by_path.get(getattr(variable, "path", None))
+        return i
+
+    # Writing, between steps -------------------------------------------
+
+    def _value(self, tag, tensor, metadata):
+        from tensorboard.compat.proto import summary_pb2
+
+        value = summary_pb2.Summary.Value(tag=tag, tensor=tensor)
+        # TensorBoard reads a tag's metadata from its first value only.
+        if tag not in self.tags_with_metadata:
+            self.tags_with_metadata.add(tag)
+            value.metadata.CopyFrom(metadata)
+        return value
+
+    def _write_event(self, step, summary):
+        self.writer.write(step, summary)
+
+    def _scalars(self, step, tags_and_values):
+        import numpy as np
+
+        tags = [tag for tag, _ in tags_and_values]
+        values = np.asarray([x for _, x in tags_and_values], "<f4")
+        self._write_scalars(step, tags, values.tobytes())
+
+    def _write_scalars(self, step, tags, packed):
+        """Writes one event of float32 scalars, as `tf.summary.scalar` does.
+
+        `packed` holds the little-endian float32 values of `tags`. The
+        `Summary` is assembled from serialized pieces cached per tag (only
+        the 4 bytes of each value change), which costs a fraction of
+        building one protobuf message per value.
+        """
+        heads = self._scalar_heads
+        parts = []
+        for j, tag in enumerate(tags):
+            head = heads.get(tag)
+            if head is None:
+                # The first value of a tag carries the scalar plugin's
+                # metadata; later ones do not need it.
+                head = _scalar_head(tag, self._scalar_metadata)
+                heads[tag] = _scalar_head(tag, None)
+            parts.append(head)
+            parts.append(packed[4 * j : 4 * j + 4])
+        self._write_event(step, b"".join(parts))
+
+    def _layout(self):
+        """Present rows, their tags in record order, and the ratio rows."""
+        present = tuple(sorted(self.present))
+        if getattr(self, "_layout_key", None) != present:
+            paths = self.paths
+            tags = []
+            for i in present:
+                tags += [
+                    f"grad_variance/{paths[i]}",
+                    f"grad_mean/{paths[i]}",
+                    f"grad_norm/{paths[i]}",
+                    f"grad_nonfinite/{paths[i]}",
+                ]
+            tags.append("grad_summary/log10_variance_ratio")
+            ratio_rows = [i for i in self.kernel_rows if i in self.present]
+            self._layout_key = present
+            self._layout_value = (list(present), tags, ratio_rows or present)
+        return self._layout_value
+
+    def _write_record(self, record):
+        import numpy as np
+
+        n = len(self.variables)
+        stats = record[: n * _NUM_STATS].reshape(n, _NUM_STATS)
+        step, kind, skipped_total = record[n * _NUM_STATS :]
+        step = int(step)
+        present, tags, ratio_rows = self._layout()
+        if kind == _KIND_SKIPPED:
+            self._scalars(
+                step,
+                [
+                    (f"grad_nonfinite/{self.paths[i]}", stats[i, _NONFINITE])
+                    for i in present
+                ]
+                + [("grad_summary/skipped_steps", skipped_total)],
+            )
+            return
+        variances = [
+            max(float(stats[i, _VARIANCE]), _VARIANCE_FLOOR) for i in ratio_rows
+        ]
+        high, low = max(variances), min(variances)
+        if math.isfinite(high) and math.isfinite(low):
+            ratio = math.log10(high / low)
+        else:
+            ratio = math.nan
+        values = np.empty(len(tags), "<f4")
+        values[:-1] = stats[present].ravel()
+        values[-1] = ratio
+        self._write_scalars(step, tags, values.tobytes())
+        if not math.isnan(ratio):
+            self.callback._maybe_warn(
+                ratio,
+                ratio_rows[variances.index(high)],
+                ratio_rows[variances.index(low)],
+                step,
+                stats[:, _VARIANCE],
+            )
+
+    def _write_histogram_table(self, step, hist, rows):
+        """Writes `hist[i]` (`[bins, 3]`) of each row `i` in `rows`."""
+        from tensorboard.compat.proto import summary_pb2
+        from tensorboard.plugins.histogram import metadata
+        from tensorboard.util import tensor_util
+
+        if not hasattr(self, "_histogram_metadata"):
+            self._histogram_metadata = metadata.create_summary_metadata(
+                display_name=None, description=None
+            )
+        values = [
+            self._value(
+                f"grad_histogram/{self.paths[i]}",
+                tensor_util.make_tensor_proto(hist[i]),
+                self._histogram_metadata,
+            )
+            for i in rows
+        ]
+        self._write_event(
+            step, summary_pb2.Summary(value=values).SerializeToString()
+        )
+
+    def _current_step(self):
+        return int(keras.ops.convert_to_numpy(self.optimizer.iterations))
+
+    def _weight_values(self):
+        return [keras.ops.convert_to_numpy(v) for v in self.variables]
+
+    def write_weights(self, force=False):
+        import numpy as np
+
+        step = self._current_step()
+        # Logged at the first batch end at or after each multiple of freq.
+        mark = step // self.weights_freq
+        if not force and mark == self.weights_written_at:
+            return
+        self.weights_written_at = mark
+        self._scalars(
+            step,
+            [
+                (
+                    f"weight_variance/{p}",
+                    np.var(np.asarray(w).astype("float64")),
+                )
+                for w, p in zip(self._weight_values(), self.paths, strict=True)
+            ],
+        )
+
+
+class _State(_Records):
+    """In-graph statistics of one `fit` call on TensorFlow, and their writer."""
+
+    def __init__(self, callback, model):
+        import tensorflow as tf
+
+        super().__init__(callback, model)
+        spe = int(getattr(model, "steps_per_execution", 1) or 1)
+        self.steps_per_execution = spe
+        # Room for the records of several executions, in case the schedule
+        # of reads below underestimates the optimizer steps per batch.
+        self.buffer_size = min(max(2 * spe, 16), _MAX_BUFFERED_RECORDS)
+        self.batch_ends = 0
+        self.next_read = 1
+        self.last_seen = None
+        self.written = 0
+        self.hist_written = 0
+        self.lost_warned = False
+        n = len(self.variables)
         # One record: n x (variance, mean, norm, nonfinite), then the
         # optimizer step, the kind of record and the skipped-step count.
         # float64 keeps steps exact up to 2**53.
-        self.width = n * _NUM_STATS + 3
         on_read = dict(
             trainable=False,
             synchronization=tf.VariableSynchronization.ON_READ,
@@ -505,12 +741,6 @@ class _State:
                 )
 
     # In the training graph -------------------------------------------
-
-    def _row(self, variable):
-        i = self.index.get(id(variable))
-        if i is None:
-            i = self.index_by_path.get(getattr(variable, "path", None))
-        return i
 
     def record(self, grads, trainable_variables):
         """Computes and stores the statistics (traced into `train_step`)."""
@@ -661,49 +891,6 @@ class _State:
             )
             _cond(hist_due, store_histograms)
 
-    # Between steps ----------------------------------------------------
-
-    def _value(self, tag, tensor, metadata):
-        from tensorboard.compat.proto import summary_pb2
-
-        value = summary_pb2.Summary.Value(tag=tag, tensor=tensor)
-        # TensorBoard reads a tag's metadata from its first value only.
-        if tag not in self.tags_with_metadata:
-            self.tags_with_metadata.add(tag)
-            value.metadata.CopyFrom(metadata)
-        return value
-
-    def _write_event(self, step, summary):
-        self.writer.write(step, summary)
-
-    def _scalars(self, step, tags_and_values):
-        import numpy as np
-
-        tags = [tag for tag, _ in tags_and_values]
-        values = np.asarray([x for _, x in tags_and_values], "<f4")
-        self._write_scalars(step, tags, values.tobytes())
-
-    def _write_scalars(self, step, tags, packed):
-        """Writes one event of float32 scalars, as `tf.summary.scalar` does.
-
-        `packed` holds the little-endian float32 values of `tags`. The
-        `Summary` is assembled from serialized pieces cached per tag (only
-        the 4 bytes of each value change), which costs a fraction of
-        building one protobuf message per value.
-        """
-        heads = self._scalar_heads
-        parts = []
-        for j, tag in enumerate(tags):
-            head = heads.get(tag)
-            if head is None:
-                # The first value of a tag carries the scalar plugin's
-                # metadata; later ones do not need it.
-                head = _scalar_head(tag, self._scalar_metadata)
-                heads[tag] = _scalar_head(tag, None)
-            parts.append(head)
-            parts.append(packed[4 * j : 4 * j + 4])
-        self._write_event(step, b"".join(parts))
-
     def write_pending(self, force=False):
         """Writes the records and histograms stored since the last read.
 
@@ -766,106 +953,10 @@ class _State:
         skip = int((due - latest - 1) // rate)
         self.next_read = self.batch_ends + max(1, skip)
 
-    def _layout(self):
-        """Present rows, their tags in record order, and the ratio rows."""
-        present = tuple(sorted(self.present))
-        if getattr(self, "_layout_key", None) != present:
-            paths = self.paths
-            tags = []
-            for i in present:
-                tags += [
-                    f"grad_variance/{paths[i]}",
-                    f"grad_mean/{paths[i]}",
-                    f"grad_norm/{paths[i]}",
-                    f"grad_nonfinite/{paths[i]}",
-                ]
-            tags.append("grad_summary/log10_variance_ratio")
-            ratio_rows = [i for i in self.kernel_rows if i in self.present]
-            self._layout_key = present
-            self._layout_value = (list(present), tags, ratio_rows or present)
-        return self._layout_value
-
-    def _write_record(self, record):
-        import numpy as np
-
-        n = len(self.variables)
-        stats = record[: n * _NUM_STATS].reshape(n, _NUM_STATS)
-        step, kind, skipped_total = record[n * _NUM_STATS :]
-        step = int(step)
-        present, tags, ratio_rows = self._layout()
-        if kind == _KIND_SKIPPED:
-            self._scalars(
-                step,
-                [
-                    (f"grad_nonfinite/{self.paths[i]}", stats[i, _NONFINITE])
-                    for i in present
-                ]
-                + [("grad_summary/skipped_steps", skipped_total)],
-            )
-            return
-        variances = [
-            max(float(stats[i, _VARIANCE]), _VARIANCE_FLOOR) for i in ratio_rows
-        ]
-        high, low = max(variances), min(variances)
-        if math.isfinite(high) and math.isfinite(low):
-            ratio = math.log10(high / low)
-        else:
-            ratio = math.nan
-        values = np.empty(len(tags), "<f4")
-        values[:-1] = stats[present].ravel()
-        values[-1] = ratio
-        self._write_scalars(step, tags, values.tobytes())
-        if not math.isnan(ratio):
-            self.callback._maybe_warn(
-                ratio,
-                ratio_rows[variances.index(high)],
-                ratio_rows[variances.index(low)],
-                step,
-                stats[:, _VARIANCE],
-            )
-
     def _write_histograms(self):
-        from tensorboard.compat.proto import summary_pb2
-        from tensorboard.plugins.histogram import metadata
-        from tensorboard.util import tensor_util
-
-        if not hasattr(self, "_histogram_metadata"):
-            self._histogram_metadata = metadata.create_summary_metadata(
-                display_name=None, description=None
-            )
         hist = self.hist.numpy().astype("float64")
         step = int(self.hist_step.numpy())
-        values = [
-            self._value(
-                f"grad_histogram/{self.paths[i]}",
-                tensor_util.make_tensor_proto(hist[i]),
-                self._histogram_metadata,
-            )
-            for i in sorted(self.present)
-        ]
-        self._write_event(
-            step, summary_pb2.Summary(value=values).SerializeToString()
-        )
-
-    def write_weights(self, force=False):
-        import numpy as np
-
-        step = int(keras.ops.convert_to_numpy(self.optimizer.iterations))
-        # Logged at the first batch end at or after each multiple of freq.
-        mark = step // self.weights_freq
-        if not force and mark == self.weights_written_at:
-            return
-        self.weights_written_at = mark
-        self._scalars(
-            step,
-            [
-                (
-                    f"weight_variance/{p}",
-                    np.var(keras.ops.convert_to_numpy(v).astype("float64")),
-                )
-                for v, p in zip(self.variables, self.paths, strict=True)
-            ],
-        )
+        self._write_histogram_table(step, hist, sorted(self.present))
 
 
 def _varint(n):
