@@ -172,10 +172,10 @@ class _TorchHook(_HostHook):
             trainable_variables = self.inner._trainable_variables
         # Decide cheaply, before touching the gradients, whether this call
         # can be recorded: steps are known in Python (eager).
-        step = int(keras.ops.convert_to_numpy(optimizer.iterations))
+        step = int(keras.ops.convert_to_tensor(optimizer.iterations))
         k = self.inner.gradient_accumulation_steps
         if k:
-            raw = int(keras.ops.convert_to_numpy(self.inner._iterations))
+            raw = int(keras.ops.convert_to_tensor(self.inner._iterations))
             if (raw + 1) % k:
                 return
         due = step % self.update_freq == 0
@@ -232,7 +232,9 @@ class _JaxHook(_HostHook):
     def __init__(self, callback, model):
         super().__init__(callback, model)
         variables = list(self.optimizer.variables)
-        self.iterations_index = _index_of(variables, self.optimizer.iterations)
+        # `optimizer.iterations` is computed from `_iterations` under
+        # gradient accumulation: keep the index of the raw counter.
+        self.iterations_index = _index_of(variables, self.inner._iterations)
 
     def install(self):
         _callbacks._wrap(self.optimizer, "stateless_apply", self.record)
@@ -306,7 +308,8 @@ class _JaxHook(_HostHook):
         state = self._jax_state()
         if state is not None:
             value = state["optimizer_variables"][self.iterations_index]
-            return int(np.asarray(value))
+            k = self.inner.gradient_accumulation_steps
+            return int(np.asarray(value)) // (k or 1)
         return super()._current_step()
 
     def _weight_values(self):

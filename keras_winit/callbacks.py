@@ -661,10 +661,10 @@ class _Records:
         )
 
     def _current_step(self):
-        return int(keras.ops.convert_to_numpy(self.optimizer.iterations))
+        return int(_numpy(self.optimizer.iterations))
 
     def _weight_values(self):
-        return [keras.ops.convert_to_numpy(v) for v in self.variables]
+        return [_numpy(v) for v in self.variables]
 
     def write_weights(self, force=False):
         import numpy as np
@@ -957,6 +957,11 @@ class _State(_Records):
         hist = self.hist.numpy().astype("float64")
         step = int(self.hist_step.numpy())
         self._write_histogram_table(step, hist, sorted(self.present))
+
+
+def _numpy(value):
+    """NumPy value of a variable or tensor of any backend."""
+    return keras.ops.convert_to_numpy(keras.ops.convert_to_tensor(value))
 
 
 def _varint(n):
