@@ -3,9 +3,17 @@
 Measures the process CPU time per training step of a 64 -> 5 x 256 tanh -> 10
 MLP (batch 64, synthetic data) with no callback, with
 `keras_winit.callbacks.GradientVarianceLogger` at several frequencies, and
-with `keras.callbacks.TensorBoard(update_freq=1)` as a reference. Each
-configuration is timed `repeats` times, interleaved, and the median is
-reported; overheads are ratios to the plain fit of the same run.
+with `keras.callbacks.TensorBoard(update_freq=1)` as a reference (when
+TensorFlow is installed: it writes with `tf.summary`). Each configuration is
+timed `repeats` times, interleaved, and the median is reported; overheads are
+ratios to the plain fit of the same run.
+
+The Keras backend is the one of `KERAS_BACKEND` (one per process); run the
+script once per backend to compare:
+
+    for b in tensorflow jax torch; do
+        KERAS_BACKEND=$b python benchmarks/monitoring.py
+    done
 
 Usage:
     python benchmarks/monitoring.py [--steps 300] [--repeats 5] [--threads 1]
@@ -13,6 +21,7 @@ Usage:
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -44,7 +53,7 @@ def _configs(log_dir):
             )
         ]
 
-    return [
+    configs = [
         ("plain fit", lambda: []),
         ("GradientVarianceLogger(update_freq=1)", logger(1)),
         ("GradientVarianceLogger(update_freq=10)", logger(10)),
@@ -53,11 +62,15 @@ def _configs(log_dir):
             "GradientVarianceLogger(update_freq=100, histogram_freq=100)",
             logger(100, 100),
         ),
-        (
-            "keras.callbacks.TensorBoard(update_freq=1)",
-            lambda: [keras.callbacks.TensorBoard(log_dir, update_freq=1)],
-        ),
     ]
+    if importlib.util.find_spec("tensorflow") is not None:
+        configs.append(
+            (
+                "keras.callbacks.TensorBoard(update_freq=1)",
+                lambda: [keras.callbacks.TensorBoard(log_dir, update_freq=1)],
+            )
+        )
+    return configs
 
 
 def _model():
@@ -105,22 +118,42 @@ def _time_fit(make_callbacks, x, y, warmup):
     return (timer.end - timer.start) / (timer.last + 1 - warmup)
 
 
-def run(steps=300, repeats=5, threads=None):
-    """Times every configuration; returns one dict per configuration.
-
-    Keys: `name`, `ms_per_step` (median CPU milliseconds per step),
-    `overhead` (ratio to the plain fit minus 1), `samples_ms`, `steps`,
-    `repeats`, `threads`. `threads` limits TensorFlow's intra- and
-    inter-op thread pools (it must be set before TensorFlow runs any op;
-    `None` keeps TensorFlow's defaults): with one thread, CPU time counts
-    work only, not idle pool threads spinning, which makes it far less
-    noisy on a shared machine.
-    """
-    if threads is not None:
+def _limit_threads(backend, threads):
+    """Limits the backend's compute threads (before it runs any op)."""
+    if backend == "tensorflow":
         import tensorflow as tf
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
+    elif backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        torch.set_num_interop_threads(threads)
+    elif backend == "jax" and threads == 1:
+        # Read when XLA's CPU client starts, at the first JAX operation.
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = (
+            f"{flags} --xla_cpu_multi_thread_eigen=false "
+            "intra_op_parallelism_threads=1"
+        ).strip()
+
+
+def run(steps=300, repeats=5, threads=None):
+    """Times every configuration; returns one dict per configuration.
+
+    Keys: `name`, `backend` (the Keras backend), `ms_per_step` (median CPU
+    milliseconds per step), `overhead` (ratio to the plain fit minus 1),
+    `samples_ms`, `steps`, `repeats`, `threads`. `threads` limits the
+    backend's thread pools (TensorFlow's intra- and inter-op pools,
+    `torch.set_num_threads`, XLA's CPU Eigen threads on JAX; it must be set
+    before the backend runs any op; `None` keeps the defaults): with one
+    thread, CPU time counts work only, not idle pool threads spinning,
+    which makes it far less noisy on a shared machine.
+    """
+    backend = keras.backend.backend()
+    if threads is not None:
+        _limit_threads(backend, threads)
     warmup = WARMUP_STEPS
     total = steps + warmup
     rng = np.random.default_rng(0)
@@ -139,6 +172,7 @@ def run(steps=300, repeats=5, threads=None):
         rows.append(
             {
                 "name": name,
+                "backend": backend,
                 "ms_per_step": 1e3 * median,
                 "overhead": median / base - 1.0,
                 "samples_ms": [1e3 * s for s in samples[name]],
@@ -153,6 +187,7 @@ def run(steps=300, repeats=5, threads=None):
 def _table(rows):
     width = max(len(r["name"]) for r in rows)
     lines = [
+        f"Keras backend: {rows[0]['backend']}",
         f"{'configuration':<{width}}  CPU ms/step  overhead",
         "-" * (width + 23),
     ]
@@ -172,7 +207,7 @@ def main(argv=None):
         "--threads",
         type=int,
         default=1,
-        help="TensorFlow intra/inter-op threads; 0 keeps TF's defaults",
+        help="backend compute threads; 0 keeps the backend's defaults",
     )
     parser.add_argument("--json", default=None, help="write results here")
     args = parser.parse_args(argv)

@@ -72,23 +72,31 @@ class GradientVarianceLogger(keras.callbacks.Callback):
     `tf.distribute`; with `gradient_accumulation_steps`, the accumulated
     mean on the step that applies it. Clipping (`clipnorm`, `clipvalue`)
     and weight decay, done inside the optimizer's update, are not included.
-    No extra forward or backward pass is run: the callback wraps
-    `model.optimizer.apply` during `fit`, computes the statistics inside the
-    training graph (gated by `tf.cond`, so the other steps cost almost
-    nothing) and stores them in non-trainable `tf.Variable`s (not tracked by
-    the model, so saving is unaffected). After each batch, one read of
-    those variables tells whether a step was recorded; new records are
-    written to the event file from Python, between steps. No summary op is
-    traced into `train_step`, which is why `jit_compile=True` works, and no
-    `tf.summary.record_if` (such as the one Keras' `TensorBoard` callback
-    sets around each batch) can drop them. The optimizer's `apply` is
-    restored in `on_train_end`, and the train function is re-traced by the
-    next `fit`.
+    No extra forward or backward pass is run. On TensorFlow, the callback
+    wraps `model.optimizer.apply` during `fit`, computes the statistics
+    inside the training graph (gated by `tf.cond`, so the other steps cost
+    almost nothing) and stores them in non-trainable `tf.Variable`s (not
+    tracked by the model, so saving is unaffected). After each batch, one
+    read of those variables tells whether a step was recorded; new records
+    are written to the event file from Python, between steps. No summary op
+    is traced into `train_step`, which is why `jit_compile=True` works, and
+    no `tf.summary.record_if` (such as the one Keras' `TensorBoard`
+    callback sets around each batch) can drop them. On JAX, whose train
+    step is a pure jitted function, the callback wraps
+    `model.optimizer.stateless_apply` (what the trainer calls) so that the
+    trace computes the statistics inside a `jax.lax.cond` taken only on
+    recorded steps, which hands them to the host with
+    `jax.experimental.io_callback`; `fit` traces a fresh train function so
+    that the wrapper is in it. On PyTorch (eager), the callback wraps
+    `model.optimizer.apply` and computes the statistics with torch ops on
+    recorded steps only. The optimizer's method is restored in
+    `on_train_end`, and the train function is re-made by the next `fit`.
 
     Cost, measured with `benchmarks/monitoring.py` (64 -> 5 x 256 tanh ->
-    10 MLP, batch 64, one CPU thread): within noise (0-5%) of a plain step
-    at `update_freq=100`; about 23% at `update_freq=1`, about what Keras'
-    `TensorBoard(update_freq=1)` costs to log the loss alone. Under
+    10 MLP, batch 64, one CPU thread): on TensorFlow, within noise (0-5%)
+    of a plain step at `update_freq=100`; about 23% at `update_freq=1`,
+    about what Keras' `TensorBoard(update_freq=1)` costs to log the loss
+    alone. See `docs/gradient_monitoring.md` for JAX and PyTorch. Under
     `tf.distribute`, gradients are all-reduced once more every step.
 
     Steps are optimizer steps (`model.optimizer.iterations` before the
@@ -107,8 +115,12 @@ class GradientVarianceLogger(keras.callbacks.Callback):
     flushed at the end of every epoch and closed at the end of training.
     Validation and `evaluate` are not monitored (no gradients).
 
-    Only the TensorFlow backend is supported: `set_model` raises a
-    `RuntimeError` otherwise; an uncompiled model or an unwritable `log_dir`
+    Backends: TensorFlow, JAX and PyTorch (`set_model` raises a
+    `RuntimeError` on others). Event files are written with
+    `tf.io.TFRecordWriter` when TensorFlow is installed, else with the
+    `tensorboard` package alone (local directories only). On JAX, a custom
+    `train_step` must call `self.optimizer.stateless_apply`; on PyTorch,
+    `self.optimizer.apply`. An uncompiled model or an unwritable `log_dir`
     raise a `ValueError` in `on_train_begin`, before the first step.
     Callbacks are not serialized, so this class is not registered as a
     Keras serializable.

@@ -49,15 +49,16 @@ class ActivationHistogramLogger(keras.callbacks.Callback):
     `step_unit="epoch"` (default) the summary step is the number of
     completed epochs; with `"iteration"` it is `model.optimizer.iterations`
     (the step axis of `GradientVarianceLogger`). Summaries are written
-    inside `tf.summary.record_if(True)` with an explicit `step`, so
+    with an explicit `step` by `keras_winit._event_writer.Writer` (the
+    `tensorboard` package alone, no `tf.summary`), so
     `keras.callbacks.TensorBoard`'s `update_freq` gating does not drop
     them.
 
     Writer: event files go to `log_dir/<run_name>`, with `run_name`
     defaulting to `"gradients"`, the run of `GradientVarianceLogger`, so
     both appear as one run in TensorBoard. Each callback owns its writer
-    (one event file each in that directory). Only the TensorFlow backend
-    is supported.
+    (one event file each in that directory). Works on the TensorFlow, JAX
+    and PyTorch backends, with or without TensorFlow installed.
 
     Examples:
 
@@ -240,7 +241,7 @@ class ActivationHistogramLogger(keras.callbacks.Callback):
         Returns:
             The step the histograms were written at.
         """
-        import tensorflow as tf
+        from keras_winit._event_writer import Writer
 
         if self.step_unit == "epoch":
             step = int(completed_epochs)
@@ -256,36 +257,29 @@ class ActivationHistogramLogger(keras.callbacks.Callback):
             seed=self.seed,
         )
         if self._writer is None:
-            tf.io.gfile.makedirs(self.run_dir)
-            self._writer = tf.summary.create_file_writer(self.run_dir)
-        with self._writer.as_default(), tf.summary.record_if(True):
-            for r in records:
-                _histogram(f"activations/{r.name}", r.out, step, self.buckets)
-                if r.grad is not None:
-                    _histogram(
-                        f"backprop_gradients/{r.name}",
-                        r.grad,
-                        step,
-                        self.buckets,
-                    )
+            self._writer = Writer(self.run_dir)
+        for r in records:
+            self._writer.histogram(
+                f"activations/{r.name}", _numpy(r.out), step, self.buckets
+            )
+            if r.grad is not None:
+                self._writer.histogram(
+                    f"backprop_gradients/{r.name}",
+                    _numpy(r.grad),
+                    step,
+                    self.buckets,
+                )
         self._writer.flush()
         self.logged_steps.append(step)
         return step
 
 
-def _histogram(tag, values, step, buckets):
-    """Writes a histogram summary (eager, so the tag is kept as given)."""
-    import tensorflow as tf
-
-    tf.summary.histogram(
-        tag, np.asarray(values).ravel(), step=step, buckets=buckets
-    )
+def _numpy(values):
+    return np.asarray(keras.ops.convert_to_numpy(values)).ravel()
 
 
 def _take(x, n):
-    import tensorflow as tf
-
-    return tf.nest.map_structure(lambda v: v[:n], x)
+    return keras.tree.map_structure(lambda v: v[:n], x)
 
 
 def _is_int(value):

@@ -5,8 +5,8 @@ import os
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
 
 from keras_winit.probes import ActivationHistogramLogger
 
@@ -69,7 +69,7 @@ def test_histograms_are_readable_with_expected_tags(tmp_path):
             assert tag in tags, (tag, sorted(tags))
             events = acc.Tensors(tag)
             assert [e.step for e in events] == [0, 2]
-            hist = tf.make_ndarray(events[0].tensor_proto)
+            hist = tensor_util.make_ndarray(events[0].tensor_proto)
             assert hist.shape == (12, 3)
             # Counts: one per value of the 100 probe examples.
             assert hist[:, 2].sum() == pytest.approx(100 * width)
@@ -84,8 +84,12 @@ def test_activation_histogram_matches_the_layer_output(tmp_path):
     logger.on_train_end()
     acc = _read(logger.run_dir)
     path = model.get_layer("hidden").path
-    hist = tf.make_ndarray(acc.Tensors(f"activations/{path}")[0].tensor_proto)
-    kernel, bias = (w.numpy() for w in model.get_layer("hidden").weights)
+    hist = tensor_util.make_ndarray(
+        acc.Tensors(f"activations/{path}")[0].tensor_proto
+    )
+    kernel, bias = (
+        keras.ops.convert_to_numpy(w) for w in model.get_layer("hidden").weights
+    )
     a = np.tanh(x[:300] @ kernel + bias)
     assert hist[0, 0] == pytest.approx(a.min(), abs=1e-5)
     assert hist[-1, 1] == pytest.approx(a.max(), abs=1e-5)
