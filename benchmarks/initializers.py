@@ -132,7 +132,12 @@ def _torch_case(family):
         "normal": "normal_",
         "uniform": "uniform_",
     }[family]
-    return ("torch", f"torch.nn.init.{name}", call, lambda x: float(x.reshape(-1)[-1]))
+    return (
+        "torch",
+        f"torch.nn.init.{name}",
+        call,
+        lambda x: float(x.reshape(-1)[-1]),
+    )
 
 
 def _numpy_case(family):
