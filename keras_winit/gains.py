@@ -246,7 +246,14 @@ def _resolve_activation(activation, param):
         )
 
     def numpy_fn(z):
-        out = fn(keras.ops.convert_to_tensor(z))
+        try:
+            out = fn(keras.ops.convert_to_tensor(z))
+        except (RuntimeError, TypeError, ValueError) as error:
+            # e.g. glu, which halves its last axis, on an odd-length input.
+            raise ValueError(
+                f"Activation {activation!r} cannot be evaluated elementwise "
+                f"on a vector: {error}"
+            ) from error
         out = np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float64)
         if out.shape != z.shape:
             raise ValueError(
