@@ -208,6 +208,16 @@ class VarianceScaling(keras.initializers.VarianceScaling):
         }
 
 
+# The arguments every preset shares, for the generated docstrings.
+_COMMON_ARGS = """\
+        seed: An int, a `keras.random.SeedGenerator`, or `None`.
+        input_axes: Optional list of ints, axes indexing input units.
+        output_axes: Optional list of ints, axes indexing output units.
+        fan_in: Optional positive int overriding the shape's fan-in.
+        fan_out: Optional positive int overriding the shape's fan-out.\
+"""
+
+
 def _preset(name, scale, mode, distribution, summary, reference):
     """Builds a fixed-scale preset class (Glorot, He, LeCun)."""
 
@@ -270,11 +280,7 @@ def _preset(name, scale, mode, distribution, summary, reference):
     >>> layer = keras.layers.Dense(3, kernel_initializer="{snake}")
 
     Args:
-        seed: An int, a `keras.random.SeedGenerator`, or `None`.
-        input_axes: Optional list of ints, axes indexing input units.
-        output_axes: Optional list of ints, axes indexing output units.
-        fan_in: Optional positive int overriding the shape's fan-in.
-        fan_out: Optional positive int overriding the shape's fan-out.
+{_COMMON_ARGS}
 
     Reference:
         - {reference}
@@ -541,11 +547,7 @@ def _kaiming(name, distribution, sampled):
             (preserves the backward variance).
         nonlinearity: A PyTorch `calculate_gain` name: `"relu"`,
             `"leaky_relu"`, `"tanh"`, `"selu"`, `"sigmoid"`, `"linear"`, ...
-        seed: An int, a `keras.random.SeedGenerator`, or `None`.
-        input_axes: Optional list of ints, axes indexing input units.
-        output_axes: Optional list of ints, axes indexing output units.
-        fan_in: Optional positive int overriding the shape's fan-in.
-        fan_out: Optional positive int overriding the shape's fan-out.
+{_COMMON_ARGS}
 
     Reference:
         - [He et al., 2015](https://arxiv.org/abs/1502.01852)
@@ -625,11 +627,7 @@ def _xavier(name, distribution, sampled):
 
     Args:
         gain: Positive float multiplying the standard deviation.
-        seed: An int, a `keras.random.SeedGenerator`, or `None`.
-        input_axes: Optional list of ints, axes indexing input units.
-        output_axes: Optional list of ints, axes indexing output units.
-        fan_in: Optional positive int overriding the shape's fan-in.
-        fan_out: Optional positive int overriding the shape's fan-out.
+{_COMMON_ARGS}
 
     Reference:
         - {_GLOROT}
