@@ -49,3 +49,13 @@ def shape(value, allow_zero=True):
             f"dimension known. Received: shape={value!r}"
         )
     return tuple(int(d) for d in dims)
+
+
+def run_name(value):
+    """Raises unless `value` names one directory (a TensorBoard run)."""
+    if not isinstance(value, str) or not value or "/" in value or "\\" in value:
+        raise ValueError(
+            "Argument `run_name` must be a non-empty name without path "
+            f"separators. Received: run_name={value!r}"
+        )
+    return value

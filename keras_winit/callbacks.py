@@ -11,6 +11,8 @@ import warnings
 
 import keras
 
+from keras_winit import _checks
+
 # Number of bins of the optional gradient histograms (TensorBoard's default).
 _HISTOGRAM_BINS = 30
 # Columns of one record of per-variable statistics.
@@ -209,16 +211,7 @@ class GradientVarianceLogger(keras.callbacks.Callback):
                 "Argument `warn_log10_ratio` must be a positive number or "
                 f"None. Received: warn_log10_ratio={warn_log10_ratio!r}"
             )
-        if (
-            not isinstance(run_name, str)
-            or not run_name
-            or "/" in run_name
-            or "\\" in run_name
-        ):
-            raise ValueError(
-                "Argument `run_name` must be a non-empty name without path "
-                f"separators. Received: run_name={run_name!r}"
-            )
+        _checks.run_name(run_name)
         self.log_dir = os.fspath(log_dir)
         self.update_freq = int(update_freq)
         self.histogram_freq = int(histogram_freq)

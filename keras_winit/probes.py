@@ -17,6 +17,7 @@ import os
 import keras
 import numpy as np
 
+from keras_winit import _checks
 from keras_winit import _signal
 
 #: Step units understood by `ActivationHistogramLogger`.
@@ -162,16 +163,7 @@ class ActivationHistogramLogger(keras.callbacks.Callback):
                 f"Invalid `step_unit` argument: {step_unit!r}. "
                 f"Expected one of {STEP_UNITS}."
             )
-        if (
-            not isinstance(run_name, str)
-            or not run_name
-            or "/" in run_name
-            or "\\" in run_name
-        ):
-            raise ValueError(
-                "Argument `run_name` must be a non-empty name without path "
-                f"separators. Received: run_name={run_name!r}"
-            )
+        _checks.run_name(run_name)
         if not isinstance(training, bool):
             raise ValueError(
                 "Argument `training` must be a bool. "
