@@ -87,9 +87,11 @@ class GradientVarianceLogger(keras.callbacks.Callback):
     step is a pure jitted function, the callback wraps
     `model.optimizer.stateless_apply` (what the trainer calls) so that the
     trace computes the statistics inside a `jax.lax.cond` taken only on
-    recorded steps, which hands them to the host with
-    `jax.experimental.io_callback`; `fit` traces a fresh train function so
-    that the wrapper is in it. On PyTorch (eager), the callback wraps
+    recorded steps, and makes `fit`'s train function: the model's
+    `train_step`, jitted as Keras does, that also returns the statistics
+    (no host callback in the step); they are fetched every 32 steps,
+    without waiting for the step in flight, and at the end of each epoch.
+    On PyTorch (eager), the callback wraps
     `model.optimizer.apply` and computes the statistics with torch ops on
     recorded steps only. The optimizer's method is restored in
     `on_train_end`, and the train function is re-made by the next `fit`.
@@ -222,6 +224,16 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         self._state = None
         self._writer = None
         self._optimizer = None
+
+    @property
+    def async_safe(self):
+        """Whether Keras may run this callback's batch ends on a thread.
+
+        On JAX, the batch end does nothing (records are fetched by the
+        callback's train function, between steps), so it does not keep
+        Keras' JAX trainer from dispatching steps asynchronously.
+        """
+        return keras.backend.backend() == "jax"
 
     @property
     def run_dir(self):

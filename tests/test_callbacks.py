@@ -495,6 +495,93 @@ def test_custom_train_step_with_two_optimizer_steps_per_batch(tmp_path):
     )
 
 
+class _JaxTwiceModel(keras.Model):
+    """A JAX `train_step` that makes two optimizer steps per batch."""
+
+    def __init__(self):
+        super().__init__(name="custom")
+        self.hidden = keras.layers.Dense(5, activation="tanh", name="hidden")
+        self.out = keras.layers.Dense(2, name="out")
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+    def train_step(self, state, data):
+        import jax
+
+        trainable, non_trainable, optimizer_variables, metrics = state
+        x, y = data
+
+        def loss_fn(trainable):
+            pred, _ = self.stateless_call(trainable, non_trainable, x)
+            return keras.ops.mean(keras.ops.square(pred - y))
+
+        for _ in range(2):
+            loss, grads = jax.value_and_grad(loss_fn)(trainable)
+            trainable, optimizer_variables = self.optimizer.stateless_apply(
+                optimizer_variables, grads, trainable
+            )
+        return {"loss": loss}, (
+            trainable,
+            non_trainable,
+            optimizer_variables,
+            metrics,
+        )
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="a JAX train_step")
+def test_jax_custom_train_step_with_two_stateless_applies(tmp_path):
+    keras.utils.set_random_seed(3)
+    model = _JaxTwiceModel()
+    model.compile(optimizer="sgd")
+    x, y = _data()
+    model(x[:1])
+    expected = _reference_variances(model, x[:BATCH], y[:BATCH])
+    _fit(model, tmp_path, epochs=3, update_freq=5)
+    events = _read(tmp_path / "gradients")
+    assert _iterations(model) == 36
+    assert _steps(events, "grad_variance/custom/out/kernel") == list(
+        range(0, 36, 5)
+    )
+    _check_step0_matches_reference(events, expected)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX fetches records in groups")
+def test_jax_records_are_fetched_during_the_epoch(tmp_path, monkeypatch):
+    from keras_winit import _grad_hooks
+
+    monkeypatch.setattr(_grad_hooks._JaxHook, "fetch_every", 2)
+    fetched = []  # (steps fetched, steps still in flight) of each fetch
+    fetch = _grad_hooks._JaxHook.fetch
+
+    def spy(hook, keep=0):
+        before = len(hook.in_flight)
+        fetch(hook, keep=keep)
+        fetched.append((before - len(hook.in_flight), len(hook.in_flight)))
+
+    monkeypatch.setattr(_grad_hooks._JaxHook, "fetch", spy)
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    _fit(model, tmp_path, epochs=2, update_freq=1, histogram_freq=3)
+    assert _grad_hooks._JaxHook.in_flight_kept == 2
+    # 6 steps per epoch: after steps 4 and 6, a fetch of 2 steps leaves the
+    # newest 2 in flight; the end of the epoch fetches them (the end of
+    # training finds nothing left).
+    assert fetched == [(2, 2), (2, 2), (2, 0)] * 2 + [(0, 0)]
+    events = _read(tmp_path / "gradients")
+    assert _steps(events, "grad_variance/mlp/out/kernel") == list(range(12))
+    assert _steps(events, "grad_histogram/mlp/out/kernel") == [0, 3, 6, 9]
+
+
+def test_batch_end_keeps_jax_async_dispatch(tmp_path):
+    # Keras runs batch ends on a thread (async dispatch of the JAX steps)
+    # only if every callback allows it.
+    logger = GradientVarianceLogger(tmp_path)
+    callbacks = keras.callbacks.CallbackList([logger], model=_model())
+    assert logger.async_safe is (BACKEND == "jax")
+    assert callbacks._async_train is (BACKEND == "jax")
+
+
 def test_does_not_change_training(tmp_path):
     if BACKEND == "tensorflow":
         import tensorflow as tf
@@ -639,6 +726,77 @@ def test_mirrored_strategy_sums_replica_gradients(tmp_path):
     for path, variance in out["expected"].items():
         steps = [s for s, _ in out["got"][path]]
         assert steps == [0, 1, 2, 3], path
+        np.testing.assert_allclose(
+            out["got"][path][0][1], variance, rtol=1e-4, err_msg=path
+        )
+
+
+JAX_DATA_PARALLEL_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    import jax
+    import keras
+    import numpy as np
+    from tensorboard.backend.event_processing import event_accumulator as ea
+    from tensorboard.util import tensor_util
+    from keras_winit.callbacks import GradientVarianceLogger
+
+    log_dir = sys.argv[1]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 6)).astype("float32")
+    y = rng.normal(size=(32, 2)).astype("float32")
+    keras.distribution.set_distribution(
+        keras.distribution.DataParallel(devices=jax.devices()))
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([
+        keras.Input((6,)),
+        keras.layers.Dense(5, activation="tanh", name="hidden"),
+        keras.layers.Dense(2, name="out")], name="mlp")
+    model.compile(optimizer="sgd", loss="mse")
+    loss = keras.losses.MeanSquaredError()
+
+    def loss_fn(values):
+        pred, _ = model.stateless_call(values, [], x[:8])
+        return loss(y[:8], pred)
+
+    grads = jax.grad(loss_fn)([v.value for v in model.trainable_variables])
+    expected = {v.path: float(np.var(g))
+                for v, g in zip(model.trainable_variables, grads)}
+    model.fit(x, y, batch_size=8, shuffle=False, verbose=0,
+              callbacks=[GradientVarianceLogger(log_dir, update_freq=1)])
+    acc = ea.EventAccumulator(os.path.join(log_dir, "gradients"),
+                              size_guidance={ea.TENSORS: 0})
+    acc.Reload()
+    got = {p: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
+               for e in acc.Tensors("grad_variance/" + p)] for p in expected}
+    print(json.dumps({"devices": len(jax.devices()),
+                      "weight_devices": len(model.trainable_variables[0]
+                                            .value.sharding.device_set),
+                      "expected": expected, "got": got}))
+    """
+)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution on JAX")
+def test_jax_data_parallel_logs_the_global_gradient(tmp_path):
+    # Two CPU devices exist only if XLA is told so before JAX starts: use a
+    # fresh process.
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    result = subprocess.run(
+        [sys.executable, "-c", JAX_DATA_PARALLEL_SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["devices"] == out["weight_devices"] == 2
+    for path, variance in out["expected"].items():
+        steps = [s for s, _ in out["got"][path]]
+        assert steps == [0, 1, 2, 3], path
+        # The gradient of the whole batch, not of one device's half.
         np.testing.assert_allclose(
             out["got"][path][0][1], variance, rtol=1e-4, err_msg=path
         )
