@@ -1,12 +1,25 @@
-"""CPU cost of monitoring gradients during `fit`.
+"""Cost of monitoring gradients during `fit`.
 
-Measures the process CPU time per training step of a 64 -> 5 x 256 tanh -> 10
-MLP (batch 64, synthetic data) with no callback, with
+Measures the time per training step of a 64 -> 5 x 256 tanh -> 10 MLP
+(batch 64, synthetic data) with no callback, with
 `keras_winit.callbacks.GradientVarianceLogger` at several frequencies, and
 with `keras.callbacks.TensorBoard(update_freq=1)` as a reference (when
-TensorFlow is installed: it writes with `tf.summary`). Each configuration is
-timed `repeats` times, interleaved, and the median is reported; overheads are
-ratios to the plain fit of the same run.
+TensorFlow is installed: it writes with `tf.summary`).
+
+Configurations take turns: each trains in its own thread, one `fit` of
+`WARMUP_STEPS + repeats * steps` steps, and only the thread holding the
+turn runs; after its warm-up (tracing, untimed) and after each window of
+`steps` timed steps, it hands the turn to the next configuration. Load from
+other processes on a shared machine thus falls on all configurations
+alike, within seconds of each other. Per window: wall time
+(`time.perf_counter`) and process CPU time (`time.process_time`, all
+threads; the other configurations' threads are idle, waiting for the turn)
+per step. Reported: medians over the windows, and overheads: the median,
+over the rounds, of the ratio to the plain fit's window of the same round
+(load on a shared machine drifts over minutes; pairs within a round see
+nearly the same load). A window of 100 steps or a
+multiple holds the same number of recorded steps (one at
+`update_freq=100`) wherever it starts.
 
 The Keras backend is the one of `KERAS_BACKEND` (one per process); run the
 script once per backend to compare:
@@ -16,7 +29,7 @@ script once per backend to compare:
     done
 
 Usage:
-    python benchmarks/monitoring.py [--steps 300] [--repeats 5] [--threads 1]
+    python benchmarks/monitoring.py [--steps 100] [--repeats 15] [--threads 1]
         [--json out]
 """
 
@@ -27,6 +40,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -37,8 +51,8 @@ import numpy as np  # noqa: E402
 from keras_winit.callbacks import GradientVarianceLogger  # noqa: E402
 
 BATCH = 64
-# Untimed first steps (tracing). 20 keeps steps 100, 200, ... inside the
-# timed window in proportion: 300 timed steps hold 3 records at freq 100.
+# Untimed first steps (tracing and compiling), under the configuration's
+# turn.
 WARMUP_STEPS = 20
 
 
@@ -86,36 +100,101 @@ def _model():
     return model
 
 
-class _Timer(keras.callbacks.Callback):
-    """CPU time from the end of batch `warmup - 1` to the last batch end."""
+class _Turns:
+    """Round-robin turns between threads: one runs, the others wait."""
 
-    def __init__(self, warmup):
+    def __init__(self, count):
+        self.cond = threading.Condition()
+        self.active = list(range(count))
+        self.turn = 0
+
+    def wait(self, i):
+        with self.cond:
+            self.cond.wait_for(lambda: self.turn == i)
+
+    def pass_on(self, i):
+        """Hands the turn from `i` to the next active thread."""
+        with self.cond:
+            k = self.active.index(i)
+            self.turn = self.active[(k + 1) % len(self.active)]
+            self.cond.notify_all()
+
+    def leave(self, i):
+        """Removes `i` (holding the turn or not) from the rotation."""
+        with self.cond:
+            if i not in self.active:
+                return
+            k = self.active.index(i)
+            self.active.remove(i)
+            if self.turn == i and self.active:
+                self.turn = self.active[k % len(self.active)]
+            self.cond.notify_all()
+
+
+class _Windows(keras.callbacks.Callback):
+    """Times windows of `steps` batches; hands the turn on between them."""
+
+    def __init__(self, turns, index, warmup, steps, repeats):
         super().__init__()
-        self.warmup = warmup
-        self.start = self.end = None
-        self.last = None
+        self.turns, self.index = turns, index
+        self.warmup, self.steps, self.repeats = warmup, steps, repeats
+        self.windows = []  # (wall s, CPU s) per step
+        self.start = None
 
     def on_train_batch_end(self, batch, logs=None):
-        now = time.process_time()
-        if batch == self.warmup - 1:
-            self.start = now
-        self.end, self.last = now, batch
+        done = batch + 1 - self.warmup
+        if done < 0 or done % self.steps:
+            return
+        now = (time.perf_counter(), time.process_time())
+        if done:
+            self.windows.append(
+                tuple(
+                    (b - a) / self.steps
+                    for a, b in zip(self.start, now, strict=True)
+                )
+            )
+            if len(self.windows) == self.repeats:
+                return  # The turn is left at the end of `fit`.
+        self.turns.pass_on(self.index)
+        self.turns.wait(self.index)
+        self.start = (time.perf_counter(), time.process_time())
 
 
-def _time_fit(make_callbacks, x, y, warmup):
-    # The first batches trace the train function (with the callbacks'
-    # hooks): they are not timed.
-    model = _model()
-    timer = _Timer(warmup)
-    model.fit(
-        x,
-        y,
-        batch_size=BATCH,
-        verbose=0,
-        shuffle=False,
-        callbacks=[*make_callbacks(), timer],
-    )
-    return (timer.end - timer.start) / (timer.last + 1 - warmup)
+def _time_configs(configs, x, y, warmup, steps, repeats):
+    """`{name: [(wall, cpu) per step of each window]}`, taking turns."""
+    turns = _Turns(len(configs))
+    results, errors = {}, []
+
+    def train(i, make_callbacks):
+        try:
+            turns.wait(i)
+            model = _model()
+            timer = _Windows(turns, i, warmup, steps, repeats)
+            model.fit(
+                x,
+                y,
+                batch_size=BATCH,
+                verbose=0,
+                shuffle=False,
+                callbacks=[*make_callbacks(), timer],
+            )
+            results[configs[i][0]] = timer.windows
+        except BaseException as error:  # Re-raised in the main thread.
+            errors.append(error)
+        finally:
+            turns.leave(i)
+
+    threads = [
+        threading.Thread(target=train, args=(i, make_callbacks))
+        for i, (_, make_callbacks) in enumerate(configs)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
 
 
 def _limit_threads(backend, threads):
@@ -139,43 +218,65 @@ def _limit_threads(backend, threads):
         ).strip()
 
 
-def run(steps=300, repeats=5, threads=None):
+def _paired_overhead(windows, plain, column):
+    """Median over rounds of `window / plain window of the round`, minus 1."""
+    return (
+        statistics.median(
+            w[column] / p[column] for w, p in zip(windows, plain, strict=True)
+        )
+        - 1.0
+    )
+
+
+def run(steps=100, repeats=15, threads=None):
     """Times every configuration; returns one dict per configuration.
 
-    Keys: `name`, `backend` (the Keras backend), `ms_per_step` (median CPU
-    milliseconds per step), `overhead` (ratio to the plain fit minus 1),
-    `samples_ms`, `steps`, `repeats`, `threads`. `threads` limits the
-    backend's thread pools (TensorFlow's intra- and inter-op pools,
-    `torch.set_num_threads`, XLA's CPU Eigen threads on JAX; it must be set
-    before the backend runs any op; `None` keeps the defaults): with one
-    thread, CPU time counts work only, not idle pool threads spinning,
-    which makes it far less noisy on a shared machine.
+    Each configuration trains `WARMUP_STEPS + repeats * steps` steps;
+    `repeats` windows of `steps` steps are timed, taking turns with the
+    other configurations (see the module docstring). Keys: `name`,
+    `backend` (the Keras backend), `ms_per_step` and `cpu_ms_per_step`
+    (medians over the windows, wall and process CPU milliseconds),
+    `overhead` and `cpu_overhead` (median over the rounds of the ratio to
+    the plain fit's window of the same round, minus 1),
+    `samples_ms` (wall ms per step of each window), `steps`, `repeats`,
+    `threads`. `threads` limits the backend's thread pools (TensorFlow's
+    intra- and inter-op pools, `torch.set_num_threads`, XLA's CPU Eigen
+    threads on JAX; it must be set before the backend runs any op; `None`
+    keeps the defaults): with one thread, CPU time counts work, not idle
+    pool threads spinning.
     """
+    if steps < 1 or repeats < 1:
+        raise ValueError(
+            "Arguments `steps` and `repeats` must be positive. "
+            f"Received: steps={steps}, repeats={repeats}"
+        )
     backend = keras.backend.backend()
     if threads is not None:
         _limit_threads(backend, threads)
     warmup = WARMUP_STEPS
-    total = steps + warmup
+    total = warmup + repeats * steps
     rng = np.random.default_rng(0)
     x = rng.normal(size=(total * BATCH, 64)).astype("float32")
     y = rng.integers(0, 10, size=(total * BATCH,))
     with tempfile.TemporaryDirectory() as log_dir:
         configs = _configs(log_dir)
-        samples = {name: [] for name, _ in configs}
-        for _ in range(repeats):
-            for name, make_callbacks in configs:
-                samples[name].append(_time_fit(make_callbacks, x, y, warmup))
-    base = statistics.median(samples["plain fit"])
+        samples = _time_configs(configs, x, y, warmup, steps, repeats)
+    plain = samples["plain fit"]
     rows = []
     for name, _ in configs:
-        median = statistics.median(samples[name])
+        windows = samples[name]
         rows.append(
             {
                 "name": name,
                 "backend": backend,
-                "ms_per_step": 1e3 * median,
-                "overhead": median / base - 1.0,
-                "samples_ms": [1e3 * s for s in samples[name]],
+                "ms_per_step": 1e3 * statistics.median(w for w, _ in windows),
+                "cpu_ms_per_step": 1e3
+                * statistics.median(c for _, c in windows),
+                # Window k of every configuration ran in round k, within
+                # seconds of the others: compare within rounds.
+                "overhead": _paired_overhead(windows, plain, 0),
+                "cpu_overhead": _paired_overhead(windows, plain, 1),
+                "samples_ms": [1e3 * w for w, _ in windows],
                 "steps": steps,
                 "repeats": repeats,
                 "threads": threads,
@@ -188,21 +289,25 @@ def _table(rows):
     width = max(len(r["name"]) for r in rows)
     lines = [
         f"Keras backend: {rows[0]['backend']}",
-        f"{'configuration':<{width}}  CPU ms/step  overhead",
-        "-" * (width + 23),
+        f"{'configuration':<{width}}  wall ms/step  overhead  "
+        "CPU ms/step  overhead",
+        "-" * (width + 46),
     ]
     for r in rows:
         lines.append(
-            f"{r['name']:<{width}}  {r['ms_per_step']:11.3f}  "
-            f"{100 * r['overhead']:+7.1f}%"
+            f"{r['name']:<{width}}  {r['ms_per_step']:12.3f}  "
+            f"{100 * r['overhead']:+7.1f}%  {r['cpu_ms_per_step']:11.3f}  "
+            f"{100 * r['cpu_overhead']:+7.1f}%"
         )
     return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--steps", type=int, default=100, help="steps per timed window"
+    )
+    parser.add_argument("--repeats", type=int, default=15, help="timed windows")
     parser.add_argument(
         "--threads",
         type=int,

@@ -76,7 +76,7 @@ class _HostHook(_callbacks._Records):
             kept.append((v, g))
         if not kept:
             return rows, [], None, None, None
-        grads = [ops.cast(g, "float32") for _, g in kept]
+        grads = [_float32(g) for _, g in kept]
         finite = None
         if self.is_loss_scaled:
             finite = ops.all(
@@ -144,6 +144,13 @@ class _HostHook(_callbacks._Records):
             self.write_weights()
 
 
+def _float32(x):
+    """`x` as float32 (a Keras op only when it is not float32 already)."""
+    if keras.backend.standardize_dtype(x.dtype) == "float32":
+        return x
+    return keras.ops.cast(x, "float32")
+
+
 class _TorchHook(_HostHook):
     """Wraps `optimizer.apply`; statistics with torch ops, eagerly."""
 
@@ -196,27 +203,32 @@ class _TorchHook(_HostHook):
 
 
 def _torch_stats(grads):
-    """`[len(grads), 4]` NumPy array: variance, mean, norm, non-finite."""
+    """`[len(grads), 4]` NumPy array: variance, mean, norm, non-finite.
+
+    Per gradient: its sum, the centred values and their dot product
+    (`sum(g**2) = sum((g - mean)**2) + n * mean**2`); one transfer to the
+    host. Non-finite entries are counted (`torch.isfinite` costs more than
+    the rest together) only when some statistic is not finite.
+    """
     import torch
 
-    out = []
+    means, squares = [], []
     for g in grads:
         flat = g.detach().reshape(-1)
-        n = flat.numel()
-        mean = flat.sum() / n
+        mean = flat.mean()
         centered = flat - mean
-        squares = torch.dot(centered, centered)
-        out.append(
-            torch.stack(
-                [
-                    squares / n,
-                    mean,
-                    torch.sqrt(squares + n * mean * mean),
-                    (~torch.isfinite(flat)).sum().to(flat.dtype),
-                ]
-            )
-        )
-    return torch.stack(out).cpu().numpy()
+        means.append(mean)
+        squares.append(torch.dot(centered, centered))
+    means, squares = torch.stack(means), torch.stack(squares)
+    n = torch.tensor([g.numel() for g in grads], dtype=squares.dtype)
+    stats = torch.stack(
+        [squares / n, means, torch.sqrt(squares + n * means**2)], dim=1
+    )
+    stats = stats.cpu().numpy()
+    nonfinite = np.zeros((len(grads), 1), stats.dtype)
+    if not np.isfinite(stats).all():
+        nonfinite[:, 0] = [int((~torch.isfinite(g)).sum()) for g in grads]
+    return np.concatenate([stats, nonfinite], axis=1)
 
 
 class _JaxHook(_HostHook):
