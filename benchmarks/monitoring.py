@@ -9,7 +9,8 @@ TensorFlow is installed: it writes with `tf.summary`).
 Configurations take turns: each trains in its own thread, one `fit` of
 `WARMUP_STEPS + repeats * steps` steps, and only the thread holding the
 turn runs; after its warm-up (tracing, untimed) and after each window of
-`steps` timed steps, it hands the turn to the next configuration. Load from
+`steps` timed steps, it hands the turn to the next configuration. Each
+round gives every configuration one window, in a random order. Load from
 other processes on a shared machine thus falls on all configurations
 alike, within seconds of each other. Per window: wall time
 (`time.perf_counter`) and process CPU time (`time.process_time`, all
@@ -37,6 +38,7 @@ import argparse
 import importlib.util
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -101,34 +103,47 @@ def _model():
 
 
 class _Turns:
-    """Round-robin turns between threads: one runs, the others wait."""
+    """Turns between threads, in rounds: one runs, the others wait.
 
-    def __init__(self, count):
+    The first round goes in index order; each later round in a random order
+    of the threads still active, so that no configuration always follows
+    the same one (whose leftovers, such as a summary writer's flush
+    thread, would always fall on it).
+    """
+
+    def __init__(self, count, seed=0):
         self.cond = threading.Condition()
         self.active = list(range(count))
-        self.turn = 0
+        self.queue = list(range(count))  # This round's order; [0] runs.
+        self.rng = random.Random(seed)
 
     def wait(self, i):
         with self.cond:
-            self.cond.wait_for(lambda: self.turn == i)
+            self.cond.wait_for(lambda: self.queue and self.queue[0] == i)
+
+    def _advance(self):
+        self.queue.pop(0)
+        if not self.queue and self.active:
+            self.queue = self.rng.sample(self.active, len(self.active))
+        self.cond.notify_all()
 
     def pass_on(self, i):
-        """Hands the turn from `i` to the next active thread."""
+        """Hands the turn from `i` to the next thread."""
         with self.cond:
-            k = self.active.index(i)
-            self.turn = self.active[(k + 1) % len(self.active)]
-            self.cond.notify_all()
+            if self.queue and self.queue[0] == i:
+                self._advance()
 
     def leave(self, i):
         """Removes `i` (holding the turn or not) from the rotation."""
         with self.cond:
             if i not in self.active:
                 return
-            k = self.active.index(i)
             self.active.remove(i)
-            if self.turn == i and self.active:
-                self.turn = self.active[k % len(self.active)]
-            self.cond.notify_all()
+            if self.queue and self.queue[0] == i:
+                self._advance()
+            elif i in self.queue:
+                self.queue.remove(i)
+                self.cond.notify_all()
 
 
 class _Windows(keras.callbacks.Callback):
@@ -238,7 +253,8 @@ def run(steps=100, repeats=15, threads=None):
     (medians over the windows, wall and process CPU milliseconds),
     `overhead` and `cpu_overhead` (median over the rounds of the ratio to
     the plain fit's window of the same round, minus 1),
-    `samples_ms` (wall ms per step of each window), `steps`, `repeats`,
+    `samples_ms` and `cpu_samples_ms` (wall and CPU ms per step of each
+    window), `steps`, `repeats`,
     `threads`. `threads` limits the backend's thread pools (TensorFlow's
     intra- and inter-op pools, `torch.set_num_threads`, XLA's CPU Eigen
     threads on JAX; it must be set before the backend runs any op; `None`
@@ -277,6 +293,7 @@ def run(steps=100, repeats=15, threads=None):
                 "overhead": _paired_overhead(windows, plain, 0),
                 "cpu_overhead": _paired_overhead(windows, plain, 1),
                 "samples_ms": [1e3 * w for w, _ in windows],
+                "cpu_samples_ms": [1e3 * c for _, c in windows],
                 "steps": steps,
                 "repeats": repeats,
                 "threads": threads,

@@ -5,6 +5,7 @@ Checks the tables' rows and columns and the JSON, not the speeds.
 
 import json
 import sys
+import threading
 import types
 
 import pytest
@@ -14,11 +15,19 @@ from benchmarks import import_cost
 from benchmarks import initializers
 
 MONITORING_ROWS = [
-    {"name": "plain fit", "ms_per_step": 2.0, "overhead": 0.0},
+    {
+        "name": "plain fit",
+        "ms_per_step": 2.0,
+        "overhead": 0.0,
+        "cpu_ms_per_step": 2.5,
+        "cpu_overhead": 0.0,
+    },
     {
         "name": "GradientVarianceLogger(update_freq=1)",
         "ms_per_step": 3.0,
         "overhead": 0.5,
+        "cpu_ms_per_step": 3.5,
+        "cpu_overhead": 0.4,
     },
 ]
 
@@ -157,3 +166,43 @@ def test_import_cost_subprocess():
 def test_import_cost_rejects_zero_repeats():
     with pytest.raises(ValueError, match="repeats=0"):
         import_cost.run(repeats=0)
+
+
+def test_monitoring_configurations_take_turns():
+    from benchmarks import monitoring
+
+    turns = monitoring._Turns(3)
+    order = []
+    rounds = {0: 3, 1: 1, 2: 3}
+
+    def work(i):
+        try:
+            turns.wait(i)
+            for k in range(rounds[i]):
+                order.append(i)
+                if k + 1 < rounds[i]:
+                    turns.pass_on(i)
+                    turns.wait(i)
+        finally:
+            turns.leave(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    # Round 1 in index order; 1 then leaves; rounds 2 and 3 give 0 and 2
+    # one turn each, in a random order.
+    assert order[:3] == [0, 1, 2]
+    assert sorted(order[3:5]) == sorted(order[5:]) == [0, 2]
+
+
+def test_monitoring_overhead_is_paired_by_round():
+    from benchmarks import monitoring
+
+    # Round 2 ran under load: both configurations are slow in it.
+    plain = [(1.0, 1.0), (1.0, 2.0), (4.0, 4.0)]
+    logged = [(1.1, 1.0), (1.1, 2.4), (4.4, 4.0)]
+    overhead = monitoring._paired_overhead(logged, plain, 0)
+    assert overhead == pytest.approx(0.1)
+    assert monitoring._paired_overhead(logged, plain, 1) == 0.0
