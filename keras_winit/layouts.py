@@ -24,6 +24,7 @@ window) sizes, 1 for a 1×…×1 kernel:
 | `"conv_transpose"` | `(*window, out, in)`        | `in·k`   | `out·k`       |
 | `"depthwise"`    | `(*window, in, multiplier)`   | `k`      | `k·multiplier`|
 | `"recurrent"`    | `(in, gates · units)`         | `in`     | `units`       |
+| `"conv_recurrent"` | `(*window, in, gates · f)`  | `in·k`   | `f·k`         |
 | `"einsum"`       | from the equation             | `∏ in`   | `∏ out`       |
 | `"embedding"`    | `(vocab, dim)`                | `1`      | `dim`         |
 | `"default"`      | any (Keras' convention)       | see `keras_winit.fans` |  |
@@ -49,6 +50,13 @@ Why:
   recurrent kernels `(units, G·units)`): the `G` gates are fused along the
   last axis; each gate is its own `(in, units)` matrix, so a gate's unit
   sums `in` values and an input unit feeds `units` units of each gate.
+- `"conv_recurrent"` (`ConvLSTM1D/2D/3D` kernels `(*window, in, 4·f)` and
+  recurrent kernels `(*window, f, 4·f)`, `f = filters`): the gates are
+  fused along the last axis as for `"recurrent"`, and each gate is its own
+  convolution `(*window, in, f)`, so its fans are those of `"conv"` with
+  `f` filters: a gate's unit sums `k` positions of `in` channels, an input
+  unit feeds `k` positions of the `f` filters of each gate. Keras' count
+  on the fused kernel makes the fan-out 4× too large.
 - `"einsum"` (`EinsumDense`, and so `MultiHeadAttention`): kernel axes
   whose letter appears in the layer's input but not in its output are
   summed over (fan-in); letters in the output but not the input are output
@@ -77,6 +85,7 @@ LAYOUTS = (
     "conv_transpose",
     "depthwise",
     "recurrent",
+    "conv_recurrent",
     "einsum",
     "embedding",
     "default",
@@ -100,7 +109,8 @@ def compute_layout_fans(
     """Returns the true `(fan_in, fan_out)` of a kernel with a known layout.
 
     See the module docstring for the table of layouts and why each counts
-    its fans as it does. For `"recurrent"` the fans are those of one gate.
+    its fans as it does. For `"recurrent"` and `"conv_recurrent"` the fans
+    are those of one gate.
 
     Examples:
 
@@ -115,6 +125,10 @@ def compute_layout_fans(
     >>> # LSTM(64) on 10 features: kernel (10, 4 * 64), per gate:
     >>> keras_winit.layouts.compute_layout_fans((10, 256), "recurrent", gates=4)
     (10, 64)
+    >>> # ConvLSTM2D(8, 3) on 5 channels: kernel (3, 3, 5, 4 * 8), per gate:
+    >>> keras_winit.layouts.compute_layout_fans(
+    ...     (3, 3, 5, 32), "conv_recurrent", gates=4)
+    (45, 72)
     >>> # MultiHeadAttention output projection (heads, head_dim, dim):
     >>> keras_winit.layouts.compute_layout_fans(
     ...     (4, 16, 64), "einsum", equation="abcd,cde->abe")
@@ -125,7 +139,8 @@ def compute_layout_fans(
         layout: One of `LAYOUTS`.
         groups: Positive int, the `groups` of a `"conv"` kernel.
         gates: Positive int, the number of gates fused in a `"recurrent"`
-            kernel (SimpleRNN 1, GRU 3, LSTM 4).
+            or `"conv_recurrent"` kernel (SimpleRNN 1, GRU 3, LSTM and
+            ConvLSTM 4).
         equation: The einsum equation of an `"einsum"` kernel, e.g.
             `"abc,cde->abde"` (the `equation` of `EinsumDense`).
         fan_in: Optional positive int; wins over the layout's fan-in.
@@ -179,14 +194,18 @@ def compute_layout_fans(
             fi, fo = b * window, a * window
         else:  # depthwise: (*window, in, multiplier)
             fi, fo = window, window * b
-    elif layout == "recurrent":
-        _check_rank(shape, layout, rank == 2, "2")
-        if shape[1] % gates:
+    elif layout in ("recurrent", "conv_recurrent"):
+        if layout == "recurrent":
+            _check_rank(shape, layout, rank == 2, "2")
+        else:
+            _check_rank(shape, layout, rank >= 3, "≥ 3")
+        if shape[-1] % gates:
             raise ValueError(
                 f"Argument `gates` must divide the kernel's last dimension "
-                f"({shape[1]}). Received: gates={gates}, shape={shape}"
+                f"({shape[-1]}). Received: gates={gates}, shape={shape}"
             )
-        fi, fo = shape[0], shape[1] // gates
+        window = math.prod(shape[:-2])
+        fi, fo = shape[-2] * window, (shape[-1] // gates) * window
     else:  # einsum
         in_axes, out_axes = einsum_axes(equation, rank)
         fi = math.prod(shape[i] for i in in_axes)

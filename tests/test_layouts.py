@@ -27,6 +27,36 @@ CASES = [
     ("lstm_kernel", (10, 4 * 64), "recurrent", {"gates": 4}, (10, 64)),
     ("gru_recurrent", (32, 3 * 32), "recurrent", {"gates": 3}, (32, 32)),
     ("simple_rnn", (10, 20), "recurrent", {}, (10, 20)),
+    # ConvLSTM(filters=8, kernel 3) on 5 channels: each gate is a
+    # convolution (*window, in, 8).
+    (
+        "conv_lstm1d_kernel",
+        (3, 5, 4 * 8),
+        "conv_recurrent",
+        {"gates": 4},
+        (3 * 5, 3 * 8),
+    ),
+    (
+        "conv_lstm2d_kernel",
+        (3, 3, 5, 4 * 8),
+        "conv_recurrent",
+        {"gates": 4},
+        (9 * 5, 9 * 8),
+    ),
+    (
+        "conv_lstm2d_recurrent",
+        (3, 3, 8, 4 * 8),
+        "conv_recurrent",
+        {"gates": 4},
+        (9 * 8, 9 * 8),
+    ),
+    (
+        "conv_lstm3d_kernel",
+        (3, 3, 3, 5, 4 * 8),
+        "conv_recurrent",
+        {"gates": 4},
+        (27 * 5, 27 * 8),
+    ),
     (
         "einsum_query",
         (64, 4, 16),
@@ -123,8 +153,22 @@ def test_keras_counts_depthwise_and_transpose_wrongly():
         ),
         (keras.layers.Dense(6), (None, 4), "dense", {}),
         (keras.layers.LSTM(6), (None, 3, 4), "recurrent", {"gates": 4}),
+        (
+            keras.layers.ConvLSTM2D(6, 3),
+            (None, 3, 8, 8, 4),
+            "conv_recurrent",
+            {"gates": 4},
+        ),
     ],
-    ids=["conv", "conv_groups", "conv_transpose", "depthwise", "dense", "lstm"],
+    ids=[
+        "conv",
+        "conv_groups",
+        "conv_transpose",
+        "depthwise",
+        "dense",
+        "lstm",
+        "conv_lstm2d",
+    ],
 )
 def test_layouts_match_keras_kernel_shapes(layer, input_shape, layout, kwargs):
     """The layouts accept the shapes Keras actually builds."""
@@ -140,6 +184,7 @@ def test_layouts_match_keras_kernel_shapes(layer, input_shape, layout, kwargs):
         "depthwise": 9,
         "dense": channels,
         "recurrent": channels,
+        "conv_recurrent": 9 * channels,
     }[layout]
     assert fan_in == expected_in
     assert fan_out > 0
@@ -172,6 +217,20 @@ def test_einsum_axes():
             "gates",
         ),
         (
+            lambda: layouts.compute_layout_fans(
+                (3, 3, 4, 10), "conv_recurrent", gates=4
+            ),
+            "gates",
+        ),
+        (
+            lambda: layouts.compute_layout_fans((4, 8), "conv_recurrent"),
+            "rank",
+        ),
+        (
+            lambda: layouts.compute_layout_fans((3, 4, 6), "recurrent"),
+            "rank 2",
+        ),
+        (
             lambda: layouts.compute_layout_fans((3, 3, 4, 6), "pointwise"),
             "pointwise",
         ),
@@ -199,6 +258,9 @@ def test_einsum_axes():
         "groups_divide",
         "groups_zero",
         "gates_divide",
+        "conv_gates_divide",
+        "conv_recurrent_rank",
+        "recurrent_rank",
         "pointwise_window",
         "einsum_no_equation",
         "einsum_rank",
