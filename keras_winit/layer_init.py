@@ -21,15 +21,33 @@ What each layer kind gets (the fans of each layout are in
 | `EinsumDense`, `MultiHeadAttention`| `kernel`           | einsum         |
 | `SimpleRNN`, `GRU`, `LSTM`         | `kernel`           | recurrent      |
 | (also in `Bidirectional`, `RNN`)   | `recurrent_kernel` | orthogonal/gate|
+| `ConvLSTM1D/2D/3D`                 | `kernel`           | conv_recurrent |
+| (also in `Bidirectional`)          | `recurrent_kernel` | orthogonal/gate|
 | `Embedding`                        | `embeddings`       | embedding      |
 | `*Normalization`, `PReLU`          | all                | kept           |
 
 Models (Functional, Sequential, subclassed), wrappers (`TimeDistributed`,
 `Bidirectional`) and custom layers are searched for the layers above. A
 trainable variable that belongs to no known layer kind (a custom layer's
-own weight, a `ConvLSTM2D` cell, a LoRA or quantized kernel) is never
+own weight, a custom RNN cell, a LoRA or quantized kernel) is never
 guessed at: it is left as it is, reported with `init="unknown"` and a
 `UnknownLayerWarning`, or raises with `strict=True`.
+
+Fused recurrent weights are drawn gate by gate (blocks along the last axis,
+in Keras' order: LSTM and ConvLSTM `i, f, c, o`, GRU `z, r, h`), each with
+its own fans and, for `"auto"`, the activation after that gate. A
+`ConvLSTM` gate is a convolution `(*window, in, filters)`, so its kernel
+block has the fans of a `Conv` layer with `filters` outputs. Its recurrent
+block `(*window, filters, filters)` is orthogonal as Keras' `Orthogonal`
+makes a conv kernel: flattened to `(k · filters, filters)` (`k` the window
+size), with orthonormal columns. This is Keras' own default
+(`recurrent_initializer="orthogonal"`), drawn per gate instead of over the
+fused kernel, as for `LSTM`: each filter of each gate then has weights of
+unit norm (entries of std `1 / sqrt(k · filters)`), so a gate's recurrent
+sum has the variance of the state `h` it sums. Keras' fused draw gives
+that only when `k ≥ 4`; for a window of 3 its `(3 · filters, 4 ·
+filters)` matrix has orthonormal rows and std `1 / sqrt(4 · filters)`.
+(Orthonormal filters do not make the convolution an orthogonal operator.)
 """
 
 import math
@@ -162,7 +180,11 @@ def initialize(
     counts its *input* channels as fan-in, and each gate of an LSTM/GRU is
     its own `(in, units)` matrix. Recurrent kernels get one orthogonal
     `(units, units)` matrix per gate. Values are written with
-    `variable.assign` in the variable's dtype.
+    `variable.assign` in the variable's dtype. A `ConvLSTM1D/2D/3D` gate
+    is a convolution: its kernel block `(*window, in, filters)` has
+    `fan_in = k · in`, `fan_out = k · filters` (`k` the window size), and
+    its recurrent block is orthogonal when flattened to
+    `(k · filters, filters)`, as Keras' `Orthogonal` flattens conv kernels.
 
     `scheme` chooses `scale`, `mode` and distribution:
 
@@ -187,7 +209,13 @@ def initialize(
       einsum kernels and biases `U(±1/sqrt(fan_in))` (the kernel's fan-in;
       `kaiming_uniform_(a=sqrt(5))`), with PyTorch's fan-in `out·k` for
       transposed convolutions (its weight is `(in, out, *window)`);
-      recurrent weights and biases `U(±1/sqrt(units))`; `Embedding`
+      recurrent weights and biases `U(±1/sqrt(units))`; `ConvLSTM`
+      kernel, recurrent kernel and bias `U(±1/sqrt(k · (in + filters)))`,
+      the default of the one `ConvNd(in + filters, 4 · filters, window)`
+      over `concat(x, h)` that PyTorch ConvLSTM implementations use
+      (PyTorch itself has no ConvLSTM), whose weight, split along its
+      input channels, is Keras' `kernel` and `recurrent_kernel`;
+      `Embedding`
       `N(0, 1)`; `MultiHeadAttention` query/key/value Xavier-uniform (on
       the packed `(3E, E)` matrix when PyTorch would pack it), output
       projection `U(±1/sqrt(fan_in))`, biases zero.
@@ -200,7 +228,8 @@ def initialize(
       connection: kernel and bias are both drawn from the scheme with
       `fan_in + 1` (forget gate +1 when `unit_forget_bias`).
     - `"torch"`: PyTorch's default bias, `U(±1/sqrt(fan_in))` with the
-      kernel's (PyTorch) fan-in; `U(±1/sqrt(units))` for RNNs.
+      kernel's (PyTorch) fan-in; `U(±1/sqrt(units))` for RNNs and
+      `U(±1/sqrt(k · (in + filters)))` for `ConvLSTM`.
     - `"keep"`: biases are left as they are.
 
     Examples:
@@ -564,6 +593,9 @@ class _Walker:
         for cell_name, cell_gates in _GATES.items():
             if isinstance(cell, getattr(keras.layers, cell_name)):
                 gates = cell_gates
+        layout = "recurrent"
+        if isinstance(cell, _conv_lstm_cell()):
+            gates, layout = _GATES["LSTMCell"], "conv_recurrent"
         if gates is None:
             return  # unknown cell: its weights are reported as unknown
         kernel = self._own(cell, "kernel")
@@ -576,19 +608,25 @@ class _Walker:
             )
             for _, rec in gates
         )
-        units = cell.units
         forget = 1 if getattr(cell, "unit_forget_bias", False) else None
-        torch = ("uniform", units)
+        if layout == "conv_recurrent":
+            # PyTorch ConvLSTMs are one ConvNd(in + filters, 4 · filters)
+            # over concat(x, h): fan-in k · (in + filters). (The kernel is
+            # (*kernel_size, input_dim, 4 · filters) in both data formats.)
+            window = math.prod(cell.kernel_size)
+            torch = ("uniform", window * (cell.input_dim + cell.filters))
+        else:
+            torch = ("uniform", cell.units)
         if kernel is not None:
             fans = layouts.compute_layout_fans(
-                kernel.shape, "recurrent", gates=len(gates)
+                kernel.shape, layout, gates=len(gates)
             )
             self._add(
                 _Item(
                     kernel,
                     name,
                     "kernel",
-                    "recurrent",
+                    layout,
                     fans,
                     labels,
                     acts,
@@ -602,7 +640,7 @@ class _Walker:
                         bias,
                         name,
                         "bias",
-                        "recurrent",
+                        layout,
                         fans,
                         labels,
                         acts,
@@ -613,14 +651,14 @@ class _Walker:
                 )
         if recurrent is not None:
             fans = layouts.compute_layout_fans(
-                recurrent.shape, "recurrent", gates=len(gates)
+                recurrent.shape, layout, gates=len(gates)
             )
             self._add(
                 _Item(
                     recurrent,
                     name,
                     "recurrent",
-                    "recurrent",
+                    layout,
                     fans,
                     labels,
                     acts,
@@ -695,11 +733,14 @@ class _Writer:
         fan_in, fan_out = item.fans
         if item.role == "recurrent" and self.base != "torch":
             values = keras.initializers.Orthogonal(seed=seed)(shape, dtype)
+            # Keras flattens the block to (prod(shape[:-1]), shape[-1]);
+            # an orthogonal (r, c) matrix has mean square 1 / max(r, c).
+            rows = math.prod(shape[:-1])
             return (
                 values,
                 "orthogonal",
                 (fan_in, fan_out),
-                1 / math.sqrt(shape[-1]),
+                1 / math.sqrt(max(rows, shape[-1])),
             )
         if item.role == "bias" and self.bias in ("zeros", "torch"):
             rule = item.torch if self.bias == "torch" else ("zeros",)
@@ -850,6 +891,12 @@ def _conv_classes(name):
         "BaseDepthwiseConv": base_depthwise_conv.BaseDepthwiseConv,
         "BaseSeparableConv": base_separable_conv.BaseSeparableConv,
     }[name]
+
+
+def _conv_lstm_cell():
+    from keras.src.layers.rnn import conv_lstm
+
+    return conv_lstm.ConvLSTMCell
 
 
 def _sublayers(layer):

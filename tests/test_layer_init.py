@@ -344,6 +344,234 @@ def test_keras_variance_scaling_instance_scheme():
     _check_distribution(_var(model, "kernel"), "he_normal", 9, 72)
 
 
+# --- ConvLSTM1D/2D/3D ---------------------------------------------------
+
+CONV_LSTM_FILTERS, CONV_LSTM_CHANNELS = 6, 5
+# (id, layer class, kwargs, input shape (time, *spatial, channels), window
+# size k = prod(kernel_size)).
+CONV_LSTM = [
+    ("conv_lstm1d", keras.layers.ConvLSTM1D, {}, (2, 6, 5), 3),
+    ("conv_lstm2d", keras.layers.ConvLSTM2D, {}, (2, 5, 5, 5), 9),
+    # The kernel is (*kernel_size, channels, 4·filters) in both formats.
+    (
+        "conv_lstm2d_channels_first",
+        keras.layers.ConvLSTM2D,
+        {"data_format": "channels_first"},
+        (2, 5, 4, 3),
+        9,
+    ),
+    ("conv_lstm3d", keras.layers.ConvLSTM3D, {}, (2, 4, 4, 4, 5), 27),
+]
+
+
+def _conv_lstm(cls, kwargs, input_shape, bidirectional=False, **more):
+    layer = cls(CONV_LSTM_FILTERS, 3, **kwargs, **more)
+    if bidirectional:
+        layer = keras.layers.Bidirectional(layer)
+    return _model(layer, input_shape)
+
+
+def _std_rtol(dist, n):
+    """Four standard errors of the std of `n` draws of `dist`, relative.
+
+    The sample std of n i.i.d. draws has standard error
+    `σ · sqrt((κ - 1) / (4n))` for large n, with `κ` the kurtosis.
+    """
+    excess = float(dist.stats(moments="k"))
+    return 4 * math.sqrt((excess + 2) / (4 * n))
+
+
+def _gate_rows(report, path):
+    rows = [r for r in report.rows if r["path"] == path]
+    assert [r["part"] for r in rows] == [f"gate {g}" for g in "ifco"]
+    return rows
+
+
+@pytest.mark.parametrize("scheme", ["he_normal", "glorot_uniform"])
+@pytest.mark.parametrize(
+    "cls,kwargs,input_shape,window",
+    [c[1:] for c in CONV_LSTM],
+    ids=[c[0] for c in CONV_LSTM],
+)
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_conv_lstm_gates(
+    cls, kwargs, input_shape, window, scheme, bidirectional
+):
+    filters, channels = CONV_LSTM_FILTERS, CONV_LSTM_CHANNELS
+    model = _conv_lstm(cls, kwargs, input_shape, bidirectional)
+    report = layer_init.initialize(model, scheme, seed=3)
+    assert report.unknown == []
+    paths = {v.path: v for v in model.weights}
+    kernels = [p for p in paths if p.endswith("/kernel")]
+    assert len(kernels) == (2 if bidirectional else 1)
+    # Per gate, a convolution (k, channels) -> filters.
+    fans = (window * channels, window * filters)
+    dist, std = _reference(scheme, *fans)
+    for kernel_path in kernels:
+        kernel = keras.ops.convert_to_numpy(paths[kernel_path])
+        assert kernel.shape[-2:] == (channels, 4 * filters)
+        blocks = np.split(kernel.astype(np.float64), 4, axis=-1)
+        for block, row in zip(
+            blocks, _gate_rows(report, kernel_path), strict=True
+        ):
+            assert row["layout"] == "conv_recurrent"
+            assert (row["fan_in"], row["fan_out"]) == fans
+            assert row["shape"] == block.shape
+            np.testing.assert_allclose(row["target_std"], std, rtol=1e-6)
+            np.testing.assert_allclose(
+                row["measured_std"], block.std(), rtol=1e-5
+            )
+            np.testing.assert_allclose(
+                block.std(), std, rtol=_std_rtol(dist, block.size)
+            )
+        # The four gates share one distribution: one KS test on all.
+        pooled = np.concatenate([b.ravel() for b in blocks])
+        assert stats.kstest(pooled, dist.cdf).pvalue > KS_P
+        # Per gate, orthogonal as Keras flattens a conv kernel: rows are
+        # (window position, input filter), columns the filters.
+        recurrent_path = kernel_path.replace("/kernel", "/recurrent_kernel")
+        recurrent = keras.ops.convert_to_numpy(paths[recurrent_path])
+        rows = _gate_rows(report, recurrent_path)
+        for g, row in enumerate(rows):
+            q = recurrent[..., g * filters : (g + 1) * filters]
+            q = q.reshape(window * filters, filters).astype(np.float64)
+            np.testing.assert_allclose(q.T @ q, np.eye(filters), atol=1e-5)
+            assert row["init"] == "orthogonal"
+            assert (row["fan_in"], row["fan_out"]) == (
+                window * filters,
+                window * filters,
+            )
+            target = 1 / math.sqrt(window * filters)
+            np.testing.assert_allclose(row["target_std"], target, rtol=1e-6)
+            # Unit columns: mean square exactly 1 / (k·filters).
+            np.testing.assert_allclose(np.mean(q**2), target**2, rtol=1e-5)
+
+
+def test_conv_lstm_auto_uses_activation_per_gate():
+    cls, kwargs, input_shape, window = CONV_LSTM[1][1:]
+    model = _conv_lstm(cls, kwargs, input_shape, activation="relu")
+    report = layer_init.initialize(model, "auto", seed=2)
+    expected = {
+        "i": keras_winit.gain("sigmoid", method="moment"),
+        "f": keras_winit.gain("sigmoid", method="moment"),
+        "c": keras_winit.gain("relu", method="moment"),
+        "o": keras_winit.gain("sigmoid", method="moment"),
+    }
+    (path,) = [v.path for v in model.weights if v.path.endswith("/kernel")]
+    kernel = _var(model, "/kernel")
+    fan_in = window * CONV_LSTM_CHANNELS
+    for g, row in enumerate(_gate_rows(report, path)):
+        std = expected["ifco"[g]] / math.sqrt(fan_in)
+        np.testing.assert_allclose(row["target_std"], std, rtol=1e-6)
+        assert row["fan_in"] == fan_in
+        block = np.split(kernel, 4, axis=-1)[g]
+        dist = stats.truncnorm(-2, 2, scale=std / TRUNC)
+        np.testing.assert_allclose(
+            block.std(), std, rtol=_std_rtol(dist, block.size)
+        )
+    # The test tells the gates apart only if the two gains differ.
+    assert not math.isclose(expected["c"], expected["i"], rel_tol=0.1)
+
+
+@pytest.mark.parametrize(
+    "cls,kwargs,input_shape,window",
+    [c[1:] for c in CONV_LSTM],
+    ids=[c[0] for c in CONV_LSTM],
+)
+def test_conv_lstm_bias(cls, kwargs, input_shape, window):
+    filters = CONV_LSTM_FILTERS
+    model = _conv_lstm(cls, kwargs, input_shape)
+    layer_init.initialize(model, "he_normal", seed=0)
+    bias = _var(model, "/bias")
+    forget = slice(filters, 2 * filters)
+    # Keras' unit_forget_bias: forget gate 1, the others 0.
+    np.testing.assert_array_equal(bias[forget], 1.0)
+    np.testing.assert_array_equal(
+        np.delete(bias, range(filters, 2 * filters)), 0.0
+    )
+    report = layer_init.initialize(
+        model, "he_normal", bias="fan_in_plus_one", seed=0
+    )
+    fan_in = window * CONV_LSTM_CHANNELS + 1
+    sigma = math.sqrt(2.0 / fan_in) / TRUNC  # of the untruncated normal
+    bias = _var(model, "/bias")
+    assert np.all(np.abs(bias[forget] - 1.0) <= 2 * sigma + 1e-6)
+    assert np.all(bias[forget] != 1.0)
+    others = np.delete(bias, range(filters, 2 * filters))
+    assert np.all(np.abs(others) <= 2 * sigma + 1e-6)
+    assert np.count_nonzero(others) == others.size
+    kernel_rows = [r for r in report.rows if r["path"].endswith("/kernel")]
+    assert {r["fan_in"] for r in kernel_rows} == {fan_in}
+
+
+def test_conv_lstm_without_unit_forget_bias():
+    cls, kwargs, input_shape, _ = CONV_LSTM[1][1:]
+    model = _conv_lstm(cls, kwargs, input_shape, unit_forget_bias=False)
+    layer_init.initialize(model, "he_normal", seed=0)
+    np.testing.assert_array_equal(_var(model, "/bias"), 0.0)
+
+
+@pytest.mark.parametrize(
+    "cls,kwargs,input_shape,window",
+    [c[1:] for c in CONV_LSTM],
+    ids=[c[0] for c in CONV_LSTM],
+)
+def test_conv_lstm_torch_scheme(cls, kwargs, input_shape, window):
+    # One ConvNd(channels + filters, 4·filters) over concat(x, h).
+    fan_in = window * (CONV_LSTM_CHANNELS + CONV_LSTM_FILTERS)
+    bound = 1 / math.sqrt(fan_in)
+    model = _conv_lstm(cls, kwargs, input_shape)
+    report = layer_init.initialize(model, "torch", seed=0)
+    assert {r["fan_in"] for r in report.rows} == {fan_in}
+    uniform = stats.uniform(loc=-bound, scale=2 * bound)
+    for suffix in ("/kernel", "/recurrent_kernel", "/bias"):
+        values = _var(model, suffix).ravel()
+        assert np.abs(values).max() <= bound
+        assert stats.kstest(values, uniform.cdf).pvalue > KS_P
+    kernel = _var(model, "/recurrent_kernel").ravel()
+    assert np.abs(kernel).max() > 0.95 * bound
+
+
+def test_conv_lstm_torch_scheme_matches_a_pytorch_conv_lstm():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    filters, channels = CONV_LSTM_FILTERS, CONV_LSTM_CHANNELS
+    # The common PyTorch ConvLSTM cell: one convolution over concat(x, h).
+    reference = torch.nn.Conv2d(channels + filters, 4 * filters, 3)
+    cls, kwargs, input_shape, _ = CONV_LSTM[1][1:]
+    model = _conv_lstm(cls, kwargs, input_shape)
+    layer_init.initialize(model, "torch", seed=0)
+    ours = np.concatenate(
+        [_var(model, "/kernel"), _var(model, "/recurrent_kernel")], axis=-2
+    ).ravel()
+    theirs = reference.weight.detach().numpy().ravel()
+    assert ours.size == theirs.size
+    assert stats.ks_2samp(ours, theirs).pvalue > KS_P
+    np.testing.assert_allclose(
+        np.abs(ours).max(), np.abs(theirs).max(), rtol=0.02
+    )
+
+
+def test_conv_lstm_seed_reproducible_and_gates_distinct():
+    cls, kwargs, input_shape, _ = CONV_LSTM[1][1:]
+    first = _conv_lstm(cls, kwargs, input_shape)
+    second = _conv_lstm(cls, kwargs, input_shape)
+    layer_init.initialize(first, "glorot_uniform", seed=5)
+    layer_init.initialize(second, "glorot_uniform", seed=5)
+    for a, b in zip(first.weights, second.weights, strict=True):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
+        )
+    kernel = _var(first, "/kernel")
+    layer_init.initialize(second, "glorot_uniform", seed=6)
+    assert not np.allclose(_var(second, "/kernel"), kernel)
+    for suffix in ("/kernel", "/recurrent_kernel"):
+        blocks = np.split(_var(first, suffix), 4, axis=-1)
+        for i in range(4):
+            for j in range(i + 1, 4):
+                assert not np.allclose(blocks[i], blocks[j])
+
+
 # --- Biases -------------------------------------------------------------
 
 
@@ -633,11 +861,34 @@ def test_unknown_layer_warns_and_is_left_alone():
     assert "unknown" in str(report)
 
 
+class _MinimalCell(keras.layers.Layer):
+    """A custom RNN cell: its weights are of no kind `initialize` knows."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.state_size = units
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(
+            shape=(input_shape[-1], self.units), name="kernel"
+        )
+        self.recurrent_kernel = self.add_weight(
+            shape=(self.units, self.units), name="recurrent_kernel"
+        )
+
+    def call(self, inputs, states):
+        h = keras.ops.matmul(inputs, self.kernel) + keras.ops.matmul(
+            states[0], self.recurrent_kernel
+        )
+        return h, [h]
+
+
 def test_unknown_cell_is_reported():
-    model = _model(keras.layers.ConvLSTM1D(2, 3), (2, 5, 3))
-    with pytest.warns(layer_init.UnknownLayerWarning, match="conv_lstm1d"):
+    model = _model(keras.layers.RNN(_MinimalCell(2), name="custom_rnn"), (2, 3))
+    with pytest.warns(layer_init.UnknownLayerWarning, match="custom_rnn"):
         report = layer_init.initialize(model, "he_normal", seed=0)
-    assert len(report.unknown) == 3
+    assert len(report.unknown) == 2
 
 
 def test_strict_raises_naming_the_layer():
