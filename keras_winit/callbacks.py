@@ -97,11 +97,11 @@ class GradientVarianceLogger(keras.callbacks.Callback):
     `on_train_end`, and the train function is re-made by the next `fit`.
 
     Cost, measured with `benchmarks/monitoring.py` (64 -> 5 x 256 tanh ->
-    10 MLP, batch 64, one CPU thread): on TensorFlow, within noise (0-5%)
-    of a plain step at `update_freq=100`; about 23% at `update_freq=1`,
+    10 MLP, batch 64, one CPU thread): within a few percent of a plain
+    step at `update_freq=100` on every backend, and at `update_freq=1`
     about what Keras' `TensorBoard(update_freq=1)` costs to log the loss
-    alone. See `docs/gradient_monitoring.md` for JAX and PyTorch. Under
-    `tf.distribute`, gradients are all-reduced once more every step.
+    alone; the numbers per backend are in `docs/gradient_monitoring.md`.
+    Under `tf.distribute`, gradients are all-reduced once more every step.
 
     Steps are optimizer steps (`model.optimizer.iterations` before the
     update, starting at 0), so they do not depend on `steps_per_execution`

@@ -429,8 +429,8 @@ def test_with_keras_tensorboard_on_same_log_dir(tmp_path):
     assert "batch_loss" in keras_events
 
 
-class _CustomModel(keras.Model):
-    """Calls `optimizer.apply` from its own (TensorFlow) `train_step`."""
+class _SubclassedModel(keras.Model):
+    """`hidden` (tanh) -> `out`, as `_model`, subclassed."""
 
     def __init__(self):
         super().__init__(name="custom")
@@ -439,6 +439,20 @@ class _CustomModel(keras.Model):
 
     def call(self, x):
         return self.out(self.hidden(x))
+
+
+def _compiled_subclassed(model_class):
+    """A built, compiled `model_class`, and its step-0 gradient variances."""
+    keras.utils.set_random_seed(3)
+    model = model_class()
+    model.compile(optimizer="sgd")
+    x, y = _data()
+    model(x[:1])
+    return model, _reference_variances(model, x[:BATCH], y[:BATCH])
+
+
+class _CustomModel(_SubclassedModel):
+    """Calls `optimizer.apply` from its own (TensorFlow) `train_step`."""
 
     def train_step(self, data):
         import tensorflow as tf
@@ -454,12 +468,7 @@ class _CustomModel(keras.Model):
 
 @pytest.mark.tensorflow_only
 def test_custom_train_step_calling_optimizer_apply(tmp_path):
-    keras.utils.set_random_seed(3)
-    model = _CustomModel()
-    model.compile(optimizer="sgd")
-    x, y = _data()
-    model(x[:1])
-    expected = _reference_variances(model, x[:BATCH], y[:BATCH])
+    model, expected = _compiled_subclassed(_CustomModel)
     _fit(model, tmp_path, update_freq=1)
     events = _read(tmp_path / "gradients")
     assert set(expected) == {
@@ -495,16 +504,8 @@ def test_custom_train_step_with_two_optimizer_steps_per_batch(tmp_path):
     )
 
 
-class _JaxTwiceModel(keras.Model):
+class _JaxTwiceModel(_SubclassedModel):
     """A JAX `train_step` that makes two optimizer steps per batch."""
-
-    def __init__(self):
-        super().__init__(name="custom")
-        self.hidden = keras.layers.Dense(5, activation="tanh", name="hidden")
-        self.out = keras.layers.Dense(2, name="out")
-
-    def call(self, x):
-        return self.out(self.hidden(x))
 
     def train_step(self, state, data):
         import jax
@@ -531,12 +532,7 @@ class _JaxTwiceModel(keras.Model):
 
 @pytest.mark.skipif(BACKEND != "jax", reason="a JAX train_step")
 def test_jax_custom_train_step_with_two_stateless_applies(tmp_path):
-    keras.utils.set_random_seed(3)
-    model = _JaxTwiceModel()
-    model.compile(optimizer="sgd")
-    x, y = _data()
-    model(x[:1])
-    expected = _reference_variances(model, x[:BATCH], y[:BATCH])
+    model, expected = _compiled_subclassed(_JaxTwiceModel)
     _fit(model, tmp_path, epochs=3, update_freq=5)
     events = _read(tmp_path / "gradients")
     assert _iterations(model) == 36
@@ -665,6 +661,18 @@ def test_histograms_and_weight_variance(tmp_path):
 # -------------------------------------------------------------- end to end
 
 
+# Shared by the two-device scripts below: fits with the logger and reads
+# the logged variances back, `got = {path: [(step, variance), ...]}`.
+_FIT_AND_READ_STEP_VARIANCES = """
+    model.fit(x, y, batch_size=8, shuffle=False, verbose=0,
+              callbacks=[GradientVarianceLogger(log_dir, update_freq=1)])
+    acc = ea.EventAccumulator(os.path.join(log_dir, "gradients"),
+                              size_guidance={ea.TENSORS: 0})
+    acc.Reload()
+    got = {p: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
+               for e in acc.Tensors("grad_variance/" + p)] for p in expected}
+"""
+
 MIRRORED_SCRIPT = textwrap.dedent(
     """
     import json, os, sys
@@ -675,6 +683,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     from tensorboard.backend.event_processing import event_accumulator as ea
+    from tensorboard.util import tensor_util
     from keras_winit.callbacks import GradientVarianceLogger
 
     log_dir = sys.argv[1]
@@ -694,41 +703,50 @@ MIRRORED_SCRIPT = textwrap.dedent(
     grads = tape.gradient(loss, model.trainable_variables)
     expected = {v.path: float(np.var(g.numpy()))
                 for v, g in zip(model.trainable_variables, grads)}
-    model.fit(x, y, batch_size=8, shuffle=False, verbose=0,
-              callbacks=[GradientVarianceLogger(log_dir, update_freq=1)])
-    acc = ea.EventAccumulator(os.path.join(log_dir, "gradients"),
-                              size_guidance={ea.TENSORS: 0})
-    acc.Reload()
-    got = {p: [(e.step, float(tf.make_ndarray(e.tensor_proto)))
-               for e in acc.Tensors("grad_variance/" + p)] for p in expected}
+    """
+    + _FIT_AND_READ_STEP_VARIANCES
+    + """
     print(json.dumps({"replicas": strategy.num_replicas_in_sync,
                       "expected": expected, "got": got}))
     """
 )
 
 
-@pytest.mark.slow
-@pytest.mark.tensorflow_only
-def test_mirrored_strategy_sums_replica_gradients(tmp_path):
-    # Logical devices must be set before TensorFlow initializes its
-    # runtime, which this test process already did: use a fresh process.
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
+def _run_on_two_devices(script, log_dir, backend, **env):
+    """Runs `script` in a fresh process; returns its last line's JSON.
+
+    Two CPU devices must be declared before the backend starts, which this
+    test process already did.
+    """
     result = subprocess.run(
-        [sys.executable, "-c", MIRRORED_SCRIPT, str(tmp_path)],
+        [sys.executable, "-c", script, str(log_dir)],
         capture_output=True,
         text=True,
         timeout=300,
-        env=env,
+        env=dict(os.environ, KERAS_BACKEND=backend, **env),
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out["replicas"] == 2
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _check_whole_batch_gradient(out):
     for path, variance in out["expected"].items():
         steps = [s for s, _ in out["got"][path]]
         assert steps == [0, 1, 2, 3], path
+        # The gradient of the whole batch, not of one device's share.
         np.testing.assert_allclose(
             out["got"][path][0][1], variance, rtol=1e-4, err_msg=path
         )
+
+
+@pytest.mark.slow
+@pytest.mark.tensorflow_only
+def test_mirrored_strategy_sums_replica_gradients(tmp_path):
+    out = _run_on_two_devices(
+        MIRRORED_SCRIPT, tmp_path, "tensorflow", TF_CPP_MIN_LOG_LEVEL="3"
+    )
+    assert out["replicas"] == 2
+    _check_whole_batch_gradient(out)
 
 
 JAX_DATA_PARALLEL_SCRIPT = textwrap.dedent(
@@ -763,13 +781,9 @@ JAX_DATA_PARALLEL_SCRIPT = textwrap.dedent(
     grads = jax.grad(loss_fn)([v.value for v in model.trainable_variables])
     expected = {v.path: float(np.var(g))
                 for v, g in zip(model.trainable_variables, grads)}
-    model.fit(x, y, batch_size=8, shuffle=False, verbose=0,
-              callbacks=[GradientVarianceLogger(log_dir, update_freq=1)])
-    acc = ea.EventAccumulator(os.path.join(log_dir, "gradients"),
-                              size_guidance={ea.TENSORS: 0})
-    acc.Reload()
-    got = {p: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
-               for e in acc.Tensors("grad_variance/" + p)] for p in expected}
+    """
+    + _FIT_AND_READ_STEP_VARIANCES
+    + """
     print(json.dumps({"devices": len(jax.devices()),
                       "weight_devices": len(model.trainable_variables[0]
                                             .value.sharding.device_set),
@@ -780,26 +794,9 @@ JAX_DATA_PARALLEL_SCRIPT = textwrap.dedent(
 
 @pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution on JAX")
 def test_jax_data_parallel_logs_the_global_gradient(tmp_path):
-    # Two CPU devices exist only if XLA is told so before JAX starts: use a
-    # fresh process.
-    env = dict(os.environ, KERAS_BACKEND="jax")
-    result = subprocess.run(
-        [sys.executable, "-c", JAX_DATA_PARALLEL_SCRIPT, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = _run_on_two_devices(JAX_DATA_PARALLEL_SCRIPT, tmp_path, "jax")
     assert out["devices"] == out["weight_devices"] == 2
-    for path, variance in out["expected"].items():
-        steps = [s for s, _ in out["got"][path]]
-        assert steps == [0, 1, 2, 3], path
-        # The gradient of the whole batch, not of one device's half.
-        np.testing.assert_allclose(
-            out["got"][path][0][1], variance, rtol=1e-4, err_msg=path
-        )
+    _check_whole_batch_gradient(out)
 
 
 def _free_port():
