@@ -1,9 +1,10 @@
 """Keras' shape-only fans vs keras_winit's layer-aware fans, measured.
 
-Builds small depthwise, transposed-convolution and LSTM models with Keras'
-own initializers (which see only the kernel's shape), then re-initializes
-them with `keras_winit.layer_init.initialize`, and prints, for each kernel,
-the fans, the target std and the std actually measured on the weights.
+Builds small depthwise, transposed-convolution, LSTM and ConvLSTM2D models
+with Keras' own initializers (which see only the kernel's shape), then
+re-initializes them with `keras_winit.layer_init.initialize`, and prints,
+for each kernel, the fans, the target std and the std actually measured on
+the weights.
 Then it pushes unit-variance data through a stack of 8
 `DepthwiseConv2D + ReLU` layers (64 channels) and prints the activations'
 second moment per layer under both initializations, averaged over 5 seeds
@@ -44,10 +45,15 @@ def _models():
     lstm = keras.Sequential(
         [keras.Input((5, 64)), keras.layers.LSTM(128)], name="lstm"
     )
+    conv_lstm = keras.Sequential(
+        [keras.Input((2, 6, 6, 5)), keras.layers.ConvLSTM2D(8, 3)],
+        name="conv_lstm",
+    )
     return [
         ("DepthwiseConv2D(3, mult=2), 16 ch", depthwise, "he_normal", 2.0),
         ("Conv2DTranspose(32, 3), 8 ch", transpose, "he_normal", 2.0),
         ("LSTM(128), 64 features", lstm, "glorot_uniform", None),
+        ("ConvLSTM2D(8, 3), 5 ch", conv_lstm, "glorot_uniform", None),
     ]
 
 
