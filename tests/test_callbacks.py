@@ -578,30 +578,43 @@ def test_batch_end_keeps_jax_async_dispatch(tmp_path):
     assert callbacks._async_train is (BACKEND == "jax")
 
 
-def test_does_not_change_training(tmp_path):
+def test_does_not_change_training_or_checkpoints(tmp_path):
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
     try:
-        weights = []
+        weights, saved = [], []
         for use_logger in (False, True):
             model = _model(seed=7)
             model.compile(optimizer="adam", loss="mse")
             keras.utils.set_random_seed(11)
             x, y = _data()
-            callbacks = (
-                [GradientVarianceLogger(tmp_path, update_freq=2)]
-                if use_logger
-                else []
-            )
+            # Saved during `fit`, while the logger is in place.
+            path = tmp_path / f"checkpoint_{use_logger}.keras"
+            callbacks = [keras.callbacks.ModelCheckpoint(path)]
+            if use_logger:
+                callbacks.append(
+                    GradientVarianceLogger(tmp_path, update_freq=2)
+                )
             model.fit(
                 x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=callbacks
             )
             weights.append(
                 [keras.ops.convert_to_numpy(w) for w in model.weights]
             )
+            loaded = keras.saving.load_model(path)
+            saved.append(
+                [
+                    keras.ops.convert_to_numpy(v)
+                    for v in loaded.weights + loaded.optimizer.variables
+                ]
+            )
         for a, b in zip(*weights, strict=True):
+            np.testing.assert_array_equal(a, b)
+        # Same weights and optimizer state, no extra variable.
+        assert len(saved[0]) == len(saved[1])
+        for a, b in zip(*saved, strict=True):
             np.testing.assert_array_equal(a, b)
     finally:
         if BACKEND == "tensorflow":
