@@ -97,10 +97,11 @@ class GradientVarianceLogger(keras.callbacks.Callback):
     `on_train_end`, and the train function is re-made by the next `fit`.
 
     Cost, measured with `benchmarks/monitoring.py` (64 -> 5 x 256 tanh ->
-    10 MLP, batch 64, one CPU thread): within a few percent of a plain
-    step at `update_freq=100` on every backend, and at `update_freq=1`
-    about what Keras' `TensorBoard(update_freq=1)` costs to log the loss
-    alone; the numbers per backend are in `docs/gradient_monitoring.md`.
+    10 MLP, batch 64, one CPU thread): at `update_freq=100`, within noise
+    of a plain step on JAX and PyTorch and about 7% on TensorFlow; at
+    `update_freq=1`, about what Keras' `TensorBoard(update_freq=1)` costs
+    to log the loss alone, or less. Numbers per backend:
+    `docs/gradient_monitoring.md`.
     Under `tf.distribute`, gradients are all-reduced once more every step.
 
     Steps are optimizer steps (`model.optimizer.iterations` before the
