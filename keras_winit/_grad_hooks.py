@@ -65,18 +65,10 @@ class _HostHook(_callbacks._Records):
         """
         ops = keras.ops
         optimizer, inner = self.optimizer, self.inner
-        rows, kept = [], []
-        for g, v in zip(grads, list(trainable_variables), strict=False):
-            i = self._row(v)
-            if g is None or i is None:
-                continue
-            if getattr(v, "overwrite_with_gradient", False):
-                continue
-            rows.append(i)
-            kept.append((v, g))
-        if not kept:
+        rows, variables, grads = self._logged(grads, trainable_variables)
+        if not rows:
             return rows, [], None, None, None
-        grads = [_float32(g) for _, g in kept]
+        grads = [_float32(g) for g in grads]
         finite = None
         if self.is_loss_scaled:
             finite = ops.all(
@@ -93,14 +85,13 @@ class _HostHook(_callbacks._Records):
             is_update = ops.equal((raw_iterations + 1) % k, 0)
             accumulators = [
                 inner._accumulated_gradients[inner._get_variable_index(v)]
-                for v, _ in kept
+                for v in variables
             ]
             grads = [
                 (g + ops.cast(ops.convert_to_tensor(a), "float32")) / k
                 for g, a in zip(grads, accumulators, strict=True)
             ]
         step = ops.convert_to_tensor(optimizer.iterations)
-        self.present.update(rows)
         return rows, grads, step, is_update, finite
 
     # Host side ---------------------------------------------------------
@@ -164,12 +155,7 @@ class _TorchHook(_HostHook):
         import torch
 
         optimizer = self.optimizer
-        if not optimizer.built and trainable_variables is not None:
-            with keras.name_scope(optimizer.name, caller=optimizer):
-                optimizer.build(list(trainable_variables))
-            optimizer.built = True
-        if trainable_variables is None:
-            trainable_variables = self.inner._trainable_variables
+        trainable_variables = self._applied_variables(trainable_variables)
         # Decide cheaply, before touching the gradients, whether this call
         # can be recorded: steps are known in Python (eager).
         step = int(keras.ops.convert_to_tensor(optimizer.iterations))

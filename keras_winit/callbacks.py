@@ -555,6 +555,41 @@ class _Records:
             i = self.index_by_path.get(getattr(variable, "path", None))
         return i
 
+    def _applied_variables(self, trainable_variables):
+        """The variables an `optimizer.apply` call updates.
+
+        Builds the optimizer first if needed, as `apply` does, so that its
+        state can be read.
+        """
+        optimizer = self.optimizer
+        if not optimizer.built and trainable_variables is not None:
+            with keras.name_scope(optimizer.name, caller=optimizer):
+                optimizer.build(list(trainable_variables))
+            optimizer.built = True
+        if trainable_variables is None:
+            return self.inner._trainable_variables
+        return trainable_variables
+
+    def _logged(self, grads, variables):
+        """`(rows, variables, grads)` of the gradients that are logged.
+
+        Those of the model's trainable variables that receive a gradient,
+        except `overwrite_with_gradient` ones (not a gradient step). Marks
+        their rows as present.
+        """
+        rows, kept_variables, kept_grads = [], [], []
+        for g, v in zip(grads, list(variables), strict=False):
+            i = self._row(v)
+            if g is None or i is None:
+                continue
+            if getattr(v, "overwrite_with_gradient", False):
+                continue
+            rows.append(i)
+            kept_variables.append(v)
+            kept_grads.append(g)
+        self.present.update(rows)
+        return rows, kept_variables, kept_grads
+
     # Writing, between steps -------------------------------------------
 
     def _value(self, tag, tensor, metadata):
@@ -765,28 +800,12 @@ class _State(_Records):
         import tensorflow as tf
 
         optimizer, inner = self.optimizer, self.inner
-        if not optimizer.built and trainable_variables is not None:
-            # What `apply` does first; needed to read its state below.
-            with keras.name_scope(optimizer.name, caller=optimizer):
-                optimizer.build(list(trainable_variables))
-            optimizer.built = True
-        if trainable_variables is None:
-            trainable_variables = inner._trainable_variables
-        triples = []
-        for g, v in zip(grads, list(trainable_variables), strict=False):
-            i = self._row(v)
-            if g is None or i is None:
-                continue
-            if getattr(v, "overwrite_with_gradient", False):
-                continue
-            triples.append((i, v, g))
-        if not triples:
+        rows, variables, grads = self._logged(
+            grads, self._applied_variables(trainable_variables)
+        )
+        if not rows:
             return
-        self.present.update(i for i, _, _ in triples)
-        rows = [i for i, _, _ in triples]
-        grads = [
-            tf.cast(tf.convert_to_tensor(g), tf.float32) for _, _, g in triples
-        ]
+        grads = [tf.cast(tf.convert_to_tensor(g), tf.float32) for g in grads]
 
         # Unscale as the optimizer does.
         if self.is_loss_scaled:
@@ -808,7 +827,7 @@ class _State(_Records):
             is_update = tf.equal((raw_iterations + 1) % k, 0)
             accumulators = [
                 inner._accumulated_gradients[inner._get_variable_index(v)]
-                for _, v, _ in triples
+                for v in variables
             ]
             grads = [
                 (g + tf.cast(tf.convert_to_tensor(a), tf.float32)) / k
