@@ -17,8 +17,9 @@ statistics computed in the training graph, kept in `tf.Variable`s. Here:
   flight. No host callback is traced into the step: a step that contains
   one costs more on every call, whether the callback fires or not.
 
-Both share, with the TensorFlow implementation, the record layout and the
-event writing of `keras_winit.callbacks._Records`.
+Both share, with the TensorFlow implementation, the preparation of the
+applied gradients (`applied_gradients`), the record layout and the event
+writing of `keras_winit.callbacks._Records`.
 """
 
 import keras
@@ -48,51 +49,6 @@ class _HostHook(_callbacks._Records):
         self.pending = []
         self.pending_histograms = []
         self.skipped_total = 0
-
-    # Backend-neutral part of the trace (or of the eager call) --------
-
-    def applied_gradients(self, grads, trainable_variables):
-        """The gradients as the optimizer applies them.
-
-        Returns `(rows, grads, step, is_update, finite)`: the rows of the
-        variables that receive a gradient, their float32 gradients
-        (unscaled, accumulated mean on the applying step), the optimizer
-        step before the update, whether this call updates the variables
-        (gradient accumulation), and whether the gradients are finite
-        (`LossScaleOptimizer` skips the step otherwise). Reads the
-        optimizer's state through Keras variables: inside
-        `stateless_apply`, under a `StatelessScope` of its variables.
-        """
-        ops = keras.ops
-        optimizer, inner = self.optimizer, self.inner
-        rows, variables, grads = self._logged(grads, trainable_variables)
-        if not rows:
-            return rows, [], None, None, None
-        grads = [_float32(g) for g in grads]
-        finite = None
-        if self.is_loss_scaled:
-            finite = ops.all(
-                ops.stack([ops.all(ops.isfinite(g)) for g in grads])
-            )
-            scale = ops.cast(optimizer.dynamic_scale, "float32")
-            grads = [g / scale for g in grads]
-        if inner.loss_scale_factor is not None:
-            grads = [g / inner.loss_scale_factor for g in grads]
-        k = inner.gradient_accumulation_steps
-        is_update = None
-        if k:
-            raw_iterations = ops.convert_to_tensor(inner._iterations)
-            is_update = ops.equal((raw_iterations + 1) % k, 0)
-            accumulators = [
-                inner._accumulated_gradients[inner._get_variable_index(v)]
-                for v in variables
-            ]
-            grads = [
-                (g + ops.cast(ops.convert_to_tensor(a), "float32")) / k
-                for g, a in zip(grads, accumulators, strict=True)
-            ]
-        step = ops.convert_to_tensor(optimizer.iterations)
-        return rows, grads, step, is_update, finite
 
     # Host side ---------------------------------------------------------
 
@@ -133,13 +89,6 @@ class _HostHook(_callbacks._Records):
         self.write_buffered()
         if self.weights_freq:
             self.write_weights()
-
-
-def _float32(x):
-    """`x` as float32 (a Keras op only when it is not float32 already)."""
-    if keras.backend.standardize_dtype(x.dtype) == "float32":
-        return x
-    return keras.ops.cast(x, "float32")
 
 
 class _TorchHook(_HostHook):

@@ -443,6 +443,13 @@ def _unwrap(optimizer, name):
             setattr(optimizer, name, original)
 
 
+def _float32(x):
+    """`x` as float32 (a Keras op only when it is not float32 already)."""
+    if keras.backend.standardize_dtype(x.dtype) == "float32":
+        return x
+    return keras.ops.cast(x, "float32")
+
+
 class _EventWriter:
     """Appends `Event` records to a new TensorBoard event file.
 
@@ -589,6 +596,50 @@ class _Records:
             kept_grads.append(g)
         self.present.update(rows)
         return rows, kept_variables, kept_grads
+
+    def applied_gradients(self, grads, trainable_variables):
+        """The gradients as the optimizer applies them.
+
+        Returns `(rows, grads, step, is_update, finite)`: the rows of the
+        variables that receive a gradient, their float32 gradients
+        (unscaled, accumulated mean on the applying step), the optimizer
+        step before the update, whether this call updates the variables
+        (gradient accumulation), and whether the gradients are finite
+        (`LossScaleOptimizer` skips the step otherwise). Keras ops on the
+        optimizer's state through its Keras variables: traced into the
+        training graph (TensorFlow), inside `stateless_apply` under a
+        `StatelessScope` of its variables (JAX), or eagerly (PyTorch).
+        """
+        ops = keras.ops
+        optimizer, inner = self.optimizer, self.inner
+        rows, variables, grads = self._logged(grads, trainable_variables)
+        if not rows:
+            return rows, [], None, None, None
+        grads = [_float32(g) for g in grads]
+        finite = None
+        if self.is_loss_scaled:
+            finite = ops.all(
+                ops.stack([ops.all(ops.isfinite(g)) for g in grads])
+            )
+            scale = ops.cast(optimizer.dynamic_scale, "float32")
+            grads = [g / scale for g in grads]
+        if inner.loss_scale_factor is not None:
+            grads = [g / inner.loss_scale_factor for g in grads]
+        k = inner.gradient_accumulation_steps
+        is_update = None
+        if k:
+            raw_iterations = ops.convert_to_tensor(inner._iterations)
+            is_update = ops.equal((raw_iterations + 1) % k, 0)
+            accumulators = [
+                inner._accumulated_gradients[inner._get_variable_index(v)]
+                for v in variables
+            ]
+            grads = [
+                (g + ops.cast(ops.convert_to_tensor(a), "float32")) / k
+                for g, a in zip(grads, accumulators, strict=True)
+            ]
+        step = ops.convert_to_tensor(optimizer.iterations)
+        return rows, grads, step, is_update, finite
 
     # Writing, between steps -------------------------------------------
 
@@ -799,41 +850,16 @@ class _State(_Records):
         """Computes and stores the statistics (traced into `train_step`)."""
         import tensorflow as tf
 
-        optimizer, inner = self.optimizer, self.inner
-        rows, variables, grads = self._logged(
+        # Sparse gradients (`tf.IndexedSlices`) as dense tensors.
+        grads = [None if g is None else tf.convert_to_tensor(g) for g in grads]
+        rows, grads, step, is_update, finite = self.applied_gradients(
             grads, self._applied_variables(trainable_variables)
         )
         if not rows:
             return
-        grads = [tf.cast(tf.convert_to_tensor(g), tf.float32) for g in grads]
-
-        # Unscale as the optimizer does.
-        if self.is_loss_scaled:
-            finite = tf.reduce_all(
-                tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
-            )
-            scale = tf.cast(optimizer.dynamic_scale, tf.float32)
-            grads = [g / scale for g in grads]
-        else:
+        if finite is None:
             finite = tf.constant(True)
-        if inner.loss_scale_factor is not None:
-            grads = [g / inner.loss_scale_factor for g in grads]
-
-        # Gradient accumulation: the applied gradient is the mean of the
-        # accumulated micro-batch gradients, on every k-th call only.
-        k = inner.gradient_accumulation_steps
-        if k:
-            raw_iterations = tf.convert_to_tensor(inner._iterations)
-            is_update = tf.equal((raw_iterations + 1) % k, 0)
-            accumulators = [
-                inner._accumulated_gradients[inner._get_variable_index(v)]
-                for v in variables
-            ]
-            grads = [
-                (g + tf.cast(tf.convert_to_tensor(a), tf.float32)) / k
-                for g, a in zip(grads, accumulators, strict=True)
-            ]
-        else:
+        if is_update is None:
             is_update = tf.constant(True)
 
         # tf.distribute: each replica holds its share of the gradient; sum
@@ -842,7 +868,7 @@ class _State(_Records):
         if context is not None and context.num_replicas_in_sync > 1:
             grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
 
-        step = tf.cast(tf.convert_to_tensor(optimizer.iterations), tf.int64)
+        step = tf.cast(step, tf.int64)
         skipped = tf.logical_and(is_update, tf.logical_not(finite))
         due = tf.logical_and(is_update, finite)
         if self.update_freq > 1:
@@ -885,7 +911,11 @@ class _State(_Records):
             )
             return tf.constant(True)
 
-        if self.update_freq == 1 and not self.is_loss_scaled and not k:
+        if (
+            self.update_freq == 1
+            and not self.is_loss_scaled
+            and not self.inner.gradient_accumulation_steps
+        ):
             store()  # Every call is recorded: no tf.cond.
         else:
             _cond(tf.logical_or(due, skipped), store)
