@@ -223,6 +223,18 @@ def test_nonfinite_and_zero_values_are_drawn_in_their_bands():
     pixels = _decode(overview.render_depth_profile(changed, PATHS))
     assert _count(pixels[bottom], BLUE) > _count(plain[bottom], BLUE) + 20
     assert _count(pixels[top], RED) == _count(plain[top], RED)
+    # The marks sit at the layer's depth: first layer left of the last.
+    for band, bad, color in ((top, np.nan, RED), (bottom, 0.0, BLUE)):
+        marks = []
+        for i in (0, len(PATHS) - 1):  # first and last layer's kernel
+            changed = values.copy()
+            changed[i] = bad
+            image = _decode(overview.render_depth_profile(changed, PATHS))
+            marks.append((image[band] == color).all(axis=-1))
+        first = np.flatnonzero((marks[0] & ~marks[1]).any(axis=0))
+        last = np.flatnonzero((marks[1] & ~marks[0]).any(axis=0))
+        assert first.size and last.size
+        assert first.max() < last.min()
 
 
 def test_negative_values_are_drawn_hollow():
