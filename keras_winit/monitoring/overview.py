@@ -546,7 +546,7 @@ def render_depth_profile(
         )
 
     # The frame: top band (non-finite), main area (log10), bottom band (0).
-    label_w = _text_width("1e-10", scale)
+    label_w = _text_width("inf/nan", scale)
     left = pad + label_w + 3 * scale
     right = width - 6 * scale
     top = legend_y + line_h + 2 * scale
@@ -624,7 +624,7 @@ def render_depth_profile(
     canvas.text(left, bottom + 3 * scale + line_h, axis_label, _MUTED, scale)
 
     # Band labels and the frame.
-    small = max(scale - 1, 1)
+    small = scale
     band_text_y = (band_h - _GLYPH_HEIGHT * small) // 2
     for text, y0 in (("inf/nan", top), ("0", main_bottom)):
         canvas.text(
