@@ -160,8 +160,8 @@ def _decode(png):
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     image = Image.open(io.BytesIO(png))
     image.load()
-    assert image.mode == "RGB"
-    return np.asarray(image)
+    assert image.mode == "P"  # a palette PNG
+    return np.asarray(image.convert("RGB"))
 
 
 def _profile_values(n=None, seed=0):

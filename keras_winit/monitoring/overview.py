@@ -26,6 +26,7 @@ Reference:
         the difficulty of training deep feedforward neural networks.
 """
 
+import functools
 import math
 import numbers
 import struct
@@ -301,15 +302,16 @@ _FONT = {
     for char, rows in _GLYPHS.items()
 }
 
-_WHITE = (255, 255, 255)
-_BLACK = (33, 33, 33)
-_GRID = (224, 224, 224)
-_BAND = (246, 246, 246)
-_MUTED = (110, 110, 110)
-# Non-finite values, and nothing else, are red.
-_RED = (214, 39, 40)
-# Series colors (Tableau 10 without its red).
-_PALETTE = (
+# The picture is a palette PNG: pixels are indices into `_COLORS`.
+_COLORS = (
+    (255, 255, 255),  # white
+    (33, 33, 33),  # text, frame
+    (224, 224, 224),  # grid
+    (246, 246, 246),  # out-of-scale bands
+    (110, 110, 110),  # secondary text, band borders
+    # Non-finite values, and nothing else, are red.
+    (214, 39, 40),
+    # Series colors (Tableau 10 without its red).
     (31, 119, 180),
     (255, 127, 14),
     (44, 160, 44),
@@ -320,6 +322,8 @@ _PALETTE = (
     (188, 189, 34),
     (23, 190, 207),
 )
+_WHITE, _BLACK, _GRID, _BAND, _MUTED, _RED = range(6)
+_PALETTE = tuple(range(6, len(_COLORS)))
 _MAX_LEGEND_SERIES = 12
 
 
@@ -329,7 +333,7 @@ class _Canvas:
     def __init__(self, width, height):
         self.width = width
         self.height = height
-        self.pixels = np.full((height, width, 3), 255, np.uint8)
+        self.pixels = np.full((height, width), _WHITE, np.uint8)
 
     def fill(self, x0, y0, x1, y1, color):
         """Fills the rectangle [x0, x1) x [y0, y1), clipped to the image."""
@@ -339,17 +343,24 @@ class _Canvas:
             self.pixels[y0:y1, x0:x1] = color
 
     def line(self, x0, y0, x1, y1, color, thickness):
-        n = int(max(abs(x1 - x0), abs(y1 - y0))) + 1
-        xs = np.rint(np.linspace(x0, x1, n)).astype(np.int64)
-        ys = np.rint(np.linspace(y0, y1, n)).astype(np.int64)
-        start = -(thickness // 2)
-        for dx in range(start, start + thickness):
-            for dy in range(start, start + thickness):
-                x, y = xs + dx, ys + dy
-                keep = (
-                    (x >= 0) & (x < self.width) & (y >= 0) & (y < self.height)
-                )
-                self.pixels[y[keep], x[keep]] = color
+        """Draws segments from (x0, y0) to (x1, y1) (scalars or arrays)."""
+        x0, y0, x1, y1 = (
+            np.atleast_1d(np.asarray(a, float)) for a in (x0, y0, x1, y1)
+        )
+        if not x0.size:
+            return
+        n = int(np.max(np.maximum(np.abs(x1 - x0), np.abs(y1 - y0)))) + 1
+        t = np.linspace(0.0, 1.0, n)
+        # Every point of every segment, thickened to a thickness^2 square.
+        offsets = np.arange(thickness) - thickness // 2
+        dx = np.repeat(offsets, thickness)
+        dy = np.tile(offsets, thickness)
+        x = np.rint(x0[:, None] + t * (x1 - x0)[:, None]).astype(np.int64)
+        y = np.rint(y0[:, None] + t * (y1 - y0)[:, None]).astype(np.int64)
+        x = (x[..., None] + dx).ravel()
+        y = (y[..., None] + dy).ravel()
+        keep = (x >= 0) & (x < self.width) & (y >= 0) & (y < self.height)
+        self.pixels[y[keep], x[keep]] = color
 
     def dashed_hline(self, x0, x1, y, color, dash=6):
         for x in range(int(x0), int(x1), 2 * dash):
@@ -358,8 +369,7 @@ class _Canvas:
     def text(self, x, y, text, color, scale):
         """Draws `text`, top-left corner at (x, y); returns its width."""
         for i, char in enumerate(text):
-            glyph = _FONT.get(char, _FONT.get(char.lower(), _FONT["?"]))
-            ink = np.kron(glyph, np.ones((scale, scale), bool))
+            ink = _glyph(char, scale)
             gx = int(x) + i * (_GLYPH_WIDTH + 1) * scale
             gy = int(y)
             h, w = ink.shape
@@ -391,6 +401,13 @@ class _Canvas:
         return _encode_png(self.pixels)
 
 
+@functools.lru_cache(maxsize=512)
+def _glyph(char, scale):
+    """The ink of `char` (uppercase as lowercase, unknown as `?`), scaled."""
+    glyph = _FONT.get(char, _FONT.get(char.lower(), _FONT["?"]))
+    return np.kron(glyph, np.ones((scale, scale), bool))
+
+
 def _text_width(text, scale):
     return max(len(text) * (_GLYPH_WIDTH + 1) * scale - scale, 0)
 
@@ -401,14 +418,16 @@ def _png_chunk(kind, data):
 
 
 def _encode_png(pixels):
-    """PNG bytes of a `[height, width, 3]` uint8 RGB array (filter 0)."""
-    height, width, _ = pixels.shape
-    rows = np.zeros((height, 1 + 3 * width), np.uint8)
-    rows[:, 1:] = pixels.reshape(height, 3 * width)
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    """PNG bytes of a `[height, width]` array of indices into `_COLORS`."""
+    height, width = pixels.shape
+    rows = np.zeros((height, 1 + width), np.uint8)  # filter 0 per row
+    rows[:, 1:] = pixels
+    header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
+    palette = bytes(np.asarray(_COLORS, np.uint8).ravel())
     return (
         b"\x89PNG\r\n\x1a\n"
         + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"PLTE", palette)
         + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
         + _png_chunk(b"IEND", b"")
     )
@@ -617,11 +636,23 @@ def render_depth_profile(
             _BLACK,
             scale,
         )
-    axis_label = (
-        f"layer depth (forward order): {len(layers)} layers, "
-        f"{len(paths)} variables"
-    )
-    canvas.text(left, bottom + 3 * scale + line_h, axis_label, _MUTED, scale)
+    # Below the ticks: the axis label, and the counts of the values drawn
+    # in the bands, right-aligned (red: not finite).
+    label_y = bottom + 3 * scale + line_h
+    x = right
+    for count, what, color in (
+        (int((finite & ~nonzero).sum()), "zero", _BLACK),
+        (int((~finite).sum()), "not finite", _RED),
+    ):
+        if count:
+            text = f"{count} {what}"
+            x -= _text_width(text, scale)
+            canvas.text(x, label_y, text, color, scale)
+            x -= 2 * char_w
+    axis_label = f"layer depth (forward order), {len(layers)} layers"
+    if left + _text_width(axis_label, scale) > x:
+        axis_label = f"layer depth, {len(layers)} layers"
+    canvas.text(left, label_y, axis_label, _MUTED, scale)
 
     # Band labels and the frame.
     small = scale
@@ -650,17 +681,11 @@ def render_depth_profile(
     size = 2 * scale + 1
     for s in range(len(names)):
         color = _PALETTE[s % len(_PALETTE)]
-        rows = [i for i in range(len(paths)) if series[i] == s]
-        previous = None
-        for i in rows:
-            if not nonzero[i]:
-                previous = None
-                continue
-            if previous is not None:
-                canvas.line(
-                    xs[previous], ys[previous], xs[i], ys[i], color, scale
-                )
-            previous = i
+        rows = np.flatnonzero(np.asarray(series) == s)
+        # Segments join consecutive variables of the series, both plotted.
+        joined = nonzero[rows[:-1]] & nonzero[rows[1:]]
+        a, b = rows[:-1][joined], rows[1:][joined]
+        canvas.line(xs[a], ys[a], xs[b], ys[b], color, scale)
         for i in rows:
             if nonzero[i]:
                 canvas.marker(
@@ -672,20 +697,6 @@ def render_depth_profile(
                 )
     for i in np.flatnonzero(~finite):
         canvas.cross(xs[i], (top + main_top) / 2, _RED, size + 4 * scale, scale)
-    # Counts of the out-of-scale values, right-aligned in their bands.
-    for count, what, y0, color in (
-        (int((~finite).sum()), "not finite", top, _RED),
-        (int((finite & ~nonzero).sum()), "zero", main_bottom, _BLACK),
-    ):
-        if count:
-            text = f"{count} {what}"
-            canvas.text(
-                right - 3 * scale - _text_width(text, small),
-                y0 + band_text_y,
-                text,
-                color,
-                small,
-            )
     return canvas.png()
 
 
