@@ -1,10 +1,11 @@
-"""Makes docs/overview_custom_scalars.png and docs/overview_depth_profile.png.
+"""Makes the pictures of docs/monitoring_overview.md (docs/overview_*.png).
 
 TensorBoard screenshots of the overview of all layers at once
 (`keras_winit/monitoring/overview.py`): the Custom Scalars dashboard, one
 chart per statistic with every layer on it (y axes switched to log scale,
 the depth-ordered list of one chart's curves opened), and the depth
-profiles in the Images dashboard at their actual size.
+profiles in the Images dashboard at their actual size; and one depth
+profile as written, the weights' variance at initialization.
 
 The run: an 8-layer tanh MLP on scikit-learn's bundled digits with the
 classic "standard" init U(-1/sqrt(n), 1/sqrt(n)) of Glorot & Bengio (2010),
@@ -38,7 +39,7 @@ import urllib.request
 WINDOW = (1600, 1150)
 
 
-def write_logs(log_dir):
+def write_logs(log_dir, out_dir):
     """Trains the MLP with the logger, then writes the overview summaries."""
     import keras
     from sklearn.datasets import load_digits
@@ -111,6 +112,16 @@ def write_logs(log_dir):
         }
         write(step, overview.depth_profile_summary(values, paths, step=step))
     writer.close()
+    # The picture itself at initialization: the zero biases in their band.
+    png = overview.render_depth_profile(
+        [logged["weight_variance"][0][p] for p in paths],
+        paths,
+        title="weight_variance by layer depth, step 0",
+    )
+    with open(
+        os.path.join(out_dir, "overview_depth_profile_step0.png"), "wb"
+    ) as f:
+        f.write(png)
     print(f"logged {statistics} for {len(paths)} variables")
 
 
@@ -335,7 +346,7 @@ def main(out_dir):
     log_dir = os.path.join(work, "logs")
     server = None
     try:
-        write_logs(log_dir)
+        write_logs(log_dir, out_dir)
         port = free_port()
         tensorboard = shutil.which("tensorboard") or os.path.join(
             os.path.dirname(sys.executable), "tensorboard"
