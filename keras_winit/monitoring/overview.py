@@ -532,7 +532,7 @@ def render_depth_profile(
         The PNG file's bytes (8-bit RGB).
     """
     paths = _check_names("paths", paths, allow_slash=True)
-    values = _check_values("values", values, len(paths))
+    data = _check_values("values", values, len(paths))
     _check_size(width, height)
     if not isinstance(title, str):
         raise TypeError(
@@ -581,10 +581,10 @@ def render_depth_profile(
     canvas.fill(left, top, right, main_top, _BAND)
     canvas.fill(left, main_bottom, right, bottom, _BAND)
 
-    finite = np.isfinite(values)
-    nonzero = finite & (values != 0)
-    logs = np.full(values.shape, np.nan)
-    logs[nonzero] = np.log10(np.abs(values[nonzero]))
+    finite = np.isfinite(data)
+    nonzero = finite & (data != 0)
+    logs = np.full(data.shape, np.nan)
+    logs[nonzero] = np.log10(np.abs(data[nonzero]))
     if nonzero.any():
         lo = math.floor(float(np.min(logs[nonzero])))
         hi = math.ceil(float(np.max(logs[nonzero])))
@@ -686,17 +686,17 @@ def render_depth_profile(
         joined = nonzero[rows[:-1]] & nonzero[rows[1:]]
         a, b = rows[:-1][joined], rows[1:][joined]
         canvas.line(xs[a], ys[a], xs[b], ys[b], color, scale)
-        for i in rows:
-            if nonzero[i]:
+        for k in rows:
+            if nonzero[k]:
                 canvas.marker(
-                    xs[i], ys[i], color, size + 2 * scale, hollow=values[i] < 0
+                    xs[k], ys[k], color, size + 2 * scale, hollow=data[k] < 0
                 )
-            elif finite[i]:
+            elif finite[k]:
                 canvas.marker(
-                    xs[i], (main_bottom + bottom) / 2, color, size + 2 * scale
+                    xs[k], (main_bottom + bottom) / 2, color, size + 2 * scale
                 )
-    for i in np.flatnonzero(~finite):
-        canvas.cross(xs[i], (top + main_top) / 2, _RED, size + 4 * scale, scale)
+    for k in np.flatnonzero(~finite):
+        canvas.cross(xs[k], (top + main_top) / 2, _RED, size + 4 * scale, scale)
     return canvas.png()
 
 
