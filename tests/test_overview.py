@@ -144,6 +144,8 @@ def test_render_validates_arguments(call, error, message):
     "values, kwargs, error, message",
     [
         ([1.0], {}, TypeError, "must be a mapping"),
+        ({"a": [1.0], "b": [1, 2]}, {}, ValueError, "`values['b']` must"),
+        ({"a": [1.0]}, dict(width=10), ValueError, "Received: width=10"),
         ({"a/b": [1.0]}, {}, ValueError, "without '/'"),
         ({"a": [1.0]}, dict(step=1.5), TypeError, "Received: step=1.5"),
         ({"a": [1.0]}, dict(step=True), TypeError, "Received: step=True"),
@@ -275,20 +277,34 @@ def test_many_layers_and_one_layer():
     st.lists(
         st.tuples(
             st.integers(0, 5),
-            st.sampled_from(["kernel", "bias", "gamma", "x"]),
+            st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=14),
             st.floats(allow_nan=True, allow_infinity=True),
         ),
         min_size=1,
         max_size=25,
-    )
+    ),
+    st.sampled_from([(240, 160), (559, 319), (560, 320), (800, 440)]),
 )
-def test_any_values_render(rows):
+def test_any_values_render(rows, size):
     paths, values = [], []
     for i, (layer, name, value) in enumerate(rows):
         paths.append(f"m/l{layer}/{name}{i}")
         values.append(value)
-    png = overview.render_depth_profile(values, paths, width=320, height=200)
-    assert _decode(png).shape == (200, 320, 3)
+    width, height = size
+    png = overview.render_depth_profile(
+        values, paths, width=width, height=height
+    )
+    assert _decode(png).shape == (height, width, 3)
+
+
+def test_many_series_names_fit_in_two_legend_rows():
+    paths = [f"m/l{i}/{name}_{i}" for i in range(40) for name in ("w", "v")]
+    values = np.geomspace(1e-6, 1.0, len(paths))
+    for width, height in [(240, 160), (800, 440)]:
+        png = overview.render_depth_profile(
+            values, paths, width=width, height=height
+        )
+        assert _decode(png).shape == (height, width, 3)
 
 
 def test_depth_profile_summary_holds_one_image_per_statistic():

@@ -504,7 +504,7 @@ def render_depth_profile(
     by lines across depth. Values that cannot go on a log scale are drawn
     in bands of their own rather than dropped: NaN and +-inf as red crosses
     in the top band (`inf/nan`), zeros as markers in the bottom band
-    (`0`), each band with its count. Negative values (e.g. `grad_mean`)
+    (`0`), their counts under the axis. Negative values (e.g. `grad_mean`)
     are plotted at `log10(|value|)` as hollow markers.
 
     Drawn with NumPy and `zlib` only (a built-in bitmap font, no plotting
@@ -529,7 +529,7 @@ def render_depth_profile(
             440.
 
     Returns:
-        The PNG file's bytes (8-bit RGB).
+        The PNG file's bytes (8-bit palette colors).
     """
     paths = _check_names("paths", paths, allow_slash=True)
     data = _check_values("values", values, len(paths))
@@ -548,21 +548,27 @@ def render_depth_profile(
     pad = 4 * scale
     canvas.text(pad, pad, title, _BLACK, scale)
     legend_y = pad + line_h + scale
+    # At most two rows of legend, so that any allowed size has room for
+    # the chart; the names that do not fit are counted as "+N more".
     x = pad
-    shown = names[:_MAX_LEGEND_SERIES]
-    for i, name in enumerate(shown):
+    more_w = _text_width(f"+{len(names)} more", scale)
+    drawn = 0
+    for i, name in enumerate(names[:_MAX_LEGEND_SERIES]):
         label = name or "(no name)"
         item_w = line_h + _text_width(label, scale) + 3 * char_w // 2
-        if x + item_w > width - pad and x > pad:
+        last_row = legend_y > pad + line_h + scale
+        room = width - pad - (more_w if last_row else 0)
+        if x + item_w > room and x > pad:
+            if last_row:
+                break
             x, legend_y = pad, legend_y + line_h
         color = _PALETTE[i % len(_PALETTE)]
         canvas.fill(x, legend_y, x + 6 * scale, legend_y + 6 * scale, color)
         canvas.text(x + 8 * scale, legend_y, label, _BLACK, scale)
         x += item_w
-    if len(names) > len(shown):
-        canvas.text(
-            x, legend_y, f"+{len(names) - len(shown)} more", _MUTED, scale
-        )
+        drawn += 1
+    if drawn < len(names):
+        canvas.text(x, legend_y, f"+{len(names) - drawn} more", _MUTED, scale)
 
     # The frame: top band (non-finite), main area (log10), bottom band (0).
     label_w = _text_width("inf/nan", scale)
@@ -573,11 +579,8 @@ def render_depth_profile(
     band_h = line_h + 2 * scale
     main_top = top + band_h
     main_bottom = bottom - band_h
-    if main_bottom - main_top < 3 * line_h:
-        raise ValueError(
-            "The picture is too small for its legend and axes. Received: "
-            f"width={width}, height={height} ({len(names)} series)"
-        )
+    # Sizes are checked (>= 240 x 160) and the legend has at most two rows.
+    assert main_bottom - main_top >= 3 * line_h, (width, height)
     canvas.fill(left, top, right, main_top, _BAND)
     canvas.fill(left, main_bottom, right, bottom, _BAND)
 
@@ -752,6 +755,10 @@ def depth_profile_summary(
             f"Argument `step` must be an integer or None. Received: "
             f"step={step!r}"
         )
+    paths = _check_names("paths", paths, allow_slash=True)
+    for statistic in statistics:
+        _check_values(f"values[{statistic!r}]", values[statistic], len(paths))
+    _check_size(width, height)
     summary = summary_pb2.Summary()
     for statistic in statistics:
         title = f"{statistic} by layer depth"
