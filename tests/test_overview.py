@@ -407,16 +407,20 @@ def test_tensorboard_server_shows_layout_and_depth_profile(tmp_path):
     base = f"http://127.0.0.1:{port}/data/plugin"
     try:
         deadline = time.monotonic() + 90
-        layout, image_tags = {}, {}
+        layout, image_tags, scalar_tags = {}, {}, {}
+        last = f"weight_variance/{paths[-1]}"
         while time.monotonic() < deadline:  # bounded polling
             assert server.poll() is None, "tensorboard exited"
             try:
                 layout = _get_json(f"{base}/custom_scalars/layout")
                 image_tags = _get_json(f"{base}/images/tags")
+                scalar_tags = _get_json(f"{base}/scalars/tags")
             except (urllib.error.URLError, ConnectionError):
-                layout, image_tags = {}, {}
-            if layout and "depth_profile/grad_norm" in image_tags.get(
-                "gradients", {}
+                layout, image_tags, scalar_tags = {}, {}, {}
+            if (
+                layout
+                and "depth_profile/grad_norm" in image_tags.get("gradients", {})
+                and last in scalar_tags.get("gradients", {})
             ):
                 break
             time.sleep(0.5)
