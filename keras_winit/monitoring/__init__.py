@@ -1,0 +1,1 @@
+"""Training monitoring: gradient and weight statistics in TensorBoard."""
