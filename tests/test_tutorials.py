@@ -141,27 +141,9 @@ def test_every_tutorial_is_checked_and_documented():
         assert os.path.exists(os.path.join(TUTORIALS, f"{name}.md")), name
 
 
-# Tutorials that measure gradients with `tf.GradientTape`
-# (`keras_winit.demo.layer_statistics`) or call `keras_winit.lsuv`.
-_TENSORFLOW_ONLY = {
-    "02_uniform_width",
-    "03_torch_default",
-    "04_glorot_bengio",
-    "05_he_depth",
-    "06_kumar_sigmoid",
-    "07_lsuv",
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.tensorflow_only)
-        if n in _TENSORFLOW_ONLY
-        else n
-        for n in sorted(CHECKS)
-    ],
-)
+# Every tutorial runs on every backend (CI runs the suite under TensorFlow,
+# JAX and PyTorch).
+@pytest.mark.parametrize("name", sorted(CHECKS))
 def test_tutorial_fast_mode_shows_its_effect(name, tmp_path, monkeypatch):
     module = _load(name, monkeypatch)
     numbers = module.main(fast=True, out=tmp_path)
