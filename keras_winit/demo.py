@@ -36,6 +36,7 @@ Reference:
       difficulty of training deep feedforward neural networks.
 """
 
+import argparse
 import importlib.util
 import json
 import math
@@ -43,8 +44,10 @@ import os
 import sys
 import time
 import warnings
+from typing import Any
 
 import keras
+import numpy as np
 
 import keras_winit
 from keras_winit import _signal
@@ -65,7 +68,7 @@ INITIALIZERS = {
     "lecun_uniform": "LecunUniform",
 }
 
-_DEFAULTS = dict(
+_DEFAULTS: dict[str, Any] = dict(
     depth=30,
     width=128,
     epochs=20,
@@ -78,7 +81,7 @@ _DEFAULTS = dict(
 )
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the demo's options to an `argparse` parser."""
     d = _DEFAULTS
     parser.add_argument(
@@ -141,7 +144,7 @@ def add_arguments(parser):
     )
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     """Runs the demo for parsed `args`; returns the exit status."""
     try:
         data = load_digits_split(seed=args.seed)
@@ -209,7 +212,12 @@ def run(args):
     return 0
 
 
-def train_one(name, data, args, log_dir):
+def train_one(
+    name: str,
+    data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    args: argparse.Namespace,
+    log_dir: str,
+) -> dict[str, Any]:
     """Trains one initializer's network; returns its curves and stats."""
     x, y, x_val, y_val = data
     keras.utils.set_random_seed(args.seed)
@@ -270,7 +278,9 @@ def train_one(name, data, args, log_dir):
     }
 
 
-def format_table(results, args):
+def format_table(
+    results: dict[str, dict[str, Any]], args: argparse.Namespace
+) -> str:
     """The side-by-side comparison table, as text."""
     names = list(results)
     depth = args.depth
@@ -337,7 +347,9 @@ def format_table(results, args):
     return "\n".join(lines)
 
 
-def plot(results, path, args):
+def plot(
+    results: dict[str, dict[str, Any]], path: str, args: argparse.Namespace
+) -> None:
     """Writes the demo's figure; raises ImportError without matplotlib."""
     import matplotlib
 
@@ -429,8 +441,6 @@ def _shell_path(path):
 
 
 def _positive_int(name):
-    import argparse
-
     def parse(text):
         try:
             value = int(text)
@@ -446,8 +456,6 @@ def _positive_int(name):
 
 
 def _positive_float(name):
-    import argparse
-
     def parse(text):
         try:
             value = float(text)

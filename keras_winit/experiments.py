@@ -217,6 +217,15 @@ def layer_statistics(model: keras.Model, x: Any, y: Any) -> dict[str, Any]:
                 f"Received: a layer {layer.name!r} of type "
                 f"{type(layer).__name__}."
             )
+    last = model.layers[-1] if model.layers else None
+    if getattr(getattr(last, "activation", None), "__name__", None) != (
+        "softmax"
+    ):
+        raise ValueError(
+            "Argument `model` must end with a softmax Dense layer. "
+            f"Received: last layer {getattr(last, 'name', None)!r} with "
+            f"activation {getattr(last, 'activation', None)!r}."
+        )
     _signal.check_backend("layer_statistics")
     _signal.check_model(model, "layer_statistics")
     x_t, n = _signal.to_tensors(np.asarray(x, dtype="float32"))
@@ -243,7 +252,12 @@ def layer_statistics(model: keras.Model, x: Any, y: Any) -> dict[str, Any]:
     kernel_grads = [
         _zeros_if_none(r.kernel_grad, r.layer.kernel) for r in records
     ]
-    loss = keras.losses.sparse_categorical_crossentropy(labels, acts[-1])
+    # The cross-entropy from the logits `s`, exactly (float64 log-softmax,
+    # no clipping of tiny probabilities: Keras clips them at 1e-7 on JAX
+    # and PyTorch, and uses the logits on TensorFlow).
+    logits = pre[-1]
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
     return {
         "activations": acts,
         "preactivations": pre,
@@ -251,7 +265,7 @@ def layer_statistics(model: keras.Model, x: Any, y: Any) -> dict[str, Any]:
         "activation_std": np.array([a.std() for a in acts]),
         "preactivation_grad_std": np.array([g.std() for g in pre_grads]),
         "kernel_grad_variance": np.array([g.var() for g in kernel_grads]),
-        "loss": float(np.mean(keras.ops.convert_to_numpy(loss))),
+        "loss": float(-log_probs[np.arange(n), labels].mean()),
     }
 
 
