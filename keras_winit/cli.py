@@ -12,6 +12,7 @@ Subcommands (each module defines `add_arguments(parser)` and `run(args)`):
 import argparse
 import importlib
 import sys
+from collections.abc import Sequence
 
 # subcommand -> (module, help). Each module defines `add_arguments(parser)`
 # and `run(args) -> int`.
@@ -27,7 +28,8 @@ _COMMANDS = {
 }
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
+    """The `keras-winit` parser, one subparser per subcommand."""
     parser = argparse.ArgumentParser(
         prog="keras-winit",
         description="Weight initialization tools for Keras 3.",
@@ -41,7 +43,9 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs `keras-winit` on `argv` (default `sys.argv[1:]`); returns the
+    exit status."""
     args = build_parser().parse_args(argv)
     return importlib.import_module(args._module).run(args)
 

@@ -23,8 +23,9 @@ output is about `2**-15` of its input in std and the loss stays at
 `ln 10 ≈ 2.303`; with He's `Var(w) = 2 / fan_in` the variance is preserved
 and the network trains.
 
-The helpers `load_digits_split`, `build_mlp` and `layer_statistics` are also
-used by the tutorials (`tutorials/_common.py`).
+It runs on the TensorFlow, JAX and PyTorch backends (`KERAS_BACKEND`). The
+data, the network and the per-layer statistics at initialization come from
+`keras_winit.experiments`, which the tutorials use too.
 
 Reference:
     - [He et al., 2015](https://arxiv.org/abs/1502.01852): Delving Deep into
@@ -35,19 +36,26 @@ Reference:
       difficulty of training deep feedforward neural networks.
 """
 
+import argparse
+import importlib.util
 import json
 import math
 import os
 import sys
 import time
 import warnings
+from typing import Any
 
 import keras
 import numpy as np
 
 import keras_winit
+from keras_winit import _signal
 from keras_winit.callbacks import GradientVarianceLogger
 from keras_winit.callbacks import GradientVarianceWarning
+from keras_winit.experiments import build_mlp
+from keras_winit.experiments import layer_statistics
+from keras_winit.experiments import load_digits_split
 
 #: Initializers the demo can compare (command-line name -> class name in
 #: `keras_winit`).
@@ -60,7 +68,7 @@ INITIALIZERS = {
     "lecun_uniform": "LecunUniform",
 }
 
-_DEFAULTS = dict(
+_DEFAULTS: dict[str, Any] = dict(
     depth=30,
     width=128,
     epochs=20,
@@ -72,209 +80,8 @@ _DEFAULTS = dict(
     initializers=("glorot_normal", "he_normal"),
 )
 
-_SKLEARN_MISSING = (
-    "The demo needs scikit-learn for its data (sklearn.datasets.load_digits, "
-    "shipped inside the scikit-learn package). Install it with: "
-    "pip install 'keras-winit[tutorials]'"
-)
 
-
-def load_digits_split(seed=0, validation_fraction=0.2):
-    """Loads scikit-learn's digits, split and standardized.
-
-    The 1797 8×8 images (64 features, 10 classes) ship with scikit-learn,
-    so nothing is downloaded. The split is stratified and fixed by `seed`;
-    every feature is standardized with the training set's mean and std
-    (constant pixels keep std 1).
-
-    Args:
-        seed: Integer seed of the split.
-        validation_fraction: Float in `(0, 1)`, the fraction of every class
-            held out for validation. Defaults to `0.2`.
-
-    Returns:
-        `(x_train, y_train, x_val, y_val)`: float32 features of shape
-        `(n, 64)` and int32 labels of shape `(n,)`.
-
-    Raises:
-        ImportError: when scikit-learn is not installed.
-
-    Example:
-
-    >>> x, y, x_val, y_val = keras_winit.demo.load_digits_split(seed=0)
-    >>> x.shape, x_val.shape
-    ((1438, 64), (359, 64))
-    """
-    if not isinstance(validation_fraction, float) or not (
-        0.0 < validation_fraction < 1.0
-    ):
-        raise ValueError(
-            "Argument `validation_fraction` must be a float in (0, 1). "
-            f"Received: validation_fraction={validation_fraction!r}"
-        )
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as e:
-        raise ImportError(_SKLEARN_MISSING) from e
-    digits = load_digits()
-    x = digits.data.astype("float32")
-    y = digits.target.astype("int32")
-    rng = np.random.default_rng(seed)
-    val = np.zeros(len(y), dtype=bool)
-    for c in np.unique(y):
-        members = rng.permutation(np.flatnonzero(y == c))
-        val[members[: int(round(validation_fraction * len(members)))]] = True
-    train = rng.permutation(np.flatnonzero(~val))
-    val = rng.permutation(np.flatnonzero(val))
-    mean = x[train].mean(axis=0)
-    std = x[train].std(axis=0)
-    std[std == 0] = 1.0
-    x = (x - mean) / std
-    return x[train], y[train], x[val], y[val]
-
-
-def build_mlp(
-    depth,
-    width,
-    kernel_initializer,
-    activation="relu",
-    bias_initializer="zeros",
-    input_dim=64,
-    num_classes=10,
-    name=None,
-):
-    """Builds a `depth`-layer MLP of `Dense(width, activation)` + softmax.
-
-    Args:
-        depth: Positive integer, the number of hidden layers.
-        width: Positive integer, the units of every hidden layer.
-        kernel_initializer: Initializer of every kernel (hidden and output
-            layers), anything `keras.layers.Dense` accepts. One instance is
-            shared by all layers: use an initializer that draws new values
-            per call (a `keras_winit` initializer, or a Keras one with
-            `seed=None` or a `keras.random.SeedGenerator`).
-        activation: Activation of the hidden layers. Defaults to `"relu"`.
-        bias_initializer: Initializer of the biases, or a plain function
-            `fan_in -> initializer` for a per-layer initializer (PyTorch's
-            default draws biases from `U(±1/sqrt(fan_in))`). Defaults to
-            `"zeros"`.
-        input_dim: Number of input features. Defaults to `64`.
-        num_classes: Number of softmax outputs. Defaults to `10`.
-        name: Optional model name.
-
-    Returns:
-        A built `keras.Sequential`; its `Dense` layers are `model.layers`.
-
-    Example:
-
-    >>> model = keras_winit.demo.build_mlp(
-    ...     3, 16, keras_winit.HeNormal(seed=0))
-    >>> [layer.units for layer in model.layers]
-    [16, 16, 16, 10]
-    """
-    for arg, value in (("depth", depth), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(
-                f"Argument `{arg}` must be a positive integer. "
-                f"Received: {arg}={value!r}"
-            )
-    per_layer_bias = callable(bias_initializer) and not isinstance(
-        bias_initializer, keras.initializers.Initializer
-    )
-    layers = [keras.Input((input_dim,))]
-    fan_in = input_dim
-    for units, act in [(width, activation)] * depth + [
-        (num_classes, "softmax")
-    ]:
-        bias = bias_initializer(fan_in) if per_layer_bias else bias_initializer
-        layers.append(
-            keras.layers.Dense(
-                units,
-                activation=act,
-                kernel_initializer=kernel_initializer,
-                bias_initializer=bias,
-            )
-        )
-        fan_in = units
-    return keras.Sequential(layers, name=name)
-
-
-def layer_statistics(model, x, y):
-    """Per-layer forward and backward statistics of a Dense-only model.
-
-    Runs one forward pass of `x` through the `Dense` layers of `model`
-    (pre-activation `s = h W + b`, activation `h = f(s)`), the mean sparse
-    categorical cross-entropy against `y` (the last layer must be softmax)
-    and its gradients, on the TensorFlow backend.
-
-    Args:
-        model: A model whose layers are `keras.layers.Dense`, in order.
-        x: Float array `(n, features)`.
-        y: Integer labels `(n,)`.
-
-    Returns:
-        A dict of NumPy arrays, one entry per Dense layer (index 0 is the
-        first layer): `"activations"` (list of `h`), `"preactivations"`
-        (list of `s`), `"preactivation_grads"` (list of `dC/ds`, the
-        back-propagated gradients of Glorot & Bengio's figure 7),
-        `"activation_std"`, `"preactivation_grad_std"`,
-        `"kernel_grad_variance"` (variance of `dC/dW`), and the float
-        `"loss"`.
-
-    Example:
-
-    >>> model = keras_winit.demo.build_mlp(2, 8, keras_winit.HeNormal(seed=0))
-    >>> stats = keras_winit.demo.layer_statistics(
-    ...     model, np.ones((4, 64), "float32"), np.zeros(4, "int32"))
-    >>> stats["activation_std"].shape
-    (3,)
-    """
-    import tensorflow as tf
-
-    x = tf.convert_to_tensor(np.asarray(x, dtype="float32"))
-    y = tf.convert_to_tensor(np.asarray(y, dtype="int32"))
-    dense = [layer for layer in model.layers]
-    for layer in dense:
-        if not isinstance(layer, keras.layers.Dense):
-            raise ValueError(
-                "Argument `model` must contain only Dense layers. "
-                f"Received: a layer {layer.name!r} of type "
-                f"{type(layer).__name__}."
-            )
-    with tf.GradientTape() as tape:
-        h = x
-        pre, acts = [], []
-        for layer in dense:
-            s = tf.matmul(h, layer.kernel)
-            if layer.use_bias:
-                s = s + layer.bias
-            h = layer.activation(s)
-            pre.append(s)
-            acts.append(h)
-        loss = tf.reduce_mean(
-            keras.losses.sparse_categorical_crossentropy(y, h)
-        )
-    kernels = [layer.kernel for layer in dense]
-    grads = tape.gradient(loss, pre + kernels)
-    pre_grads = grads[: len(dense)]
-    kernel_grads = grads[len(dense) :]
-    to_np = [np.asarray(t) for t in acts]
-    return {
-        "activations": to_np,
-        "preactivations": [np.asarray(t) for t in pre],
-        "preactivation_grads": [np.asarray(g) for g in pre_grads],
-        "activation_std": np.array([a.std() for a in to_np]),
-        "preactivation_grad_std": np.array(
-            [np.asarray(g).std() for g in pre_grads]
-        ),
-        "kernel_grad_variance": np.array(
-            [np.asarray(g).var() for g in kernel_grads]
-        ),
-        "loss": float(loss),
-    }
-
-
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the demo's options to an `argparse` parser."""
     d = _DEFAULTS
     parser.add_argument(
@@ -337,7 +144,7 @@ def add_arguments(parser):
     )
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     """Runs the demo for parsed `args`; returns the exit status."""
     try:
         data = load_digits_split(seed=args.seed)
@@ -345,11 +152,11 @@ def run(args):
         print(f"keras-winit demo: {e}", file=sys.stderr)
         return 1
     backend = keras.backend.backend()
-    if backend != "tensorflow":
+    if backend not in _signal.GRADIENT_BACKENDS:
         print(
-            "keras-winit demo: needs the TensorFlow backend (it logs "
-            "gradients with tf.summary). Received: backend="
-            f"{backend!r}. Run it with KERAS_BACKEND=tensorflow.",
+            "keras-winit demo: needs a backend with gradients. Received: "
+            f"backend={backend!r}. Run it with KERAS_BACKEND set to one of "
+            f"{', '.join(_signal.GRADIENT_BACKENDS)}.",
             file=sys.stderr,
         )
         return 1
@@ -362,7 +169,8 @@ def run(args):
         f"keras-winit demo: {args.depth} x Dense({args.width}, relu) + "
         f"softmax on digits ({len(x)} train / {len(x_val)} validation), "
         f"SGD(lr={args.learning_rate}, momentum={_DEFAULTS['momentum']}), "
-        f"batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}",
+        f"batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}, "
+        f"{backend} backend",
         flush=True,
     )
     start = time.perf_counter()
@@ -379,6 +187,7 @@ def run(args):
         json.dump(
             {
                 "config": _config(args),
+                "backend": backend,
                 "wall_seconds": wall,
                 "results": {
                     k: {m: _jsonable(v) for m, v in r.items()}
@@ -403,7 +212,12 @@ def run(args):
     return 0
 
 
-def train_one(name, data, args, log_dir):
+def train_one(
+    name: str,
+    data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    args: argparse.Namespace,
+    log_dir: str,
+) -> dict[str, Any]:
     """Trains one initializer's network; returns its curves and stats."""
     x, y, x_val, y_val = data
     keras.utils.set_random_seed(args.seed)
@@ -419,9 +233,14 @@ def train_one(name, data, args, log_dir):
     at_init = layer_statistics(model, x, y)
     run_dir = os.path.join(log_dir, name)
     callbacks = [
-        keras.callbacks.TensorBoard(run_dir, write_graph=False),
         GradientVarianceLogger(run_dir, update_freq=5, run_name="gradients"),
     ]
+    if _has_tensorflow():
+        # Keras' loss curves are written with `tf.summary`; the gradient
+        # logs need only the `tensorboard` package.
+        callbacks.append(
+            keras.callbacks.TensorBoard(run_dir, write_graph=False)
+        )
     if not args.quiet:
         callbacks.append(EpochLine(name, args.epochs))
     t0 = time.perf_counter()
@@ -459,7 +278,9 @@ def train_one(name, data, args, log_dir):
     }
 
 
-def format_table(results, args):
+def format_table(
+    results: dict[str, dict[str, Any]], args: argparse.Namespace
+) -> str:
     """The side-by-side comparison table, as text."""
     names = list(results)
     depth = args.depth
@@ -526,7 +347,9 @@ def format_table(results, args):
     return "\n".join(lines)
 
 
-def plot(results, path, args):
+def plot(
+    results: dict[str, dict[str, Any]], path: str, args: argparse.Namespace
+) -> None:
     """Writes the demo's figure; raises ImportError without matplotlib."""
     import matplotlib
 
@@ -585,6 +408,10 @@ def plot(results, path, args):
     plt.close(fig)
 
 
+def _has_tensorflow():
+    return importlib.util.find_spec("tensorflow") is not None
+
+
 def _config(args):
     return {
         k: getattr(args, k)
@@ -614,8 +441,6 @@ def _shell_path(path):
 
 
 def _positive_int(name):
-    import argparse
-
     def parse(text):
         try:
             value = int(text)
@@ -631,8 +456,6 @@ def _positive_int(name):
 
 
 def _positive_float(name):
-    import argparse
-
     def parse(text):
         try:
             value = float(text)

@@ -141,27 +141,52 @@ def test_every_tutorial_is_checked_and_documented():
         assert os.path.exists(os.path.join(TUTORIALS, f"{name}.md")), name
 
 
-# Tutorials that measure gradients with `tf.GradientTape`
-# (`keras_winit.demo.layer_statistics`) or call `keras_winit.lsuv`.
-_TENSORFLOW_ONLY = {
-    "02_uniform_width",
-    "03_torch_default",
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    # Measured on the shared 2-core machine: 4 epochs of a 10 x Dense(128)
+    # net take 0.9 s with one PyTorch thread, 18-39 s with two (OpenMP
+    # threads spinning against other processes).
+    if keras.backend.backend() != "torch":
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+# Under JAX (XLA compiles every new shape) the suite runs a subset, within
+# the test-time budget: 05 (Xavier stuck, He trains at depth 30) is the
+# demo's claim, which tests/test_demo.py checks on JAX; 02 and 03 are the
+# slowest. All eight run under JAX by hand (`KERAS_BACKEND=jax python
+# tutorials/NN_name.py --fast`, see docs/tutorials.md).
+_JAX_SUBSET = (
+    "01_symmetry",
     "04_glorot_bengio",
-    "05_he_depth",
     "06_kumar_sigmoid",
     "07_lsuv",
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.tensorflow_only)
-        if n in _TENSORFLOW_ONLY
-        else n
-        for n in sorted(CHECKS)
-    ],
+    "08_gain_table",
 )
+
+
+def _params():
+    if keras.backend.backend() != "jax":
+        return sorted(CHECKS)
+    skip = pytest.mark.skip(
+        reason="JAX runs a subset of the tutorials (compile time); "
+        f"this suite runs {', '.join(_JAX_SUBSET)}"
+    )
+    return [
+        n if n in _JAX_SUBSET else pytest.param(n, marks=skip)
+        for n in sorted(CHECKS)
+    ]
+
+
+@pytest.mark.parametrize("name", _params())
 def test_tutorial_fast_mode_shows_its_effect(name, tmp_path, monkeypatch):
     module = _load(name, monkeypatch)
     numbers = module.main(fast=True, out=tmp_path)

@@ -5,10 +5,11 @@ its experiment, writes its figures into `out` and returns its key numbers
 as a dict; `run_script(main, doc)` gives it the command line
 `python tutorials/NN_name.py [--fast] [--out DIR]`.
 
-Data and models come from `keras_winit.demo` (scikit-learn's digits,
-standardized, a fixed stratified split; Dense-only MLPs; per-layer forward
-and backward statistics), so the tutorials and `keras-winit demo` measure
-the same things the same way.
+Data and models come from `keras_winit.experiments` (scikit-learn's
+digits, standardized, a fixed stratified split; Dense-only MLPs; per-layer
+forward and backward statistics by `keras_winit`'s probe), so the tutorials
+and `keras-winit demo` measure the same things the same way, on the
+TensorFlow, JAX and PyTorch backends (`KERAS_BACKEND`).
 """
 
 import argparse
@@ -23,9 +24,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_winit.demo import build_mlp  # noqa: E402, F401
-from keras_winit.demo import layer_statistics  # noqa: E402, F401
-from keras_winit.demo import load_digits_split  # noqa: E402
+from keras_winit.experiments import build_mlp  # noqa: E402
+from keras_winit.experiments import layer_statistics  # noqa: E402, F401
+from keras_winit.experiments import load_digits_split  # noqa: E402
 
 #: Loss of a uniform guess over the 10 digit classes.
 LN10 = math.log(10.0)
