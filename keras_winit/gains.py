@@ -33,7 +33,6 @@ References:
 
 import functools
 import math
-import numbers
 
 import numpy as np
 
@@ -53,7 +52,8 @@ _TORCH_UNIT_GAIN = (
     "conv_transpose3d",
     "sigmoid",
 )
-_TORCH_NAMES = _TORCH_UNIT_GAIN + ("tanh", "relu", "leaky_relu", "selu")
+#: The names PyTorch's `calculate_gain` knows (`gain(..., method="torch")`).
+TORCH_NAMES = _TORCH_UNIT_GAIN + ("tanh", "relu", "leaky_relu", "selu")
 # PyTorch's default negative slope when `param` is None.
 _TORCH_DEFAULT_SLOPE = 0.01
 
@@ -182,10 +182,10 @@ def second_moment(activation, param=None):
 
 
 def _torch_gain(activation, param):
-    if not isinstance(activation, str) or activation not in _TORCH_NAMES:
+    if not isinstance(activation, str) or activation not in TORCH_NAMES:
         raise ValueError(
             "Invalid `activation` argument for method='torch': "
-            f"{activation!r}. Expected one of {_TORCH_NAMES}; use "
+            f"{activation!r}. Expected one of {TORCH_NAMES}; use "
             "method='moment' or method='kumar' for any Keras activation."
         )
     if activation in _TORCH_UNIT_GAIN:
@@ -201,14 +201,16 @@ def _torch_gain(activation, param):
 
 
 def _check_param(param):
-    if isinstance(param, bool) or not isinstance(param, numbers.Real):
+    number = _checks._real(param)
+    if number is None:
         raise ValueError(
             "Argument `param` (the activation's parameter, e.g. the negative "
-            f"slope) must be a number. Received: param={param!r}"
+            f"slope) must be a number. Received: param={_checks._short(param)}"
         )
-    if not math.isfinite(param):
+    if not math.isfinite(number):
         raise ValueError(
-            f"Argument `param` must be finite. Received: param={param!r}"
+            "Argument `param` must be finite. "
+            f"Received: param={_checks._short(param)}"
         )
 
 
@@ -220,7 +222,10 @@ def _resolve_activation(activation, param):
         try:
             fn = keras.activations.get(activation)
         except (ValueError, TypeError):
-            fn = None
+            # A function registered with register_keras_serializable,
+            # by its "package>name".
+            fn = keras.saving.get_registered_object(activation)
+            fn = fn if callable(fn) else None
         if fn is None:
             raise ValueError(
                 f"Unknown `activation`: {activation!r}. Expected the name of "

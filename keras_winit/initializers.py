@@ -38,6 +38,7 @@ References:
 
 import math
 import numbers
+import sys
 
 import keras
 
@@ -128,26 +129,31 @@ class VarianceScaling(keras.initializers.VarianceScaling):
         fan_out=None,
     ):
         self.scale = _checks.positive_float("scale", scale)
-        self.mode = _check_choice("mode", mode, fans_lib.MODES)
-        distribution = _check_choice(
-            "distribution",
-            _DISTRIBUTION_ALIASES.get(
-                distribution.lower()
-                if isinstance(distribution, str)
-                else distribution,
-                distribution,
-            ),
-            sampling.DISTRIBUTIONS,
+        self.mode = _checks.choice("mode", mode, fans_lib.MODES)
+        if isinstance(distribution, str):
+            distribution = _DISTRIBUTION_ALIASES.get(
+                distribution.lower(), distribution
+            )
+        self.distribution = _checks.choice(
+            "distribution", distribution, sampling.DISTRIBUTIONS
         )
-        self.distribution = distribution
         self.truncation = _checks.positive_float("truncation", truncation)
         self.fan_in = _check_fan("fan_in", fan_in)
         self.fan_out = _check_fan("fan_out", fan_out)
-        self.input_axes, self.output_axes = _check_axes(input_axes, output_axes)
-        # Keras' RandomInitializer: validates `seed`, keeps `_init_seed`
-        # for the config and a concrete `seed` for drawing. Keras'
-        # VarianceScaling.__init__ is skipped: its checks are redone above.
-        super(keras.initializers.VarianceScaling, self).__init__(seed=seed)
+        input_axes, output_axes = _check_axes(input_axes, output_axes)
+        seed = _check_seed(seed)
+        # Keras' VarianceScaling (and its RandomInitializer) with the values
+        # checked above: it keeps `_init_seed` for the config and a concrete
+        # `seed` for drawing. Its `mode` check predates "fan_geo_avg".
+        super().__init__(
+            scale=self.scale,
+            mode="fan_avg" if self.mode == "fan_geo_avg" else self.mode,
+            distribution=self.distribution,
+            seed=seed,
+            input_axes=input_axes,
+            output_axes=output_axes,
+        )
+        self.mode = _checks.choice("mode", mode, fans_lib.MODES)
         self._draws = 0
 
     def fans(self, shape):
@@ -155,6 +161,21 @@ class VarianceScaling(keras.initializers.VarianceScaling):
 
         The overrides `fan_in`/`fan_out` win over what the shape implies.
         """
+        shape = _checks.shape(shape)
+        if (
+            self._torch_fans is not None
+            and len(shape) < 2
+            and self.input_axes is None
+            and not all(getattr(self, n) is not None for n in self._torch_fans)
+        ):
+            # torch.nn.init._calculate_fan_in_and_fan_out's error.
+            raise ValueError(
+                "Fan in and fan out can not be computed for tensor with "
+                f"fewer than 2 dimensions. Received: shape={shape} (as "
+                f"`torch.nn.init`; pass {' and '.join(self._torch_fans)} to "
+                "set them, or use the Keras-named classes, which follow "
+                "Keras' fans for such shapes)"
+            )
         fan_in, fan_out = fans_lib.compute_fans(
             shape, self.input_axes, self.output_axes
         )
@@ -168,11 +189,19 @@ class VarianceScaling(keras.initializers.VarianceScaling):
         """Returns the standard deviation of the values drawn for `shape`."""
         fan_in, fan_out = self.fans(shape)
         fan = fans_lib.fan_for_mode(self.mode, fan_in, fan_out)
-        return math.sqrt(self.scale / fan)
+        variance = self.scale / fan
+        if variance < sys.float_info.min:
+            # `scale / fan` underflows for tiny scales; two roots do not.
+            return math.sqrt(self.scale) / math.sqrt(fan)
+        return math.sqrt(variance)
+
+    # Fans that PyTorch needs a rank >= 2 shape for (None: Keras' rule).
+    _torch_fans = None
 
     def __call__(self, shape, dtype=None):
         shape = _checks.shape(shape)
         dtype = _check_dtype(dtype)
+        sampling.check_size(shape, dtype)
         return sampling.sample(
             self.distribution,
             shape,
@@ -365,14 +394,7 @@ class _GainScaling(VarianceScaling):
         truncation=2.0,
     ):
         if callable(activation) and not isinstance(activation, str):
-            name = keras.activations.serialize(activation)
-            if not isinstance(name, str):
-                raise ValueError(
-                    "Argument `activation` must be the name of a Keras "
-                    "activation, or a registered activation function, so "
-                    f"the config can keep it. Received: {activation!r}"
-                )
-            activation = name
+            activation = _activation_name(activation)
         g = gains.gain(activation, param, method=method)
         self._activation_name = activation
         super().__init__(
@@ -489,7 +511,11 @@ def _kaiming(name, distribution, sampled):
         fan_in=None,
         fan_out=None,
     ):
-        _check_choice("mode", mode, ("fan_in", "fan_out"))
+        _checks.choice("mode", mode, ("fan_in", "fan_out"))
+        negative_slope = _checks.finite_float("negative_slope", negative_slope)
+        nonlinearity = _checks.choice(
+            "nonlinearity", nonlinearity, gains.TORCH_NAMES
+        )
         _GainScaling.__init__(
             self,
             nonlinearity,
@@ -503,8 +529,9 @@ def _kaiming(name, distribution, sampled):
             fan_in,
             fan_out,
         )
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = negative_slope
         self.nonlinearity = nonlinearity
+        self._torch_fans = (self.mode,)
 
     def get_config(self):
         return {
@@ -593,6 +620,7 @@ def _xavier(name, distribution, sampled):
             fan_out=fan_out,
         )
         self.gain = g
+        self._torch_fans = ("fan_in", "fan_out")
 
     def get_config(self):
         return {"gain": self.gain, **self._common_config()}
@@ -682,54 +710,75 @@ def register_aliases():
         custom_objects.setdefault(alias, cls)
 
 
-def _check_choice(name, value, choices):
-    if not isinstance(value, str) or value.lower() not in choices:
-        raise ValueError(
-            f"Invalid `{name}` argument: {value!r}. Expected one of {choices}."
-        )
-    return value.lower()
-
-
 def _check_fan(name, value):
     if value is None:
         return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value <= 0
-    ):
-        raise ValueError(
-            f"Argument `{name}` must be a positive integer or None. "
-            f"Received: {name}={value!r}"
-        )
-    return int(value)
+    return _checks.positive_int(name, value)
 
 
 def _check_axes(input_axes, output_axes):
     if (input_axes is None) != (output_axes is None):
         raise ValueError(
             "Arguments `input_axes` and `output_axes` must be given together. "
-            f"Received: input_axes={input_axes}, output_axes={output_axes}"
+            f"Received: input_axes={_checks._short(input_axes)}, "
+            f"output_axes={_checks._short(output_axes)}"
         )
     if input_axes is None:
         return None, None
-    checked = []
-    for name, axes in (
-        ("input_axes", input_axes),
-        ("output_axes", output_axes),
-    ):
-        if isinstance(axes, numbers.Integral):
-            axes = [axes]
-        if not all(
-            isinstance(a, numbers.Integral) and not isinstance(a, bool)
-            for a in axes
-        ):
-            raise ValueError(
-                f"Argument `{name}` must be a list of ints. "
-                f"Received: {name}={axes!r}"
-            )
-        checked.append([int(a) for a in axes])
-    return checked[0], checked[1]
+    return (
+        _checks.axes("input_axes", input_axes),
+        _checks.axes("output_axes", output_axes),
+    )
+
+
+def _check_seed(seed):
+    """Returns `seed` if Keras' RandomInitializer can use it; raises otherwise.
+
+    Keras accepts `None`, an int, a `keras.random.SeedGenerator` or its
+    serialized dict; a dict that does not deserialize to a generator (e.g.
+    `{}`) would fail only at the first call, and a bool is not a seed.
+    """
+    if seed is None or isinstance(seed, keras.random.SeedGenerator):
+        return seed
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        return int(seed)
+    if isinstance(seed, dict):
+        try:
+            revived = keras.saving.deserialize_keras_object(seed)
+        except Exception:  # Keras raises several types for a bad config
+            revived = None
+        if isinstance(revived, keras.random.SeedGenerator):
+            return seed
+    raise ValueError(
+        "`seed` argument should be an instance of "
+        "`keras.random.SeedGenerator()` or an integer. "
+        f"Received: seed={_checks._short(seed)}"
+    )
+
+
+def _activation_name(activation):
+    """The name a callable activation is saved under; raises if it has none.
+
+    Keras' own activations serialize to their name; a function registered
+    with `keras.saving.register_keras_serializable` to its registered name
+    (`"package>name"`), which `keras.saving.get_registered_object` resolves.
+    """
+    name = getattr(activation, "__name__", None)
+    if isinstance(name, str):
+        try:
+            if keras.activations.get(name) is activation:
+                return name
+        except (ValueError, TypeError):
+            pass
+    registered = keras.saving.get_registered_name(activation)
+    if keras.saving.get_registered_object(registered) is activation:
+        return registered
+    raise ValueError(
+        "Argument `activation` must be the name of a Keras activation, or a "
+        "registered activation function "
+        "(`keras.saving.register_keras_serializable`), so the config can keep "
+        f"it. Received: activation={_checks._short(activation)}"
+    )
 
 
 def _check_dtype(dtype):
