@@ -585,3 +585,101 @@ def test_rank_below_two(name, shape):
 def test_rank_below_two_with_explicit_fans(name):
     initializer = make(name, fan_in=9, fan_out=4)
     assert tuple(initializer((4,)).shape) == (4,)
+
+
+# ------------------------------------ issue 16 item 2: DeltaOrthogonal
+
+DELTA_SHAPES = [
+    (3, 4, 8),
+    (1, 6, 6),
+    (3, 3, 5, 5),
+    (5, 3, 2, 7),
+    (3, 3, 3, 2, 4),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+@pytest.mark.parametrize("gain", [1.0, 0.5])
+@pytest.mark.parametrize("shape", DELTA_SHAPES, ids=str)
+def test_delta_orthogonal_centre_is_orthogonal_rest_zero(shape, gain, dtype):
+    kernel = keras_winit.DeltaOrthogonal(gain=gain, seed=3)(shape, dtype)
+    assert tuple(kernel.shape) == shape
+    assert keras.backend.standardize_dtype(kernel.dtype) == dtype
+    kernel = to_numpy(kernel)
+    centre_index = tuple(k // 2 for k in shape[:-2])
+    centre = kernel[centre_index]
+    atol = 2e-2 if dtype == "bfloat16" else 1e-5
+    # (in, out) with in <= out: orthonormal rows, H Hᵀ = gain² I.
+    np.testing.assert_allclose(
+        centre @ centre.T, gain**2 * np.eye(shape[-2]), atol=atol
+    )
+    rest = kernel.copy()
+    rest[centre_index] = 0
+    assert not rest.any()
+
+
+def test_delta_orthogonal_conv_preserves_the_norm():
+    # 'same' padding: at every position the channels go through an
+    # isometry, so the output has exactly the input's norm (times gain).
+    layer = keras.layers.Conv2D(
+        16,
+        3,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=keras_winit.DeltaOrthogonal(gain=2.0, seed=0),
+    )
+    x = np.random.default_rng(0).normal(size=(2, 7, 7, 8)).astype("float32")
+    y = to_numpy(layer(x))
+    assert np.linalg.norm(y) == pytest.approx(2 * np.linalg.norm(x), rel=1e-5)
+
+
+def test_delta_orthogonal_seeds():
+    shape = (3, 3, 4, 4)
+    first = keras_winit.DeltaOrthogonal(seed=11)
+    a, b = to_numpy(first(shape)), to_numpy(first(shape))
+    assert not np.allclose(a, b)  # shared instance: new draw per call
+    again = keras_winit.DeltaOrthogonal(seed=11)
+    np.testing.assert_array_equal(a, to_numpy(again(shape)))
+    np.testing.assert_array_equal(b, to_numpy(again(shape)))
+    revived = keras_winit.DeltaOrthogonal.from_config(first.get_config())
+    np.testing.assert_array_equal(a, to_numpy(revived(shape)))
+    generator = keras_winit.DeltaOrthogonal(seed=keras.random.SeedGenerator(1))
+    assert not np.allclose(
+        to_numpy(generator(shape)), to_numpy(generator(shape))
+    )
+    keras.utils.set_random_seed(5)
+    c = to_numpy(keras_winit.DeltaOrthogonal()(shape))
+    keras.utils.set_random_seed(5)
+    np.testing.assert_array_equal(
+        c, to_numpy(keras_winit.DeltaOrthogonal()(shape))
+    )
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: keras_winit.DeltaOrthogonal()((4, 8)), "rank 3, 4 or 5"),
+        (lambda: keras_winit.DeltaOrthogonal()((2, 2, 2, 2, 2, 2)), "rank"),
+        (lambda: keras_winit.DeltaOrthogonal()((2, 4, 8)), "odd spatial"),
+        (lambda: keras_winit.DeltaOrthogonal()((3, 4, 4, 8)), "odd spatial"),
+        (
+            lambda: keras_winit.DeltaOrthogonal()((3, 3, 8, 4)),
+            "in_channels=8, out_channels=4",
+        ),
+        (lambda: keras_winit.DeltaOrthogonal(gain=0), "Received: gain=0"),
+        (lambda: keras_winit.DeltaOrthogonal(gain=NAN), "gain=nan"),
+        (lambda: keras_winit.DeltaOrthogonal(seed="x"), "seed='x'"),
+        (
+            lambda: keras_winit.DeltaOrthogonal()((3, 2, 2), dtype="int32"),
+            "dtype=int32",
+        ),
+    ],
+)
+def test_delta_orthogonal_rejects(call, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call()
+
+
+def test_delta_orthogonal_resolves_by_name():
+    layer = keras.layers.Conv1D(4, 3, kernel_initializer="delta_orthogonal")
+    assert isinstance(layer.kernel_initializer, keras_winit.DeltaOrthogonal)
