@@ -42,6 +42,8 @@ import random
 import sys
 
 import keras
+import ml_dtypes
+import numpy as np
 
 from keras_winit import _checks
 from keras_winit import _seeds
@@ -393,10 +395,19 @@ class _GainScaling(VarianceScaling):
         fan_in,
         fan_out,
         truncation=2.0,
+        param_name="param",
     ):
         if callable(activation) and not isinstance(activation, str):
             activation = _activation_name(activation)
-        g = gains.gain(activation, param, method=method)
+        try:
+            g = gains.gain(activation, param, method=method)
+        except ValueError as error:
+            if param_name == "param":
+                raise
+            raise ValueError(
+                f"{error} (`{param_name}` is the activation's parameter.) "
+                f"Received: {param_name}={_checks._short(param)}"
+            ) from error
         self._activation_name = activation
         super().__init__(
             scale=g * g,
@@ -529,6 +540,7 @@ def _kaiming(name, distribution, sampled):
             output_axes,
             fan_in,
             fan_out,
+            param_name="negative_slope",
         )
         self.negative_slope = negative_slope
         self.nonlinearity = nonlinearity
@@ -765,6 +777,18 @@ class DeltaOrthogonal(keras.initializers.Initializer):
                 f"out_channels={fan_out}."
             )
         sampling.check_size(shape, dtype)
+        if fan_in:
+            # The centre's entries have std gain/sqrt(out) and |.| <= gain.
+            sampling.check_range(
+                "uniform", shape, self.gain / math.sqrt(fan_out), dtype
+            )
+            if not self.gain <= float(ml_dtypes.finfo(dtype).max):
+                raise ValueError(
+                    f"The standard deviation of the centre tap for shape "
+                    f"{shape} is too large for {dtype}: `gain`={self.gain!r} "
+                    "would overflow to inf. Use a smaller `gain` or a wider "
+                    "dtype."
+                )
         seed = self._next_seed()
         if fan_in == 0:
             return keras.ops.zeros(shape, dtype=dtype)
@@ -774,7 +798,10 @@ class DeltaOrthogonal(keras.initializers.Initializer):
         )
         q, r = keras.ops.qr(a)  # q: (out, in), orthonormal columns
         q = q * keras.ops.sign(keras.ops.diagonal(r))
-        centre = keras.ops.transpose(q) * self.gain  # (in, out), H Hᵀ = I
+        # (in, out), H Hᵀ = I; the gain as a tensor of the compute dtype
+        # (torch would round a Python float to float32).
+        gain = keras.ops.convert_to_tensor(np.asarray(self.gain, compute_dtype))
+        centre = keras.ops.transpose(q) * gain
         centre = keras.ops.reshape(centre, (1,) * len(spatial) + centre.shape)
         pads = [(k // 2, k // 2) for k in spatial] + [(0, 0), (0, 0)]
         kernel = keras.ops.pad(centre, pads)
@@ -897,7 +924,15 @@ def _activation_name(activation):
 
 
 def _check_dtype(dtype):
-    dtype = keras.backend.standardize_dtype(dtype or keras.backend.floatx())
+    try:
+        dtype = keras.backend.standardize_dtype(
+            keras.backend.floatx() if dtype is None else dtype
+        )
+    except Exception as error:  # backends raise several types
+        raise ValueError(
+            f"Invalid `dtype` argument: {_checks._short(dtype)}. Expected "
+            f"one of {_FLOAT_DTYPES}. Received: dtype={_checks._short(dtype)}"
+        ) from error
     if dtype not in _FLOAT_DTYPES:
         raise ValueError(
             "keras_winit initializers draw floating-point values only. "

@@ -167,7 +167,7 @@ def sample(distribution, shape, stddev, dtype, seed, truncation=2.0):
     check_size(shape, dtype)
     count = math.prod(shape)
     if count:
-        _check_range(distribution, shape, stddev, dtype, truncation)
+        check_range(distribution, shape, stddev, dtype, truncation)
     draw = _chunk_sampler(distribution, stddev, dtype, truncation)
     sizes = _chunk_sizes(
         count,
@@ -199,7 +199,7 @@ def _largest_bound(distribution, stddev, truncation, compute_dtype):
     return max(k, math.sqrt(2.0)) * sigma
 
 
-def _check_range(distribution, shape, stddev, dtype, truncation):
+def check_range(distribution, shape, stddev, dtype, truncation=2.0):
     """Raises unless std and bound are normal, finite numbers of `dtype`."""
     info = ml_dtypes.finfo(dtype)
     if not stddev >= float(info.tiny):
@@ -254,7 +254,12 @@ def _chunk_sampler(distribution, stddev, dtype, truncation):
             )
             if half:
                 x = keras.ops.cast(
-                    keras.ops.clip(x, -out_limit, out_limit), dtype
+                    keras.ops.clip(
+                        x,
+                        _scalar(-out_limit, compute_dtype),
+                        _scalar(out_limit, compute_dtype),
+                    ),
+                    dtype,
                 )
             return x
 
@@ -277,9 +282,15 @@ def _chunk_sampler(distribution, stddev, dtype, truncation):
         )
         x = keras.ops.erfinv(v)
         del v
-        x = keras.ops.multiply(x, scale)
+        # Scalars as tensors of the compute dtype: the torch backend turns
+        # a Python float into float32 (1e150 -> inf) before a float64 op.
+        x = keras.ops.multiply(x, _scalar(scale, compute_dtype))
         if clip:
-            x = keras.ops.clip(x, -out_limit, out_limit)
+            x = keras.ops.clip(
+                x,
+                _scalar(-out_limit, compute_dtype),
+                _scalar(out_limit, compute_dtype),
+            )
         return keras.ops.cast(x, dtype) if half else x
 
     return draw
@@ -300,6 +311,11 @@ def _chunk_seeds(seed, count):
         return [seed] + [_seeds.mix(seed, i) for i in range(1, count)]
     # A SeedGenerator advances on every draw; None uses Keras' global one.
     return [seed] * count
+
+
+def _scalar(value, dtype):
+    """`value` as a 0-d tensor of `dtype`."""
+    return keras.ops.convert_to_tensor(np.asarray(value, dtype=dtype))
 
 
 def _inner_limit(limit, dtype):
