@@ -102,7 +102,7 @@ class OutputTooLargeError(ValueError, MemoryError):
     """
 
 
-def max_output_bytes():
+def max_output_bytes() -> int:
     """Returns the largest output `sample` draws, in bytes.
 
     `MAX_OUTPUT_BYTES` if set, else the machine's physical memory (a draw
@@ -117,7 +117,7 @@ def max_output_bytes():
         return 2**63 - 1
 
 
-def check_size(shape, dtype):
+def check_size(shape: tuple[int, ...], dtype: str) -> None:
     """Raises `OutputTooLargeError` unless `shape` fits `max_output_bytes()`.
 
     Called before anything is allocated.
@@ -199,8 +199,25 @@ def _largest_bound(distribution, stddev, truncation, compute_dtype):
     return max(k, math.sqrt(2.0)) * sigma
 
 
-def check_range(distribution, shape, stddev, dtype, truncation=2.0):
-    """Raises unless std and bound are normal, finite numbers of `dtype`."""
+def check_range(
+    distribution: str,
+    shape: tuple[int, ...],
+    stddev: float,
+    dtype: str,
+    truncation: float = 2.0,
+) -> None:
+    """Raises unless std and bound are normal, finite numbers of `dtype`.
+
+    The values would otherwise silently underflow to zeros or overflow to
+    inf. Called by `sample` before anything is drawn.
+
+    Args:
+        distribution: One of `DISTRIBUTIONS`.
+        shape: The shape drawn (for the message).
+        stddev: The std of the samples.
+        dtype: The output dtype.
+        truncation: Bound `k` of the truncated normal.
+    """
     info = ml_dtypes.finfo(dtype)
     if not stddev >= float(info.tiny):
         raise ValueError(
