@@ -3,12 +3,19 @@
 At depth 128 a plain tanh CNN (no normalization, no skips) trained for two
 epochs stays at chance from Glorot's and He's kernels and trains from
 delta-orthogonal ones (Xiao et al. 2018).
+
+Skipped on PyTorch for time only: Keras' torch backend runs the 128-layer
+eager steps at ~3 s each on a CPU (the fast mode took 273 s of CPU there
+against ~22 s on JAX and ~45 s on TensorFlow, measured side by side on the
+shared 2-core machine). It passes there too (one run, 1 passed): delete
+the mark to check it again.
 """
 
 import importlib.util
 import math
 import os
 
+import keras
 import pytest
 
 TUTORIALS = os.path.join(
@@ -32,6 +39,11 @@ def check_delta_orthogonal(n):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    keras.backend.backend() == "torch",
+    reason="~270 s of CPU on Keras' torch backend (128 eager layers); "
+    "passes there, skipped for the CI time budget",
+)
 def test_fast_mode_shows_the_claim(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(TUTORIALS)
     spec = importlib.util.spec_from_file_location(
