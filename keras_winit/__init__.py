@@ -5,9 +5,10 @@ Public API:
 - Initializers (registered as `"keras_winit>Name"`): `VarianceScaling`,
   `GlorotNormal`, `GlorotUniform`, `HeNormal`, `HeUniform`, `LecunNormal`,
   `LecunUniform`, `XavierNormal`, `XavierUniform`, `KaimingNormal`,
-  `KaimingUniform`, `ActivationScaling`. The names `"xavier_normal"`,
-  `"xavier_uniform"`, `"kaiming_normal"` and `"kaiming_uniform"` resolve
-  through `keras.initializers.get` once keras_winit is imported.
+  `KaimingUniform`, `ActivationScaling`, `DeltaOrthogonal`. The names
+  `"xavier_normal"`, `"xavier_uniform"`, `"kaiming_normal"`,
+  `"kaiming_uniform"` and `"delta_orthogonal"` resolve through
+  `keras.initializers.get` once keras_winit is imported.
 - Gains: `gain`, `truncated_normal_std`.
 - Fans: `compute_fans`; layer layouts: `compute_layout_fans`.
 - Layer-aware re-initialization of a built model: `initialize` (returns an
@@ -33,6 +34,7 @@ from keras_winit.fans import compute_fans
 from keras_winit.gains import gain
 from keras_winit.gains import truncated_normal_std
 from keras_winit.initializers import ActivationScaling
+from keras_winit.initializers import DeltaOrthogonal
 from keras_winit.initializers import GlorotNormal
 from keras_winit.initializers import GlorotUniform
 from keras_winit.initializers import HeNormal
@@ -60,6 +62,7 @@ initializers.register_aliases()
 __all__ = [
     "ActivationHistogramLogger",
     "ActivationScaling",
+    "DeltaOrthogonal",
     "Diagnosis",
     "Flag",
     "GlorotNormal",

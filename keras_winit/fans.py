@@ -19,6 +19,8 @@ the fans are the products of the sizes along those axes.
 
 import math
 
+from keras_winit import _checks
+
 #: Modes understood by `fan_for_mode`, in the order they are documented.
 MODES = ("fan_in", "fan_out", "fan_avg", "fan_geo_avg")
 
@@ -30,7 +32,8 @@ def compute_fans(shape, input_axes=None, output_axes=None):
     initializers draw with the variance users expect from Keras.
 
     Args:
-        shape: Sequence of non-negative ints, the weight's shape.
+        shape: Sequence of non-negative ints, the weight's shape (a
+            `ValueError` names it otherwise).
         input_axes: Optional sequence of ints, the axes that index input
             units. Must be given together with `output_axes`.
         output_axes: Optional sequence of ints, the axes that index output
@@ -49,13 +52,16 @@ def compute_fans(shape, input_axes=None, output_axes=None):
     ...     (16, 4, 8), input_axes=[0], output_axes=[1, 2])
     (16, 32)
     """
-    shape = tuple(int(d) for d in shape)
+    shape = _checks.shape(shape)
     if (input_axes is None) != (output_axes is None):
         raise ValueError(
             "`input_axes` and `output_axes` must be given together. "
-            f"Received: input_axes={input_axes}, output_axes={output_axes}"
+            f"Received: input_axes={_checks._short(input_axes)}, "
+            f"output_axes={_checks._short(output_axes)}"
         )
     if input_axes is not None:
+        input_axes = _checks.axes("input_axes", input_axes)
+        output_axes = _checks.axes("output_axes", output_axes)
         return (
             _product_over(shape, input_axes, "input_axes"),
             _product_over(shape, output_axes, "output_axes"),
@@ -82,19 +88,26 @@ def fan_for_mode(mode, fan_in, fan_out):
     Returns:
         A float, never below 1 (as in Keras, so zero-size shapes work).
     """
-    if mode == "fan_in":
-        fan = fan_in
-    elif mode == "fan_out":
-        fan = fan_out
-    elif mode == "fan_avg":
-        fan = (fan_in + fan_out) / 2.0
-    elif mode == "fan_geo_avg":
-        fan = math.sqrt(fan_in * fan_out)
-    else:
+    if mode not in MODES:
         raise ValueError(
-            f"Invalid `mode` argument: {mode!r}. Expected one of {MODES}."
+            f"Invalid `mode` argument: {_checks._short(mode)}. "
+            f"Expected one of {MODES}."
         )
-    return max(1.0, float(fan))
+    try:
+        if mode == "fan_in":
+            fan = fan_in
+        elif mode == "fan_out":
+            fan = fan_out
+        elif mode == "fan_avg":
+            fan = (fan_in + fan_out) / 2.0
+        else:
+            fan = math.sqrt(fan_in * fan_out)
+        return max(1.0, float(fan))
+    except OverflowError:
+        raise ValueError(
+            f"The {mode} of fan_in={fan_in}, fan_out={fan_out} is too large "
+            "for a float."
+        ) from None
 
 
 def _product_over(shape, axes, name):

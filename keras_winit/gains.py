@@ -33,7 +33,6 @@ References:
 
 import functools
 import math
-import numbers
 
 import numpy as np
 
@@ -53,7 +52,8 @@ _TORCH_UNIT_GAIN = (
     "conv_transpose3d",
     "sigmoid",
 )
-_TORCH_NAMES = _TORCH_UNIT_GAIN + ("tanh", "relu", "leaky_relu", "selu")
+#: The names PyTorch's `calculate_gain` knows (`gain(..., method="torch")`).
+TORCH_NAMES = _TORCH_UNIT_GAIN + ("tanh", "relu", "leaky_relu", "selu")
 # PyTorch's default negative slope when `param` is None.
 _TORCH_DEFAULT_SLOPE = 0.01
 
@@ -86,7 +86,8 @@ def truncated_normal_std(bound):
             deviations of the underlying normal.
 
     Returns:
-        A float in `(0, 1)`.
+        A float in `(0, 1]` (1.0 once the mass beyond `±k` is below
+        float64 precision, k ≳ 38).
 
     Example:
 
@@ -142,20 +143,40 @@ def gain(activation, param=None, method="torch"):
     """
     if method not in GAIN_METHODS:
         raise ValueError(
-            f"Invalid `method` argument: {method!r}. "
+            f"Invalid `method` argument: {_checks._short(method)}. "
             f"Expected one of {GAIN_METHODS}."
         )
     if param is not None:
         _check_param(param)
         param = float(param)
     if method == "torch":
-        return _torch_gain(activation, param)
-    # Resolve names to functions (and validate) before caching on them.
-    key = activation if isinstance(activation, str) else None
-    fn = _resolve_activation(activation, param)
-    if method == "kumar":
-        return _kumar_gain_cached(key, param, fn)
-    return 1.0 / math.sqrt(_second_moment_cached(key, param, fn))
+        g = _torch_gain(activation, param)
+    else:
+        # Resolve names to functions (and validate) before caching on them.
+        key = activation if isinstance(activation, str) else None
+        fn = _resolve_activation(activation, param)
+        try:
+            if method == "kumar":
+                g = _kumar_gain_cached(key, param, fn)
+            else:
+                g = 1.0 / math.sqrt(_second_moment_cached(key, param, fn))
+        except ValueError as error:
+            if param is None:
+                raise
+            # A parameter out of any sensible range (e.g. alpha=1e300).
+            raise ValueError(
+                f"{error} Received: activation={_checks._short(activation)}, "
+                f"param={_checks._short(param)}"
+            ) from error
+    if not (0 < g * g < math.inf):
+        # e.g. leaky_relu with slope 1e300: the gain underflows to 0.
+        raise ValueError(
+            f"The gain of activation={_checks._short(activation)} with "
+            f"param={_checks._short(param)} is {g!r}; its square (the "
+            "variance scale) is not a positive finite float. Received: "
+            f"param={_checks._short(param)}"
+        )
+    return g
 
 
 def second_moment(activation, param=None):
@@ -182,10 +203,10 @@ def second_moment(activation, param=None):
 
 
 def _torch_gain(activation, param):
-    if not isinstance(activation, str) or activation not in _TORCH_NAMES:
+    if not isinstance(activation, str) or activation not in TORCH_NAMES:
         raise ValueError(
             "Invalid `activation` argument for method='torch': "
-            f"{activation!r}. Expected one of {_TORCH_NAMES}; use "
+            f"{_checks._short(activation)}. Expected one of {TORCH_NAMES}; use "
             "method='moment' or method='kumar' for any Keras activation."
         )
     if activation in _TORCH_UNIT_GAIN:
@@ -196,19 +217,21 @@ def _torch_gain(activation, param):
         return math.sqrt(2.0)
     if activation == "leaky_relu":
         slope = _TORCH_DEFAULT_SLOPE if param is None else param
-        return math.sqrt(2.0 / (1 + slope**2))
+        return math.sqrt(2.0 / (1 + slope * slope))  # no OverflowError
     return 3.0 / 4  # selu
 
 
 def _check_param(param):
-    if isinstance(param, bool) or not isinstance(param, numbers.Real):
+    number = _checks._real(param)
+    if number is None:
         raise ValueError(
             "Argument `param` (the activation's parameter, e.g. the negative "
-            f"slope) must be a number. Received: param={param!r}"
+            f"slope) must be a number. Received: param={_checks._short(param)}"
         )
-    if not math.isfinite(param):
+    if not math.isfinite(number):
         raise ValueError(
-            f"Argument `param` must be finite. Received: param={param!r}"
+            "Argument `param` must be finite. "
+            f"Received: param={_checks._short(param)}"
         )
 
 
@@ -220,7 +243,10 @@ def _resolve_activation(activation, param):
         try:
             fn = keras.activations.get(activation)
         except (ValueError, TypeError):
-            fn = None
+            # A function registered with register_keras_serializable,
+            # by its "package>name".
+            fn = keras.saving.get_registered_object(activation)
+            fn = fn if callable(fn) else None
         if fn is None:
             raise ValueError(
                 f"Unknown `activation`: {activation!r}. Expected the name of "
@@ -242,7 +268,7 @@ def _resolve_activation(activation, param):
     else:
         raise ValueError(
             "Argument `activation` must be a string or a callable. "
-            f"Received: activation={activation!r}"
+            f"Received: activation={_checks._short(activation)}"
         )
 
     def numpy_fn(z):
@@ -295,12 +321,20 @@ def _cached_by_name(compute):
 def _second_moment_cached(fn):
     z, w = _quadrature()
     values = fn(z)
+    with np.errstate(over="ignore"):  # an infinite moment is caught below
+        squares = values * values
     if not np.all(np.isfinite(values)):
         raise ValueError(
             "The activation is not finite on the standard normal's support; "
             "its second moment is undefined."
         )
-    moment = float(np.dot(w, values * values))
+    with np.errstate(over="ignore", invalid="ignore"):
+        moment = float(np.dot(w, squares))
+    if not math.isfinite(moment):
+        raise ValueError(
+            "The activation's second moment on N(0, 1) overflows; no gain "
+            "can be computed for it."
+        )
     if moment <= 0:
         raise ValueError(
             "The activation is zero almost everywhere on N(0, 1); no gain "

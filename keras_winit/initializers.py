@@ -38,8 +38,12 @@ References:
 
 import math
 import numbers
+import random
+import sys
 
 import keras
+import ml_dtypes
+import numpy as np
 
 from keras_winit import _checks
 from keras_winit import _seeds
@@ -128,26 +132,31 @@ class VarianceScaling(keras.initializers.VarianceScaling):
         fan_out=None,
     ):
         self.scale = _checks.positive_float("scale", scale)
-        self.mode = _check_choice("mode", mode, fans_lib.MODES)
-        distribution = _check_choice(
-            "distribution",
-            _DISTRIBUTION_ALIASES.get(
-                distribution.lower()
-                if isinstance(distribution, str)
-                else distribution,
-                distribution,
-            ),
-            sampling.DISTRIBUTIONS,
+        self.mode = _checks.choice("mode", mode, fans_lib.MODES)
+        if isinstance(distribution, str):
+            distribution = _DISTRIBUTION_ALIASES.get(
+                distribution.lower(), distribution
+            )
+        self.distribution = _checks.choice(
+            "distribution", distribution, sampling.DISTRIBUTIONS
         )
-        self.distribution = distribution
         self.truncation = _checks.positive_float("truncation", truncation)
         self.fan_in = _check_fan("fan_in", fan_in)
         self.fan_out = _check_fan("fan_out", fan_out)
-        self.input_axes, self.output_axes = _check_axes(input_axes, output_axes)
-        # Keras' RandomInitializer: validates `seed`, keeps `_init_seed`
-        # for the config and a concrete `seed` for drawing. Keras'
-        # VarianceScaling.__init__ is skipped: its checks are redone above.
-        super(keras.initializers.VarianceScaling, self).__init__(seed=seed)
+        input_axes, output_axes = _check_axes(input_axes, output_axes)
+        seed = _check_seed(seed)
+        # Keras' VarianceScaling (and its RandomInitializer) with the values
+        # checked above: it keeps `_init_seed` for the config and a concrete
+        # `seed` for drawing. Its `mode` check predates "fan_geo_avg".
+        super().__init__(
+            scale=self.scale,
+            mode="fan_avg" if self.mode == "fan_geo_avg" else self.mode,
+            distribution=self.distribution,
+            seed=seed,
+            input_axes=input_axes,
+            output_axes=output_axes,
+        )
+        self.mode = _checks.choice("mode", mode, fans_lib.MODES)
         self._draws = 0
 
     def fans(self, shape):
@@ -155,6 +164,21 @@ class VarianceScaling(keras.initializers.VarianceScaling):
 
         The overrides `fan_in`/`fan_out` win over what the shape implies.
         """
+        shape = _checks.shape(shape)
+        if (
+            self._torch_fans is not None
+            and len(shape) < 2
+            and self.input_axes is None
+            and not all(getattr(self, n) is not None for n in self._torch_fans)
+        ):
+            # torch.nn.init._calculate_fan_in_and_fan_out's error.
+            raise ValueError(
+                "Fan in and fan out can not be computed for tensor with "
+                f"fewer than 2 dimensions. Received: shape={shape} (as "
+                f"`torch.nn.init`; pass {' and '.join(self._torch_fans)} to "
+                "set them, or use the Keras-named classes, which follow "
+                "Keras' fans for such shapes)"
+            )
         fan_in, fan_out = fans_lib.compute_fans(
             shape, self.input_axes, self.output_axes
         )
@@ -168,11 +192,19 @@ class VarianceScaling(keras.initializers.VarianceScaling):
         """Returns the standard deviation of the values drawn for `shape`."""
         fan_in, fan_out = self.fans(shape)
         fan = fans_lib.fan_for_mode(self.mode, fan_in, fan_out)
-        return math.sqrt(self.scale / fan)
+        variance = self.scale / fan
+        if variance < sys.float_info.min:
+            # `scale / fan` underflows for tiny scales; two roots do not.
+            return math.sqrt(self.scale) / math.sqrt(fan)
+        return math.sqrt(variance)
+
+    # Fans that PyTorch needs a rank >= 2 shape for (None: Keras' rule).
+    _torch_fans = None
 
     def __call__(self, shape, dtype=None):
         shape = _checks.shape(shape)
         dtype = _check_dtype(dtype)
+        sampling.check_size(shape, dtype)
         return sampling.sample(
             self.distribution,
             shape,
@@ -363,17 +395,19 @@ class _GainScaling(VarianceScaling):
         fan_in,
         fan_out,
         truncation=2.0,
+        param_name="param",
     ):
         if callable(activation) and not isinstance(activation, str):
-            name = keras.activations.serialize(activation)
-            if not isinstance(name, str):
-                raise ValueError(
-                    "Argument `activation` must be the name of a Keras "
-                    "activation, or a registered activation function, so "
-                    f"the config can keep it. Received: {activation!r}"
-                )
-            activation = name
-        g = gains.gain(activation, param, method=method)
+            activation = _activation_name(activation)
+        try:
+            g = gains.gain(activation, param, method=method)
+        except ValueError as error:
+            if param_name == "param":
+                raise
+            raise ValueError(
+                f"{error} (`{param_name}` is the activation's parameter.) "
+                f"Received: {param_name}={_checks._short(param)}"
+            ) from error
         self._activation_name = activation
         super().__init__(
             scale=g * g,
@@ -489,7 +523,11 @@ def _kaiming(name, distribution, sampled):
         fan_in=None,
         fan_out=None,
     ):
-        _check_choice("mode", mode, ("fan_in", "fan_out"))
+        _checks.choice("mode", mode, ("fan_in", "fan_out"))
+        negative_slope = _checks.finite_float("negative_slope", negative_slope)
+        nonlinearity = _checks.choice(
+            "nonlinearity", nonlinearity, gains.TORCH_NAMES
+        )
         _GainScaling.__init__(
             self,
             nonlinearity,
@@ -502,9 +540,11 @@ def _kaiming(name, distribution, sampled):
             output_axes,
             fan_in,
             fan_out,
+            param_name="negative_slope",
         )
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = negative_slope
         self.nonlinearity = nonlinearity
+        self._torch_fans = (self.mode,)
 
     def get_config(self):
         return {
@@ -593,6 +633,7 @@ def _xavier(name, distribution, sampled):
             fan_out=fan_out,
         )
         self.gain = g
+        self._torch_fans = ("fan_in", "fan_out")
 
     def get_config(self):
         return {"gain": self.gain, **self._common_config()}
@@ -649,7 +690,132 @@ XavierUniform = _xavier(
     "`U(-b, b)` with `b = gain * sqrt(6 / (fan_in + fan_out))`",
 )
 
-#: Every initializer class keras_winit defines, by class name.
+
+@_register
+class DeltaOrthogonal(keras.initializers.Initializer):
+    """Delta-orthogonal convolution kernels (Xiao et al., 2018).
+
+    For a kernel of shape `(*spatial, in_channels, out_channels)` (Conv1D,
+    Conv2D, Conv3D; odd spatial sizes; `in_channels <= out_channels`), the
+    centre tap is `gain · H`, where `H` is a random `(in, out)` matrix with
+    orthonormal rows (`H Hᵀ = I`, drawn from the Haar measure by a QR
+    decomposition with the signs of `R`'s diagonal fixed), and every other
+    tap is zero. The convolution then starts as a norm-preserving map of
+    the channels at each position (times `gain`), which is what lets
+    vanilla tanh CNNs of thousands of layers train (dynamical isometry).
+
+    Differences from `jax.nn.initializers.delta_orthogonal(scale)`: even
+    spatial sizes are rejected (JAX puts the matrix at `(k - 1) // 2`,
+    which is off-centre and shifts the feature map by half a pixel per
+    layer); the layout is Keras' (`column_axis=-1` in JAX); the seeds
+    follow keras_winit's stream rule (see `keras_winit.VarianceScaling`);
+    `gain` must be positive and finite.
+
+    Examples:
+
+    >>> # Standalone usage:
+    >>> initializer = keras_winit.DeltaOrthogonal(gain=1.0, seed=0)
+    >>> kernel = keras.ops.convert_to_numpy(initializer((3, 3, 4, 8)))
+    >>> centre = kernel[1, 1]
+    >>> bool(np.allclose(centre @ centre.T, np.eye(4), atol=1e-5))
+    True
+    >>> float(np.abs(kernel).sum() - np.abs(centre).sum())
+    0.0
+
+    >>> # Usage in a Keras layer:
+    >>> layer = keras.layers.Conv2D(
+    ...     16, 3, padding="same", activation="tanh",
+    ...     kernel_initializer=keras_winit.DeltaOrthogonal(seed=1))
+
+    Args:
+        gain: Positive finite float multiplying the orthogonal matrix.
+        seed: An int, a `keras.random.SeedGenerator`, or `None`.
+
+    Reference:
+        - [Xiao et al., 2018, "Dynamical Isometry and a Mean Field Theory
+          of CNNs: How to Train 10,000-Layer Vanilla Convolutional Neural
+          Networks"](https://arxiv.org/abs/1806.05393)
+    """
+
+    def __init__(self, gain=1.0, seed=None):
+        self.gain = _checks.positive_float("gain", gain)
+        seed = _check_seed(seed)
+        self._init_seed = seed
+        if seed is None:
+            # As Keras' RandomInitializer (python's `random`, which
+            # `keras.utils.set_random_seed` seeds).
+            seed = random.randint(1, 10**9)
+        elif isinstance(seed, dict):
+            seed = keras.saving.deserialize_keras_object(seed)
+        self.seed = seed
+        self._draws = 0
+
+    _next_seed = VarianceScaling._next_seed
+
+    def __call__(self, shape, dtype=None):
+        shape = _checks.shape(shape)
+        dtype = _check_dtype(dtype)
+        if len(shape) not in (3, 4, 5):
+            raise ValueError(
+                "DeltaOrthogonal initializes Conv1D/2D/3D kernels, of rank 3, "
+                "4 or 5 `(*spatial, in_channels, out_channels)`. "
+                f"Received: shape={shape} of rank {len(shape)}."
+            )
+        *spatial, fan_in, fan_out = shape
+        if any(k % 2 == 0 for k in spatial):
+            raise ValueError(
+                "DeltaOrthogonal needs odd spatial kernel sizes, so that the "
+                "kernel has a centre tap. "
+                f"Received: shape={shape}, spatial sizes {tuple(spatial)}."
+            )
+        if fan_in > fan_out:
+            raise ValueError(
+                "DeltaOrthogonal needs in_channels <= out_channels (shape[-2] "
+                "<= shape[-1]), as in Xiao et al. (2018): only then is the "
+                "centre tap an isometry, H Hᵀ = I. "
+                f"Received: shape={shape}, in_channels={fan_in}, "
+                f"out_channels={fan_out}."
+            )
+        sampling.check_size(shape, dtype)
+        if fan_in:
+            # The centre's entries have std gain/sqrt(out) and |.| <= gain.
+            sampling.check_range(
+                "uniform", shape, self.gain / math.sqrt(fan_out), dtype
+            )
+            if not self.gain <= float(ml_dtypes.finfo(dtype).max):
+                raise ValueError(
+                    f"The standard deviation of the centre tap for shape "
+                    f"{shape} is too large for {dtype}: `gain`={self.gain!r} "
+                    "would overflow to inf. Use a smaller `gain` or a wider "
+                    "dtype."
+                )
+        seed = self._next_seed()
+        if fan_in == 0:
+            return keras.ops.zeros(shape, dtype=dtype)
+        compute_dtype = "float64" if dtype == "float64" else "float32"
+        a = keras.random.normal(
+            (fan_out, fan_in), dtype=compute_dtype, seed=seed
+        )
+        q, r = keras.ops.qr(a)  # q: (out, in), orthonormal columns
+        q = q * keras.ops.sign(keras.ops.diagonal(r))
+        # (in, out), H Hᵀ = I; the gain as a tensor of the compute dtype
+        # (torch would round a Python float to float32).
+        gain = keras.ops.convert_to_tensor(np.asarray(self.gain, compute_dtype))
+        centre = keras.ops.transpose(q) * gain
+        centre = keras.ops.reshape(centre, (1,) * len(spatial) + centre.shape)
+        pads = [(k // 2, k // 2) for k in spatial] + [(0, 0), (0, 0)]
+        kernel = keras.ops.pad(centre, pads)
+        return keras.ops.cast(kernel, dtype)
+
+    def get_config(self):
+        return {
+            "gain": self.gain,
+            "seed": keras.saving.serialize_keras_object(self._init_seed),
+        }
+
+
+#: Every variance-scaling initializer class keras_winit defines (any
+#: weight shape).
 ALL_INITIALIZERS = (
     VarianceScaling,
     GlorotNormal,
@@ -665,6 +831,9 @@ ALL_INITIALIZERS = (
     ActivationScaling,
 )
 
+#: The initializers for convolution kernels only (rank 3 to 5).
+CONV_INITIALIZERS = (DeltaOrthogonal,)
+
 # Snake-case names users bring from PyTorch and the papers, resolvable with
 # `keras.initializers.get(...)` and usable as `kernel_initializer="..."`.
 ALIASES = {
@@ -672,6 +841,7 @@ ALIASES = {
     "xavier_uniform": XavierUniform,
     "kaiming_normal": KaimingNormal,
     "kaiming_uniform": KaimingUniform,
+    "delta_orthogonal": DeltaOrthogonal,
 }
 
 
@@ -682,58 +852,87 @@ def register_aliases():
         custom_objects.setdefault(alias, cls)
 
 
-def _check_choice(name, value, choices):
-    if not isinstance(value, str) or value.lower() not in choices:
-        raise ValueError(
-            f"Invalid `{name}` argument: {value!r}. Expected one of {choices}."
-        )
-    return value.lower()
-
-
 def _check_fan(name, value):
     if value is None:
         return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value <= 0
-    ):
-        raise ValueError(
-            f"Argument `{name}` must be a positive integer or None. "
-            f"Received: {name}={value!r}"
-        )
-    return int(value)
+    return _checks.positive_int(name, value)
 
 
 def _check_axes(input_axes, output_axes):
     if (input_axes is None) != (output_axes is None):
         raise ValueError(
             "Arguments `input_axes` and `output_axes` must be given together. "
-            f"Received: input_axes={input_axes}, output_axes={output_axes}"
+            f"Received: input_axes={_checks._short(input_axes)}, "
+            f"output_axes={_checks._short(output_axes)}"
         )
     if input_axes is None:
         return None, None
-    checked = []
-    for name, axes in (
-        ("input_axes", input_axes),
-        ("output_axes", output_axes),
-    ):
-        if isinstance(axes, numbers.Integral):
-            axes = [axes]
-        if not all(
-            isinstance(a, numbers.Integral) and not isinstance(a, bool)
-            for a in axes
-        ):
-            raise ValueError(
-                f"Argument `{name}` must be a list of ints. "
-                f"Received: {name}={axes!r}"
-            )
-        checked.append([int(a) for a in axes])
-    return checked[0], checked[1]
+    return (
+        _checks.axes("input_axes", input_axes),
+        _checks.axes("output_axes", output_axes),
+    )
+
+
+def _check_seed(seed):
+    """Returns `seed` if Keras' RandomInitializer can use it; raises otherwise.
+
+    Keras accepts `None`, an int, a `keras.random.SeedGenerator` or its
+    serialized dict; a dict that does not deserialize to a generator (e.g.
+    `{}`) would fail only at the first call, and a bool is not a seed.
+    """
+    if seed is None or isinstance(seed, keras.random.SeedGenerator):
+        return seed
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        return int(seed)
+    if isinstance(seed, dict):
+        try:
+            revived = keras.saving.deserialize_keras_object(seed)
+        except Exception:  # Keras raises several types for a bad config
+            revived = None
+        if isinstance(revived, keras.random.SeedGenerator):
+            return seed
+    raise ValueError(
+        "`seed` argument should be an instance of "
+        "`keras.random.SeedGenerator()` or an integer. "
+        f"Received: seed={_checks._short(seed)}"
+    )
+
+
+def _activation_name(activation):
+    """The name a callable activation is saved under; raises if it has none.
+
+    Keras' own activations serialize to their name; a function registered
+    with `keras.saving.register_keras_serializable` to its registered name
+    (`"package>name"`), which `keras.saving.get_registered_object` resolves.
+    """
+    name = getattr(activation, "__name__", None)
+    if isinstance(name, str):
+        try:
+            if keras.activations.get(name) is activation:
+                return name
+        except (ValueError, TypeError):
+            pass
+    registered = keras.saving.get_registered_name(activation)
+    if keras.saving.get_registered_object(registered) is activation:
+        return registered
+    raise ValueError(
+        "Argument `activation` must be the name of a Keras activation, or a "
+        "registered activation function "
+        "(`keras.saving.register_keras_serializable`), so the config can keep "
+        f"it. Received: activation={_checks._short(activation)}"
+    )
 
 
 def _check_dtype(dtype):
-    dtype = keras.backend.standardize_dtype(dtype or keras.backend.floatx())
+    try:
+        dtype = keras.backend.standardize_dtype(
+            keras.backend.floatx() if dtype is None else dtype
+        )
+    except Exception as error:  # backends raise several types
+        raise ValueError(
+            f"Invalid `dtype` argument: {_checks._short(dtype)}. Expected "
+            f"one of {_FLOAT_DTYPES}. Received: dtype={_checks._short(dtype)}"
+        ) from error
     if dtype not in _FLOAT_DTYPES:
         raise ValueError(
             "keras_winit initializers draw floating-point values only. "

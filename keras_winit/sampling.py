@@ -40,12 +40,31 @@ on CPU and keeps the peak memory near twice the output (the chunks plus
 the concatenated result). With an int seed, chunk `i > 0` draws from a
 seed derived from `(seed, i)`, so results depend only on the seed and the
 shape.
+
+Before anything is drawn, `sample` checks what it was asked for:
+
+- **Size.** The output's bytes are compared with `max_output_bytes()` (the
+  machine's physical memory unless `MAX_OUTPUT_BYTES` says otherwise); a
+  larger request raises `OutputTooLargeError` (a `ValueError` and a
+  `MemoryError`) naming the full shape and the bytes, at once: nothing
+  is allocated first.
+- **Range.** The standard deviation must be a normal number of the output
+  dtype and the bound (`±L`, `±kσ`) must fit in it; otherwise the values
+  would silently underflow to zeros or overflow to inf, and a
+  `ValueError` names the std, the dtype and the shape instead.
+- **Tiny and huge truncation bounds.** For `k` with `k²/2` below the
+  compute dtype's epsilon, the truncated normal's density is flat on
+  `[-kσ, kσ]` to that precision: it *is* the uniform with the same std,
+  `U(±√3·std)` (inside `±kσ`), and is drawn as such (the inverse CDF of a
+  tiny interval underflows in float32). Above `k = 40` the truncated
+  normal is the normal to float64 precision, and `k` is treated as 40.
 """
 
 import math
+import os
 
 import keras
-import ml_dtypes  # noqa: F401  (registers bfloat16 with NumPy)
+import ml_dtypes  # also registers bfloat16 with NumPy
 import numpy as np
 
 from keras_winit import _seeds
@@ -63,9 +82,66 @@ _CHUNK_MIN = 2**17
 _MIN_CHUNKS = {"full": 4, "half": 8}
 # Relative shrink of the truncated normal's edge (see the module docstring).
 _EDGE_MARGIN = {"float32": 2.0**-18, "float64": 2.0**-40}
+# Above this truncation bound, erf(k/√2) == 1 in float64: the truncated
+# normal is the untruncated one to the last bit.
+_NO_TRUNCATION = 40.0
 # Truncation bounds for which the backend's float32/float64 `erfinv` was
 # checked to stay within `_EDGE_MARGIN`, so the clip can be skipped.
 _UNCLIPPED_BOUNDS = {"tensorflow": (0.25, 2.5)}
+
+#: Largest output, in bytes, that `sample` draws; `None` means the
+#: machine's physical memory (see `max_output_bytes`).
+MAX_OUTPUT_BYTES = None
+
+
+class OutputTooLargeError(ValueError, MemoryError):
+    """A requested tensor is larger than `max_output_bytes()`.
+
+    Both a `ValueError` (the argument `shape` is unusable here) and a
+    `MemoryError` (what NumPy and the backends raise for the same cause).
+    """
+
+
+def max_output_bytes() -> int:
+    """Returns the largest output `sample` draws, in bytes.
+
+    `MAX_OUTPUT_BYTES` if set, else the machine's physical memory (a draw
+    needs up to about twice its output: the chunks and the concatenation),
+    else `2**63 - 1`.
+    """
+    if MAX_OUTPUT_BYTES is not None:
+        return int(MAX_OUTPUT_BYTES)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
+        return 2**63 - 1
+
+
+def check_size(shape: tuple[int, ...], dtype: str) -> None:
+    """Raises `OutputTooLargeError` unless `shape` fits `max_output_bytes()`.
+
+    Called before anything is allocated.
+
+    Args:
+        shape: Tuple of non-negative ints.
+        dtype: A dtype name.
+    """
+    count = math.prod(shape)
+    nbytes = count * np.dtype(dtype).itemsize
+    limit = max_output_bytes()
+    if nbytes > limit:
+        raise OutputTooLargeError(
+            f"Cannot draw a tensor of shape {tuple(shape)} and dtype {dtype}: "
+            f"{count:,} values, {nbytes:,} bytes ({nbytes / 2**30:,.1f} GiB), "
+            f"more than the limit of {limit:,} bytes "
+            f"({limit / 2**30:,.1f} GiB, "
+            + (
+                "keras_winit.sampling.MAX_OUTPUT_BYTES"
+                if MAX_OUTPUT_BYTES is not None
+                else "this machine's physical memory"
+            )
+            + "). Nothing was allocated."
+        )
 
 
 def sample(distribution, shape, stddev, dtype, seed, truncation=2.0):
@@ -88,9 +164,13 @@ def sample(distribution, shape, stddev, dtype, seed, truncation=2.0):
             f"Invalid `distribution` argument: {distribution!r}. "
             f"Expected one of {DISTRIBUTIONS}."
         )
+    check_size(shape, dtype)
+    count = math.prod(shape)
+    if count:
+        check_range(distribution, shape, stddev, dtype, truncation)
     draw = _chunk_sampler(distribution, stddev, dtype, truncation)
     sizes = _chunk_sizes(
-        math.prod(shape),
+        count,
         _MIN_CHUNKS["half" if dtype in _HALF_PRECISION else "full"],
     )
     seeds = _chunk_seeds(seed, len(sizes))
@@ -103,10 +183,72 @@ def sample(distribution, shape, stddev, dtype, seed, truncation=2.0):
     return keras.ops.reshape(flat, shape)
 
 
+def _is_flat(truncation, compute_dtype):
+    """Whether N(0,1) on [-k, k] is flat to the dtype's precision."""
+    return truncation * truncation / 2.0 < float(np.finfo(compute_dtype).eps)
+
+
+def _largest_bound(distribution, stddev, truncation, compute_dtype):
+    """The largest magnitude the sampler computes with (≥ every value)."""
+    if distribution == "untruncated_normal":
+        return 10.0 * stddev  # beyond any normal draw in float32/float64
+    if distribution == "uniform" or _is_flat(truncation, compute_dtype):
+        return math.sqrt(3.0) * stddev
+    k = min(truncation, _NO_TRUNCATION)
+    sigma = stddev / truncated_normal_std(k)
+    return max(k, math.sqrt(2.0)) * sigma
+
+
+def check_range(
+    distribution: str,
+    shape: tuple[int, ...],
+    stddev: float,
+    dtype: str,
+    truncation: float = 2.0,
+) -> None:
+    """Raises unless std and bound are normal, finite numbers of `dtype`.
+
+    The values would otherwise silently underflow to zeros or overflow to
+    inf. Called by `sample` before anything is drawn.
+
+    Args:
+        distribution: One of `DISTRIBUTIONS`.
+        shape: The shape drawn (for the message).
+        stddev: The std of the samples.
+        dtype: The output dtype.
+        truncation: Bound `k` of the truncated normal.
+    """
+    info = ml_dtypes.finfo(dtype)
+    if not stddev >= float(info.tiny):
+        raise ValueError(
+            f"The standard deviation {stddev!r} of the values for shape "
+            f"{tuple(shape)} is below the smallest normal {dtype} "
+            f"({float(info.tiny):.4g}): the values would underflow to zero. "
+            "Use a larger `scale` (or `gain`), smaller fans, or a wider dtype "
+            "such as float64."
+        )
+    compute_dtype = "float32" if dtype in _HALF_PRECISION else dtype
+    bound = _largest_bound(distribution, stddev, truncation, compute_dtype)
+    if not 2.0 * bound <= float(info.max):
+        raise ValueError(
+            f"The standard deviation {stddev!r} of the values for shape "
+            f"{tuple(shape)} is too large for {dtype} (largest "
+            f"{float(info.max):.4g}): the values would overflow to inf. "
+            "Use a smaller `scale` (or `gain`) or a wider dtype."
+        )
+
+
 def _chunk_sampler(distribution, stddev, dtype, truncation):
     """Returns `draw(size, seed)`: `size` values, flat, in `dtype`."""
     compute_dtype = "float32" if dtype in _HALF_PRECISION else dtype
     half = compute_dtype != dtype
+    if distribution == "truncated_normal" and _is_flat(
+        truncation, compute_dtype
+    ):
+        # Flat to the dtype's precision: the uniform with the same std,
+        # whose bound √3·std lies inside ±kσ (c(k) <= k/√3).
+        distribution = "uniform"
+    truncation = min(truncation, _NO_TRUNCATION)
 
     if distribution == "untruncated_normal":
 
@@ -129,7 +271,12 @@ def _chunk_sampler(distribution, stddev, dtype, truncation):
             )
             if half:
                 x = keras.ops.cast(
-                    keras.ops.clip(x, -out_limit, out_limit), dtype
+                    keras.ops.clip(
+                        x,
+                        _scalar(-out_limit, compute_dtype),
+                        _scalar(out_limit, compute_dtype),
+                    ),
+                    dtype,
                 )
             return x
 
@@ -140,6 +287,8 @@ def _chunk_sampler(distribution, stddev, dtype, truncation):
     out_limit = _inner_limit(bound, dtype)
     shrunk = truncation * (1.0 - _EDGE_MARGIN[compute_dtype])
     edge = _inner_limit(math.erf(shrunk / math.sqrt(2.0)), compute_dtype)
+    # Never ±1 (erfinv(±1) = ±inf): for large k, erf rounds to 1.
+    edge = min(edge, float(np.nextafter(np.ones((), compute_dtype), 0)))
     scale = math.sqrt(2.0) * sigma
     lo, hi = _UNCLIPPED_BOUNDS.get(keras.backend.backend(), (1.0, 0.0))
     clip = half or not lo <= truncation <= hi
@@ -150,9 +299,15 @@ def _chunk_sampler(distribution, stddev, dtype, truncation):
         )
         x = keras.ops.erfinv(v)
         del v
-        x = keras.ops.multiply(x, scale)
+        # Scalars as tensors of the compute dtype: the torch backend turns
+        # a Python float into float32 (1e150 -> inf) before a float64 op.
+        x = keras.ops.multiply(x, _scalar(scale, compute_dtype))
         if clip:
-            x = keras.ops.clip(x, -out_limit, out_limit)
+            x = keras.ops.clip(
+                x,
+                _scalar(-out_limit, compute_dtype),
+                _scalar(out_limit, compute_dtype),
+            )
         return keras.ops.cast(x, dtype) if half else x
 
     return draw
@@ -173,6 +328,11 @@ def _chunk_seeds(seed, count):
         return [seed] + [_seeds.mix(seed, i) for i in range(1, count)]
     # A SeedGenerator advances on every draw; None uses Keras' global one.
     return [seed] * count
+
+
+def _scalar(value, dtype):
+    """`value` as a 0-d tensor of `dtype`."""
+    return keras.ops.convert_to_tensor(np.asarray(value, dtype=dtype))
 
 
 def _inner_limit(limit, dtype):

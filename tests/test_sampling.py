@@ -121,3 +121,53 @@ def test_uniform_limit_is_rounded_down(dtype):
 def test_rejects_unknown_distribution():
     with pytest.raises(ValueError, match="Invalid `distribution` argument"):
         sampling.sample("cauchy", (2, 2), 1.0, "float32", seed=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("truncation", [6.0, 40.0, 1e300])
+def test_extreme_uniform_draw_stays_finite(truncation, dtype, monkeypatch):
+    # The inverse CDF's uniform edge is below 1 even where erf(k/√2)
+    # rounds to 1: a draw of exactly -edge (possible: the uniform's
+    # interval is closed below) must not give erfinv(-1) = -inf.
+    uniform = keras.random.uniform
+
+    def lowest(shape, minval, maxval, dtype=None, seed=None):
+        del maxval, seed
+        return keras.ops.full(shape, minval, dtype=dtype)
+
+    monkeypatch.setattr(keras.random, "uniform", lowest)
+    x = to_numpy(
+        sampling.sample("truncated_normal", (8,), 1.0, dtype, 0, truncation)
+    )
+    monkeypatch.setattr(keras.random, "uniform", uniform)
+    assert np.all(np.isfinite(x))
+    assert np.all(x < -4)  # the far tail, not a clipped or zero value
+
+
+@pytest.mark.parametrize(
+    "distribution, stddev, dtype, message",
+    [
+        ("uniform", 1e-39, "float32", "underflow to zero"),
+        ("truncated_normal", 1e-5, "float16", "underflow to zero"),
+        ("untruncated_normal", 1e38, "float32", "overflow to inf"),
+        ("uniform", 4e4, "float16", "overflow to inf"),
+    ],
+)
+def test_std_outside_the_dtype_is_refused(distribution, stddev, dtype, message):
+    with pytest.raises(ValueError, match=message):
+        sampling.sample(distribution, (4, 4), stddev, dtype, 0)
+
+
+def test_empty_shape_skips_the_range_check():
+    x = sampling.sample("uniform", (0, 3), 1e-300, "float32", 0)
+    assert tuple(x.shape) == (0, 3)
+
+
+def test_size_check_counts_bytes_of_the_dtype(monkeypatch):
+    monkeypatch.setattr(sampling, "MAX_OUTPUT_BYTES", 800)
+    sampling.check_size((100,), "float64")
+    sampling.check_size((400,), "bfloat16")
+    with pytest.raises(sampling.OutputTooLargeError, match="808 bytes"):
+        sampling.check_size((101,), "float64")
+    monkeypatch.setattr(sampling, "MAX_OUTPUT_BYTES", None)
+    assert sampling.max_output_bytes() > 2**20
