@@ -11,6 +11,10 @@ test process runs ONE backend; CI runs the suite once per backend.
   silently truncates `float64` to `float32` (with a warning, an error
   here), and the initializers are tested in `float64` on every backend.
   Users who want `float64` weights on JAX must enable it too.
+- On PyTorch the suite uses one compute thread: measured on the shared
+  2-core machine, 4 epochs of a 10 x Dense(128) net take 0.9 s with one
+  thread and 18-39 s with two (OpenMP threads spinning against other
+  processes).
 - After each test, Keras name scopes left open are dropped: on TensorFlow, Keras
   3.15 leaves the model's scope open after the first call of a subclassed
   model, and every layer built later gets that prefix in its `path`.
@@ -25,6 +29,10 @@ if BACKEND == "jax":
     import jax
 
     jax.config.update("jax_enable_x64", True)
+elif BACKEND == "torch":
+    import torch
+
+    torch.set_num_threads(1)
 
 TENSORFLOW_ONLY_REASON = (
     f"TensorFlow-only feature; the Keras backend is {BACKEND!r} "

@@ -118,6 +118,20 @@ def check_gain_table(n):
     assert all(g["moment"] > 0 for g in gains.values())
 
 
+def check_delta_orthogonal(n):
+    # Glorot: the loss stays at ln 10, accuracy at chance.
+    assert abs(n["depth128_glorot_final_loss"] - LN10) < 0.05
+    assert n["depth128_glorot_train_accuracy"] < 0.2
+    # He (chaotic for tanh): no better than chance either.
+    assert n["depth128_he_final_loss"] > LN10 - 0.1
+    assert n["depth128_he_train_accuracy"] < 0.2
+    # Delta-orthogonal trains.
+    assert n["depth128_delta_orthogonal_final_loss"] < LN10 - 0.4
+    assert n["depth128_delta_orthogonal_train_accuracy"] > 0.4
+    assert n["delta_orthogonal_deepest_trained"] == 128
+    assert n["glorot_deepest_trained"] == n["he_deepest_trained"] == 0
+
+
 CHECKS = {
     "01_symmetry": check_symmetry,
     "02_uniform_width": check_uniform_width,
@@ -127,6 +141,7 @@ CHECKS = {
     "06_kumar_sigmoid": check_kumar_sigmoid,
     "07_lsuv": check_lsuv,
     "08_gain_table": check_gain_table,
+    "09_delta_orthogonal": check_delta_orthogonal,
 }
 
 
@@ -139,24 +154,6 @@ def test_every_tutorial_is_checked_and_documented():
     assert scripts == sorted(CHECKS)
     for name in scripts:
         assert os.path.exists(os.path.join(TUTORIALS, f"{name}.md")), name
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # Measured on the shared 2-core machine: 4 epochs of a 10 x Dense(128)
-    # net take 0.9 s with one PyTorch thread, 18-39 s with two (OpenMP
-    # threads spinning against other processes).
-    if keras.backend.backend() != "torch":
-        yield
-        return
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 # Under JAX (XLA compiles every new shape) the suite runs a subset, within
