@@ -144,13 +144,6 @@ LAYER_CASES = [
         "kernel",
         (80, 80),
     ),
-    (
-        "embedding",
-        lambda: keras.layers.Embedding(200, 32),
-        (5,),
-        "embeddings",
-        (1, 32),
-    ),
 ]
 SCHEMES = ["he_normal", "glorot_uniform", "kaiming_normal"]
 
@@ -945,8 +938,273 @@ def test_not_a_model():
 
 def test_auto_with_unusable_activation_names_the_layer():
     model = _model(
-        keras.layers.Dense(3, activation=lambda x: x, name="lambda_dense"),
+        keras.layers.Dense(
+            3,
+            activation=lambda x: keras.ops.sum(x, keepdims=True),
+            name="lambda_dense",
+        ),
         (4,),
     )
-    with pytest.raises(ValueError, match="lambda_dense"):
+    with pytest.raises(ValueError, match="lambda_dense.*not elementwise"):
         layer_init.initialize(model, "auto")
+
+
+# --- Callable activations, embeddings, frozen layers, arguments ----------
+
+
+def _tanh_gelu(x):
+    """A plain function, as keras_hub's `gelu_approximate`."""
+    return keras.activations.gelu(x, approximate=True)
+
+
+@pytest.mark.parametrize("method", ["moment", "kumar"])
+def test_auto_computes_the_gain_of_a_callable(method):
+    model = _model(
+        keras.layers.Dense(3000, activation=_tanh_gelu, name="ffn"), (200,)
+    )
+    report = layer_init.initialize(model, "auto", gain_method=method, seed=0)
+    (row,) = [r for r in report.rows if r["kind"] == "kernel"]
+    g = keras_winit.gain(_tanh_gelu, method=method)
+    assert row["init"] == f"auto(_tanh_gelu, g={g:.3g})"
+    np.testing.assert_allclose(row["target_std"], g / math.sqrt(200))
+    values = _var(model, "kernel").ravel()
+    sigma = g / math.sqrt(200) / TRUNC
+    truncated = stats.truncnorm(-2, 2, scale=sigma)
+    assert stats.kstest(values, truncated.cdf).pvalue > KS_P
+
+
+def test_auto_callable_with_torch_gains_names_the_layer():
+    model = _model(
+        keras.layers.Dense(3, activation=_tanh_gelu, name="ffn"), (4,)
+    )
+    with pytest.raises(ValueError, match="'ffn'.*gain_method='torch'"):
+        layer_init.initialize(model, "auto", gain_method="torch")
+
+
+def _embedding_model():
+    inputs = keras.Input((5,), dtype="int32")
+    x = keras.layers.Embedding(
+        400,
+        64,
+        embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02),
+        name="tokens",
+    )(inputs)
+    return keras.Model(inputs, keras.layers.Dense(8, name="proj")(x))
+
+
+@pytest.mark.parametrize("scheme", ["he_normal", "auto", "glorot_uniform"])
+def test_embeddings_keep_the_models_initializer(scheme):
+    model = _embedding_model()
+    before = _var(model, "embeddings")
+    report = layer_init.initialize(model, scheme, seed=0)
+    np.testing.assert_array_equal(_var(model, "embeddings"), before)
+    (row,) = [r for r in report.rows if r["layer"] == "tokens"]
+    assert row["init"] == "kept"
+    assert row["kind"] == "embedding, own RandomNormal(stddev=0.02)"
+    np.testing.assert_allclose(row["measured_std"], before.std(), rtol=1e-5)
+    assert "kept (embedding, own RandomNormal" in str(report)
+
+
+def test_embeddings_stddev():
+    model = _embedding_model()
+    report = layer_init.initialize(
+        model, "he_normal", embeddings_stddev=0.5, seed=0
+    )
+    values = _var(model, "embeddings").ravel()
+    assert stats.kstest(values, stats.norm(scale=0.5).cdf).pvalue > KS_P
+    (row,) = [r for r in report.rows if r["layer"] == "tokens"]
+    assert row["init"] == "normal(stddev=0.5)" and row["target_std"] == 0.5
+    # Other weights follow the scheme as before.
+    assert [r["init"] for r in report.rows if r["layer"] == "proj"] == [
+        "he_normal",
+        "zeros",
+    ]
+
+
+def _frozen_model():
+    model = _two_dense()
+    model.layers[0].trainable = False
+    return model
+
+
+def test_frozen_layers_are_kept_and_reported():
+    model = _frozen_model()
+    frozen = [keras.ops.convert_to_numpy(v) for v in model.layers[0].weights]
+    other = keras.ops.convert_to_numpy(model.layers[1].kernel)
+    report = layer_init.initialize(model, "he_normal", seed=0)
+    for variable, before in zip(model.layers[0].weights, frozen, strict=True):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(variable), before
+        )
+    assert not np.array_equal(
+        keras.ops.convert_to_numpy(model.layers[1].kernel), other
+    )
+    kinds = [r["kind"] for r in report.rows]
+    assert kinds == ["frozen", "frozen", "kernel", "bias"]
+    assert "kept (frozen)" in str(report)
+
+
+def test_include_frozen_initializes_them():
+    model = _frozen_model()
+    before = keras.ops.convert_to_numpy(model.layers[0].kernel)
+    report = layer_init.initialize(
+        model, "he_normal", include_frozen=True, seed=0
+    )
+    assert not np.array_equal(
+        keras.ops.convert_to_numpy(model.layers[0].kernel), before
+    )
+    assert report.rows[0]["init"] == "he_normal"
+    assert not model.layers[0].trainable  # still frozen
+
+
+@pytest.mark.parametrize(
+    "scheme,expected",
+    [
+        ("HE_NORMAL", "he_normal"),
+        ("He_Normal", "he_normal"),
+        ("HeNormal", "he_normal"),
+        ("GLOROT_UNIFORM", "glorot_uniform"),
+        ("AUTO", "auto"),
+        ("Torch", "torch"),
+    ],
+)
+def test_scheme_names_are_case_insensitive(scheme, expected):
+    model = _two_dense()
+    report = layer_init.initialize(model, scheme, seed=0)
+    assert report.rows[0]["init"].startswith(
+        {"auto": "auto(", "torch": "torch U"}.get(expected, expected)
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"strict": "yes"}, "`strict`.*strict='yes'"),
+        ({"strict": 1}, "`strict`.*strict=1"),
+        ({"include_frozen": None}, "`include_frozen`.*include_frozen=None"),
+        ({"residual": "gtp2"}, "`residual`.*'gtp2'"),
+        ({"residual": None}, "`residual`.*None"),
+        ({"embeddings_stddev": 0}, "`embeddings_stddev`.*=0"),
+        ({"embeddings_stddev": -0.1}, "`embeddings_stddev`.*=-0.1"),
+        ({"embeddings_stddev": float("nan")}, "`embeddings_stddev`.*nan"),
+        ({"embeddings_stddev": "0.02"}, "`embeddings_stddev`.*'0.02'"),
+        ({"embeddings_stddev": True}, "`embeddings_stddev`.*True"),
+        ({"bias": ["zeros"]}, "`bias`.*\\['zeros'\\]"),
+        ({"gain_method": None}, "`gain_method`.*None"),
+        ({"seed": True}, "`seed`.*True"),
+    ],
+)
+def test_more_bad_arguments(kwargs, match):
+    model = _two_dense()
+    before = keras.ops.convert_to_numpy(model.layers[0].kernel)
+    with pytest.raises(ValueError, match=match):
+        layer_init.initialize(model, **kwargs)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(model.layers[0].kernel), before
+    )
+
+
+def test_strict_changes_nothing():
+    model = _with_unknown()
+    before = [keras.ops.convert_to_numpy(v) for v in model.weights]
+    with pytest.raises(ValueError, match="(?s)my_scale.*strict=True"):
+        layer_init.initialize(model, "he_normal", strict=True)
+    for variable, values in zip(model.weights, before, strict=True):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(variable), values
+        )
+
+
+def test_unknown_layers_are_listed_layer_by_layer():
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            _Scale(name="scale_a"),
+            keras.layers.Dense(4),
+            _Scale(name="scale_b"),
+        ]
+    )
+    with pytest.warns(layer_init.UnknownLayerWarning) as caught:
+        report = layer_init.initialize(model, "he_normal", seed=0)
+    (warning,) = caught
+    text = str(warning.message)
+    assert "2 trainable weight(s)" in text
+    assert "layer 'scale_a' (_Scale)" in text
+    assert "layer 'scale_b' (_Scale)" in text
+    assert [r["layer"] for r in report.unknown] == ["scale_a", "scale_b"]
+
+
+# --- Real models (tests/_real_models.py) ---------------------------------
+
+from tests import _real_models  # noqa: E402
+
+_BUILT = {}
+
+
+def _real(name):
+    """Each real model is built once per test module (they are re-drawn)."""
+    if name not in _BUILT:
+        _BUILT[name] = _real_models.build(name)[0]
+    return _BUILT[name]
+
+
+# The kinds of weights `initialize` keeps as the model drew them.
+_KEPT_KINDS = {
+    "normalization",
+    "non-trainable",
+    "layer scale",
+    "token",
+    "embedding",
+    "position embedding",
+}
+
+
+@pytest.mark.parametrize("name", _real_models.names())
+def test_real_models_auto_leaves_nothing_unknown(name):
+    model = _real(name)
+    variables = {v.path: v for v in model.weights}
+    kept = {
+        path: keras.ops.convert_to_numpy(v)
+        for path, v in variables.items()
+        if "embedding" in path or "gamma" in path or "token" in path
+    }
+    report = layer_init.initialize(model, "auto", seed=0)  # no warning
+    assert report.unknown == []
+    assert len({r["path"] for r in report.rows}) == len(model.weights)
+    for row in report.rows:
+        kind = row["kind"].split(",")[0]
+        if row["init"] == "kept":
+            assert kind in _KEPT_KINDS, row
+        else:
+            assert kind in ("kernel", "bias", "recurrent"), row
+        if kind in _KEPT_KINDS and row["path"] in kept:
+            np.testing.assert_array_equal(
+                keras.ops.convert_to_numpy(variables[row["path"]]),
+                kept[row["path"]],
+            )
+    kinds = {r["kind"].split(",")[0] for r in report.rows}
+    if name == "ConvNeXtTiny":
+        assert "layer scale" in kinds
+    if name in _real_models.HUB_BACKBONES:
+        assert {"embedding", "position embedding"} & kinds
+        assert any(r["init"].startswith("auto(") for r in report.rows)
+    if name == "ViTBackbone":
+        assert "token" in kinds
+
+
+def test_gpt2_token_embedding_is_not_drawn_with_a_fan_rule():
+    model = _real("GPT2Backbone")
+    report = layer_init.initialize(model, "he_normal", seed=0)
+    (row,) = [r for r in report.rows if r["path"].startswith("token_emb")]
+    assert row["init"] == "kept" and row["measured_std"] < 0.05
+    report = layer_init.initialize(
+        model, "he_normal", seed=0, embeddings_stddev=0.02
+    )
+    rows = [r for r in report.rows if "embedding" in r["kind"]]
+    assert len(rows) == 2  # token and position tables
+    for row in rows:
+        assert row["init"] == "normal(stddev=0.02)"
+        np.testing.assert_allclose(row["measured_std"], 0.02, rtol=0.05)
+    auto = layer_init.initialize(model, "auto", seed=0)
+    (row,) = [r for r in auto.rows if "intermediate" in r["path"]][:1]
+    assert row["init"].startswith("auto(gelu_approximate, g=")
