@@ -1208,3 +1208,185 @@ def test_gpt2_token_embedding_is_not_drawn_with_a_fan_rule():
     auto = layer_init.initialize(model, "auto", seed=0)
     (row,) = [r for r in auto.rows if "intermediate" in r["path"]][:1]
     assert row["init"].startswith("auto(gelu_approximate, g=")
+
+
+# --- Residual rules -------------------------------------------------------
+
+
+def _resnet(blocks=4, norm=False, width=32):
+    """A Functional residual MLP: stem, `blocks` × (h + F(h)), head.
+
+    F = Dense(relu) → Dense (→ BatchNorm when `norm`, post-norm as in
+    Goyal et al.'s ResNets). Odd blocks add with `+`, even ones with `Add`.
+    """
+    inputs = keras.Input((16,))
+    h = keras.layers.Dense(width, name="stem")(inputs)
+    for i in range(blocks):
+        f = keras.layers.Dense(width, activation="relu", name=f"b{i}_1")(h)
+        f = keras.layers.Dense(width, name=f"b{i}_2")(f)
+        if norm:
+            f = keras.layers.BatchNormalization(name=f"b{i}_bn")(f)
+        h = keras.layers.Add(name=f"add{i}")([h, f]) if i % 2 == 0 else h + f
+    outputs = keras.layers.Dense(10, name="head")(h)
+    return keras.Model(inputs, outputs)
+
+
+def _values(model):
+    return {v.path: keras.ops.convert_to_numpy(v) for v in model.weights}
+
+
+def _check_factors(model, rule, expected, **kwargs):
+    """Values with `rule` == values without it × the expected factor.
+
+    `expected(path)` is the factor of a variable (1 for untouched ones).
+    The same seed draws the same values, so the comparison is exact.
+    """
+    layer_init.initialize(model, "he_normal", seed=5, **kwargs)
+    plain = _values(model)
+    report = layer_init.initialize(
+        model, "he_normal", seed=5, residual=rule, **kwargs
+    )
+    scaled = _values(model)
+    touched = set()
+    for path, values in plain.items():
+        factor = expected(path)
+        if factor != 1:
+            touched.add(path)
+        np.testing.assert_allclose(
+            scaled[path], values * factor, rtol=1e-6, err_msg=path
+        )
+    assert {r["path"] for r in report.residual_rows} == touched
+    assert all(r["applied"] for r in report.residual_rows)
+    return report
+
+
+@pytest.mark.parametrize("norm", [False, True], ids=["plain", "bn"])
+@pytest.mark.parametrize("rule", ["gpt2", "fixup", "zero"])
+def test_residual_rules_on_a_functional_resnet(rule, norm):
+    model = _resnet(blocks=4, norm=norm)
+
+    def expected(path):
+        layer, name = path.split("/")[-2:]
+        if not layer.startswith("b"):
+            return 1
+        last = layer.endswith("_2") and name == "kernel"
+        if rule == "gpt2":
+            return 0.5 if last else 1  # 1 / sqrt(4 branches)
+        if rule == "fixup":
+            if last:
+                return 0
+            # m = 2: L^(-1/(2m-2)) = 4^(-1/2)
+            return 0.5 if layer.endswith("_1") and name == "kernel" else 1
+        if norm:
+            return 0 if name == "gamma" else 1
+        return 0 if last else 1
+
+    report = _check_factors(model, rule, expected)
+    assert len(report.branches) == 4
+    assert report.branches[0] == "add0" and report.branches[2] == "add2"
+    assert report.residual == rule
+    text = str(report)
+    assert f"residual={rule!r}: 4 branches" in text
+    if rule == "zero":
+        whys = {r["why"] for r in report.residual_rows}
+        assert whys == (
+            {"last normalization's gamma"}
+            if norm
+            else {"no normalization with a gamma: last kernel"}
+        )
+
+
+def test_residual_branch_structure():
+    model = _resnet(blocks=2, norm=True)
+    branches = layer_init.residual_branches(model)
+    assert [b.name for b in branches][0] == "add0"
+    first = branches[0]
+    assert [layer.name for layer in first.layers] == ["b0_1", "b0_2", "b0_bn"]
+    assert [[s.name for s in stage] for stage in first.stages] == [
+        ["b0_1"],
+        ["b0_2"],
+    ]
+    assert first.last_kernel.name == "b0_2"
+    assert first.last_norm.name == "b0_bn"
+    assert first.depth == 2
+
+
+def test_projection_shortcut_is_not_the_branch():
+    inputs = keras.Input((16,))
+    shortcut = keras.layers.Dense(8, name="projection")(inputs)
+    f = keras.layers.Dense(8, activation="relu", name="f1")(inputs)
+    f = keras.layers.Dense(8, name="f2")(f)
+    model = keras.Model(inputs, keras.layers.Add(name="out")([shortcut, f]))
+    (branch,) = layer_init.residual_branches(model)
+    assert [layer.name for layer in branch.layers] == ["f1", "f2"]
+
+
+def test_residual_without_branches_is_an_error():
+    model = _two_dense()
+    before = keras.ops.convert_to_numpy(model.layers[0].kernel)
+    with pytest.raises(ValueError, match="`residual='gpt2'`.*has none"):
+        layer_init.initialize(model, residual="gpt2")
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(model.layers[0].kernel), before
+    )
+
+
+def test_residual_rule_skips_frozen_layers():
+    model = _resnet(blocks=2)
+    model.get_layer("b0_2").trainable = False
+    before = keras.ops.convert_to_numpy(model.get_layer("b0_2").kernel)
+    report = layer_init.initialize(model, "he_normal", residual="fixup")
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(model.get_layer("b0_2").kernel), before
+    )
+    applied = {r["layer"]: r["applied"] for r in report.residual_rows}
+    assert applied["b0_2"] is False and applied["b1_2"] is True
+
+
+@pytest.mark.parametrize("rule", ["gpt2", "fixup", "zero"])
+@pytest.mark.parametrize("name", ["GPT2Backbone", "BertBackbone"])
+def test_residual_rules_on_keras_hub_transformers(name, rule):
+    model = _real(name)  # 2 blocks: 4 branches
+    pre_ln = name == "GPT2Backbone"
+
+    def expected(path):
+        if not path.startswith("transformer_layer_"):
+            return 1
+        kernel = path.endswith("/kernel")
+        last = kernel and (
+            "attention_output" in path or "feedforward_output" in path
+        )
+        if rule == "gpt2":
+            return 0.5 if last else 1
+        if rule == "fixup":
+            if last:
+                return 0
+            inner = ("/query/", "/key/", "/value/", "intermediate_dense")
+            return 0.5 if kernel and any(s in path for s in inner) else 1
+        if pre_ln:  # the branch's LayerNorm (its first layer)
+            return 0 if path.endswith("layer_norm/gamma") else 1
+        return 0 if last else 1  # post-LN: no norm inside the branch
+
+    report = _check_factors(model, rule, expected)
+    assert report.branches == [
+        "transformer_layer_0/self_attention",
+        "transformer_layer_0/feedforward",
+        "transformer_layer_1/self_attention",
+        "transformer_layer_1/feedforward",
+    ]
+
+
+@pytest.mark.parametrize("rule", ["gpt2", "zero"])
+def test_residual_rules_on_resnet50v2(rule):
+    model = _real("ResNet50V2")
+
+    def expected(path):
+        layer, name = path.split("/")[-2:]
+        if rule == "gpt2":
+            # 16 blocks; conv*_block*_3_conv is each branch's last conv.
+            return 0.25 if layer.endswith("_3_conv") and name == "kernel" else 1
+        # Pre-activation blocks: the branch's last BN is *_2_bn.
+        return 0 if layer.endswith("_2_bn") and name == "gamma" else 1
+
+    report = _check_factors(model, rule, expected)
+    assert len(report.branches) == 16
