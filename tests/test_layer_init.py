@@ -1390,3 +1390,72 @@ def test_residual_rules_on_resnet50v2(rule):
 
     report = _check_factors(model, rule, expected)
     assert len(report.branches) == 16
+
+
+# --- Property: every argument works or is named in a ValueError ----------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+# (valid values, invalid values) per argument, on `_resnet(2)`.
+_ARGUMENTS = {
+    "scheme": (
+        ["he_normal", "GLOROT_UNIFORM", "LecunNormal", "auto", "Torch"],
+        ["he_nromal", 3, None, "", keras.initializers.Orthogonal()],
+    ),
+    "bias": (
+        [None, "zeros", "torch", "keep"],
+        ["ones", 0, ["zeros"]],
+    ),
+    "seed": ([None, 0, 7, 2**40], [1.5, "1", True]),
+    "gain_method": (["moment", "kumar", "torch"], ["magic", None, 1]),
+    "strict": ([False, True], ["yes", 1, None]),
+    "residual": (
+        ["none", "gpt2", "FIXUP", "zero"],
+        ["gtp2", None, 0, "fix-up"],
+    ),
+    "embeddings_stddev": (
+        [None, 0.02, 1, 3.5],
+        [0, -1.0, float("nan"), float("inf"), "0.1", True],
+    ),
+    "include_frozen": ([False, True], ["no", 0, None]),
+}
+
+
+@st.composite
+def _arguments(draw):
+    kwargs, invalid = {}, set()
+    for name, (good, bad) in _ARGUMENTS.items():
+        if draw(st.booleans()):
+            continue  # the default
+        if draw(st.integers(0, 3)) == 0:
+            kwargs[name] = draw(st.sampled_from(bad))
+            invalid.add(name)
+        else:
+            kwargs[name] = draw(st.sampled_from(good))
+    return kwargs, invalid
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(_arguments())
+def test_property_arguments_work_or_are_named(case):
+    kwargs, invalid = case
+    model = _PROPERTY_MODEL
+    before = _values(model)
+    try:
+        report = layer_init.initialize(model, **kwargs)
+    except ValueError as error:
+        message = str(error)
+        assert invalid, (kwargs, message)
+        assert any(f"`{name}" in message for name in invalid), message
+        assert _values(model).keys() == before.keys()
+        for path, values in _values(model).items():
+            np.testing.assert_array_equal(values, before[path])
+        return
+    assert not invalid, (kwargs, "accepted")
+    assert isinstance(report, layer_init.InitReport)
+    assert len({r["path"] for r in report.rows}) == len(model.weights)
+
+
+_PROPERTY_MODEL = _resnet(blocks=2)
