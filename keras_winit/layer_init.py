@@ -23,8 +23,11 @@ What each layer kind gets (the fans of each layout are in
 | (also in `Bidirectional`, `RNN`)   | `recurrent_kernel` | orthogonal/gate|
 | `ConvLSTM1D/2D/3D`                 | `kernel`           | conv_recurrent |
 | (also in `Bidirectional`)          | `recurrent_kernel` | orthogonal/gate|
-| `Embedding`                        | `embeddings`       | embedding      |
-| `*Normalization`, `PReLU`          | all                | kept           |
+| `Embedding` (and keras_hub's)      | `embeddings`       | kept (1)       |
+| `*Normalization`, `*Norm`, `PReLU` | all                | kept           |
+| `LayerScale`, learned tokens       | all                | kept           |
+
+(1) Or `N(0, embeddings_stddev)`; PyTorch's `N(0, 1)` with `"torch"`.
 
 Models (Functional, Sequential, subclassed), wrappers (`TimeDistributed`,
 `Bidirectional`) and custom layers are searched for the layers above. A
@@ -296,6 +299,64 @@ def initialize(
       `U(±1/sqrt(k · (in + filters)))` for `ConvLSTM`.
     - `"keep"`: biases are left as they are.
 
+    What is kept as the model drew it (reported with `init="kept"` and its
+    `kind`): normalization scales and offsets (Keras' and any leaf layer
+    whose class name ends in `Norm`/`Normalization`, e.g. keras_hub's
+    RMS norms), ConvNeXt's `LayerScale`, learned tokens (ViT's
+    `class_token`, mask/distillation/register tokens), non-trainable
+    variables, and embedding tables (`Embedding`, keras_hub's
+    `ReversibleEmbedding` and `PositionEmbedding`): a table's row is read,
+    not summed, so no kernel fan rule applies to it (`he_normal` with
+    `fan_in = 1` would give GPT-2's token table std 1.41; the model's own
+    initializer, e.g. keras_hub's `N(0, 0.02)`, is kept and named in the
+    report). `embeddings_stddev` draws every table from `N(0, stddev)`
+    instead; `scheme="torch"` draws them from PyTorch's `N(0, 1)`.
+
+    Frozen layers (`trainable=False`): their weights are kept and reported
+    with `kind="frozen"` — re-drawing a frozen (e.g. pretrained) layer
+    would silently lose what the user froze it for. `include_frozen=True`
+    initializes them too (they stay frozen).
+
+    `residual` scales the residual branches that `residual_branches`
+    finds (an `Add` of a block's input and a branch in a Functional graph;
+    keras_hub transformer and ViT blocks), after the scheme's draw; `L` is
+    the number of branches found in the model:
+
+    - `"none"`: no rule.
+    - `"gpt2"` (Radford et al. 2019): each branch's output projection
+      (its last kernel layer) × `1/sqrt(L)` — GPT-2's `1/sqrt(2N)` for
+      `N` transformer blocks of two branches each. (GPT-2 scales its
+      `N(0, 0.02)`; here the scheme's std is scaled.)
+    - `"fixup"` (Zhang et al. 2019): each branch's last kernel layer is
+      zero and its other kernel layers × `L^(-1/(2m-2))`, `m` the
+      branch's number of sequential kernel stages (attention's query, key
+      and value are one stage, its output projection the next). With
+      `m = 1` the exponent is undefined: only the last (only) layer is
+      zeroed. Fixup's scalar biases and multiplier are layers added to
+      the architecture, not an initialization: not done here. Fixup is
+      meant for networks without normalization.
+    - `"zero"` (Goyal et al. 2017): the scale (`gamma`) of the branch's
+      last Keras normalization layer is zero, so the branch starts at its
+      biases' response (zero with `bias="zeros"`). In pre-activation and
+      pre-LN branches (ResNetV2, GPT-2) that is a norm before the last
+      kernel; its offset `beta` is 0 at build and biases are zero, so the
+      branch still starts at zero. A branch without such a normalization
+      (post-LN transformers such as BERT, where the norm follows the add;
+      nets without normalization; another package's norm, whose scale may
+      mean `1 + s`) gets its last kernel zeroed instead, as in Fixup and
+      SkipInit, and the report says so.
+
+    A model without branches raises a `ValueError` for `residual !=
+    "none"`. The report's `residual_rows` name each branch and each
+    variable scaled, its factor and why. Frozen variables are not scaled.
+
+    Unknown weights are listed, layer by layer, in one
+    `UnknownLayerWarning` (or the `ValueError` of `strict=True`) before
+    anything is written. All arguments are checked before any variable
+    changes. Values are drawn and assigned variable by variable on the
+    backend's device, and each measured std is computed there (in slices
+    for tensors over 4M values); only scalars come to the host.
+
     Examples:
 
     >>> model = keras.Sequential([
@@ -309,6 +370,19 @@ def initialize(
     >>> round(row["target_std"], 4)  # sqrt(2 / 9)
     0.4714
 
+    >>> # Two residual blocks: GPT-2's rule scales each branch's last
+    >>> # kernel by 1 / sqrt(2).
+    >>> h = x = keras.Input((16,))
+    >>> for i in range(2):
+    ...     f = keras.layers.Dense(16, activation="relu")(h)
+    ...     f = keras.layers.Dense(16, name=f"out{i}")(f)
+    ...     h = keras.layers.Add(name=f"block{i}")([h, f])
+    >>> report = keras_winit.initialize(
+    ...     keras.Model(x, h), "auto", residual="gpt2", seed=0)
+    >>> [(r["branch"], r["layer"], round(r["factor"], 4))
+    ...  for r in report.residual_rows]
+    [('block0', 'out0', 0.7071), ('block1', 'out1', 0.7071)]
+
     Args:
         model: A built `keras.Model` (or any built `keras.layers.Layer`).
         scheme: A scheme name, `"auto"`, `"torch"`, or a
@@ -321,8 +395,16 @@ def initialize(
             `keras.utils.set_random_seed`).
         gain_method: Gain rule of `scheme="auto"`: `"moment"`, `"kumar"`
             or `"torch"` (see `keras_winit.gain`).
-        strict: If True, a trainable weight of an unknown layer kind raises
-            a `ValueError` (naming the layer) instead of a warning.
+        strict: Bool. If True, a trainable weight of an unknown layer kind
+            raises a `ValueError` (naming the layer) instead of a warning,
+            and nothing is changed.
+        residual: One of `RESIDUAL_RULES` (case-insensitive): `"none"`
+            (default), `"gpt2"`, `"fixup"` or `"zero"`.
+        embeddings_stddev: Optional positive float: draw embedding tables
+            from `N(0, embeddings_stddev)` (GPT-2 and BERT use 0.02).
+            `None` (default) keeps the model's own tables.
+        include_frozen: Bool. If True, weights of `trainable=False` layers
+            are initialized too; by default they are kept.
 
     Returns:
         An `InitReport`.
@@ -332,6 +414,13 @@ def initialize(
           https://proceedings.mlr.press/v9/glorot10a.html)
         - [He et al., 2015](https://arxiv.org/abs/1502.01852)
         - [Saxe et al., 2013](https://arxiv.org/abs/1312.6120) (orthogonal)
+        - [Goyal et al., 2017](https://arxiv.org/abs/1706.02677)
+          (zero-init residual, "zero")
+        - [Zhang, Dauphin & Ma, 2019](https://arxiv.org/abs/1901.09321)
+          (Fixup)
+        - [Radford et al., 2019](
+          https://cdn.openai.com/better-language-models/language_models_are_unsupervised_multitask_learners.pdf)
+          (GPT-2, section 2.3)
     """
     if not isinstance(model, keras.layers.Layer):
         raise ValueError(
@@ -1568,14 +1657,46 @@ def _is_float(variable):
     )
 
 
+# Tensors larger than this many elements have their std computed slice by
+# slice, so that no temporary of the whole tensor is made (GPT-2's token
+# table is 38.6M values: 147 MB per float32 temporary).
+_STD_CHUNK = 1 << 22
+
+
 def _std(values):
-    """The std of a tensor, computed on its device; a float on the host."""
+    """The std of a tensor, computed on its device; a float on the host.
+
+    Large tensors are reduced in slices along their first axis (two
+    passes: the mean, then the squared deviations), each slice's sum
+    brought to the host as one float.
+    """
     dtype = keras.backend.standardize_dtype(values.dtype)
     dtype = "float64" if dtype == "float64" else "float32"
-    if not math.prod(values.shape):
+    size = math.prod(values.shape)
+    if not size:
         return 0.0
-    std = keras.ops.std(keras.ops.cast(values, dtype))
-    return float(keras.ops.convert_to_numpy(std))
+    if size <= _STD_CHUNK or len(values.shape) == 0:
+        std = keras.ops.std(keras.ops.cast(values, dtype))
+        return float(keras.ops.convert_to_numpy(std))
+    rows = int(values.shape[0])
+    step = max(1, _STD_CHUNK // (size // rows))
+    slices = [
+        (start, min(start + step, rows)) for start in range(0, rows, step)
+    ]
+
+    def total(fn):
+        return math.fsum(
+            float(
+                keras.ops.convert_to_numpy(
+                    keras.ops.sum(fn(keras.ops.cast(values[a:b], dtype)))
+                )
+            )
+            for a, b in slices
+        )
+
+    mean = total(lambda chunk: chunk) / size
+    square = total(lambda chunk: keras.ops.square(chunk - mean))
+    return math.sqrt(square / size)
 
 
 def _describe(initializer):

@@ -1459,3 +1459,12 @@ def test_property_arguments_work_or_are_named(case):
 
 
 _PROPERTY_MODEL = _resnet(blocks=2)
+
+
+@pytest.mark.parametrize("shape", [(301, 7), (5, 400), (2000,), (1, 999)])
+def test_std_in_slices_matches_numpy(shape, monkeypatch):
+    monkeypatch.setattr(layer_init, "_STD_CHUNK", 100)
+    rng = np.random.default_rng(0)
+    values = (rng.normal(size=shape) * 3 + 5).astype("float32")
+    std = layer_init._std(keras.ops.convert_to_tensor(values))
+    np.testing.assert_allclose(std, values.astype("float64").std(), rtol=1e-5)
