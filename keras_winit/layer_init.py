@@ -189,8 +189,10 @@ class InitReport:
             [
                 [
                     _format_cell(
-                        f"{row['init']} ({row.get('kind', '')})"
-                        if c == "init" and row["init"] in ("kept", "unknown")
+                        f"{row['init']} ({row['kind']})"
+                        if c == "init"
+                        and row["init"] == "kept"
+                        and row.get("kind")
                         else row[c]
                     )
                     for c in _COLUMNS
@@ -1464,6 +1466,8 @@ def _residual_plan(model, rule):
     adjust, rows = {}, []
 
     def scale(branch, layer, variable, factor, why):
+        if variable is None:
+            return  # e.g. a quantized kernel: reported as unknown
         old, note = adjust.get(id(variable), (1.0, ""))
         note = f"{note}+{rule}" if note else rule
         adjust[id(variable)] = (old * factor, note)
