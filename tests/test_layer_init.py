@@ -1397,30 +1397,37 @@ def test_residual_rules_on_resnet50v2():
     model = _real("ResNet50V2")
     layer_init.initialize(model, "he_normal", seed=5)
     plain = _values(model)
-    for rule in ("gpt2", "zero"):
-        report = layer_init.initialize(
-            model, "he_normal", seed=5, residual=rule
+    # "gpt2" applied: 16 blocks; conv*_block*_3_conv ends each branch.
+    report = layer_init.initialize(model, "he_normal", seed=5, residual="gpt2")
+    assert len(report.branches) == 16
+    scaled = _values(model)
+    touched = set()
+    for path, values in plain.items():
+        layer, name = path.split("/")[-2:]
+        last = layer.endswith("_3_conv") and name == "kernel"
+        if last:
+            touched.add(path)
+        np.testing.assert_allclose(
+            scaled[path], values * (0.25 if last else 1), rtol=1e-6
         )
-        assert len(report.branches) == 16
-        scaled = _values(model)
-        touched = set()
-        for path, values in plain.items():
-            layer, name = path.split("/")[-2:]
-            if rule == "gpt2":
-                # 16 blocks; conv*_block*_3_conv ends each branch.
-                last = layer.endswith("_3_conv") and name == "kernel"
-                factor = 0.25 if last else 1
-            else:
-                # Pre-activation blocks: the branch's last BN is *_2_bn.
-                last = layer.endswith("_2_bn") and name == "gamma"
-                factor = 0 if last else 1
-            if factor != 1:
-                touched.add(path)
-            np.testing.assert_allclose(
-                scaled[path], values * factor, rtol=1e-6, err_msg=path
-            )
-        assert {r["path"] for r in report.residual_rows} == touched
-        assert len(touched) == 16
+    assert {r["path"] for r in report.residual_rows} == touched
+    assert len(touched) == 16
+    # The other rules' plans (applying a plan is tested above, on the
+    # Functional ResNet; each application re-draws 25 M values).
+    _, rows, _ = layer_init._residual_plan(model, "zero")
+    # Pre-activation blocks: each branch's last BN is *_2_bn.
+    assert {(r["layer"][-5:], r["path"][-5:], r["factor"]) for r in rows} == {
+        ("_2_bn", "gamma", 0.0)
+    }
+    assert len(rows) == 16
+    _, rows, _ = layer_init._residual_plan(model, "fixup")
+    factors = {r["layer"][-7:]: r["factor"] for r in rows}
+    assert factors == {
+        "_1_conv": 16**-0.25,
+        "_2_conv": 16**-0.25,
+        "_3_conv": 0.0,
+    }
+    assert len(rows) == 48
 
 
 # --- Property: every argument works or is named in a ValueError ----------
