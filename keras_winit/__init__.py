@@ -12,7 +12,8 @@ Public API:
 - Gains: `gain`, `truncated_normal_std`.
 - Fans: `compute_fans`; layer layouts: `compute_layout_fans`.
 - Layer-aware re-initialization of a built model: `initialize` (returns an
-  `InitReport`).
+  `InitReport`; residual rules "gpt2", "fixup", "zero"), and
+  `residual_branches` (the `ResidualBranch`es it finds).
 - Monitoring: the `GradientVarianceLogger` callback (per-layer gradient
   statistics of the gradients `fit` applies, in TensorBoard).
 - Diagnostics: `diagnose` (returns a `Diagnosis`), data-driven init `lsuv`
@@ -47,8 +48,10 @@ from keras_winit.initializers import VarianceScaling
 from keras_winit.initializers import XavierNormal
 from keras_winit.initializers import XavierUniform
 from keras_winit.layer_init import InitReport
+from keras_winit.layer_init import ResidualBranch
 from keras_winit.layer_init import UnknownLayerWarning
 from keras_winit.layer_init import initialize
+from keras_winit.layer_init import residual_branches
 from keras_winit.layouts import compute_layout_fans
 from keras_winit.lsuv import LSUVResult
 from keras_winit.lsuv import LSUVWarning
@@ -79,6 +82,7 @@ __all__ = [
     "LayerStats",
     "LecunNormal",
     "LecunUniform",
+    "ResidualBranch",
     "UnknownLayerWarning",
     "VarianceScaling",
     "XavierNormal",
@@ -94,5 +98,6 @@ __all__ = [
     "layer_init",
     "layouts",
     "lsuv",
+    "residual_branches",
     "truncated_normal_std",
 ]

@@ -23,8 +23,11 @@ What each layer kind gets (the fans of each layout are in
 | (also in `Bidirectional`, `RNN`)   | `recurrent_kernel` | orthogonal/gate|
 | `ConvLSTM1D/2D/3D`                 | `kernel`           | conv_recurrent |
 | (also in `Bidirectional`)          | `recurrent_kernel` | orthogonal/gate|
-| `Embedding`                        | `embeddings`       | embedding      |
-| `*Normalization`, `PReLU`          | all                | kept           |
+| `Embedding` (and keras_hub's)      | `embeddings`       | kept (1)       |
+| `*Normalization`, `*Norm`, `PReLU` | all                | kept           |
+| `LayerScale`, learned tokens       | all                | kept           |
+
+(1) Or `N(0, embeddings_stddev)`; PyTorch's `N(0, 1)` with `"torch"`.
 
 Models (Functional, Sequential, subclassed), wrappers (`TimeDistributed`,
 `Bidirectional`) and custom layers are searched for the layers above. A
@@ -57,9 +60,10 @@ import re
 import warnings
 
 import keras
-import numpy as np
 
+from keras_winit import _checks
 from keras_winit import _seeds
+from keras_winit import gains
 from keras_winit import initializers as init_lib
 from keras_winit import layouts
 
@@ -97,9 +101,23 @@ _KEPT_LAYERS = tuple(
         "LayerNormalization",
         "GroupNormalization",
         "RMSNormalization",
+        "UnitNormalization",
         "PReLU",
     )
     if hasattr(keras.layers, name)
+)
+# Normalization layers of other packages, by class name (keras_hub alone
+# has `RMSNormalization`, `LlamaLayerNorm`, `T5LayerNorm`, `RmsNorm2d`,
+# `Qwen3_5RMSNormGated`, ...): their scales and offsets are kept. Only
+# layers without sublayers of their own qualify (not `ConvNormAct`).
+_NORM_NAME = re.compile(r"(Norm|Normalization)(1d|2d|3d|Gated)?$")
+# keras_hub's position embeddings: a learned `(sequence, dim)` table.
+_POSITION_EMBEDDINGS = ("PositionEmbedding",)
+# Learned tokens prepended to a sequence (ViT's class token, BEiT's mask
+# token, DeiT's distillation token, registers): kept, as the model draws
+# them.
+_TOKEN = re.compile(
+    r"(^|_)(class|cls|mask|dist|distillation|register)_?tokens?$"
 )
 _COLUMNS = (
     "layer",
@@ -126,18 +144,35 @@ class InitReport:
     path), `part` (`"gate i"` … for fused recurrent weights, else `""`),
     `shape` (of the part), `layout`, `fan_in`, `fan_out` (the fans used,
     `None` where none apply), `init` (how it was drawn: a scheme name,
-    `"orthogonal"`, `"zeros"`, `"kept"` or `"unknown"`), `target_std` and
-    `measured_std` (std of the values now in the variable). `str(report)`
-    is a plain-text table.
+    `"orthogonal"`, `"zeros"`, `"kept"` or `"unknown"`, with
+    ` ×factor (rule)` when a residual rule scaled it), `kind` (what the
+    variable is: `"kernel"`, `"bias"`, `"recurrent"`, `"embedding"`,
+    `"position embedding"`, `"normalization"`, `"layer scale"`, `"token"`,
+    `"non-trainable"`, `"frozen"`, `"unknown"`; for a kept embedding also
+    the model's own initializer), `target_std` and `measured_std` (std of
+    the values now in the variable, computed on the device).
+
+    `residual` is the rule applied (`"none"`, `"gpt2"`, `"fixup"`,
+    `"zero"`); `residual_rows` say per residual branch which variable was
+    scaled, by which factor and why (keys `branch`, `layer`, `path`,
+    `rule`, `factor`, `why`, `applied`: False for a frozen variable, which
+    is kept). `str(report)` is a plain-text table of both.
     """
 
-    def __init__(self, rows):
+    def __init__(self, rows, residual_rows=(), residual="none"):
         self.rows = list(rows)
+        self.residual_rows = list(residual_rows)
+        self.residual = residual
 
     @property
     def unknown(self):
         """The rows of variables left as they are because unknown."""
         return [row for row in self.rows if row["init"] == "unknown"]
+
+    @property
+    def branches(self):
+        """Names of the residual branches the rule was applied to."""
+        return list(dict.fromkeys(r["branch"] for r in self.residual_rows))
 
     def __len__(self):
         return len(self.rows)
@@ -149,18 +184,49 @@ class InitReport:
         return f"<InitReport: {len(self.rows)} rows>"
 
     def __str__(self):
-        table = [list(_COLUMNS)]
-        for row in self.rows:
-            table.append([_format_cell(row[c]) for c in _COLUMNS])
-        widths = [max(len(r[i]) for r in table) for i in range(len(_COLUMNS))]
-        lines = [
-            "  ".join(
-                cell.ljust(w) for cell, w in zip(r, widths, strict=True)
-            ).rstrip()
-            for r in table
-        ]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        return "\n".join(lines)
+        text = _table(
+            _COLUMNS,
+            [
+                [
+                    _format_cell(
+                        f"{row['init']} ({row['kind']})"
+                        if c == "init"
+                        and row["init"] == "kept"
+                        and row.get("kind")
+                        else row[c]
+                    )
+                    for c in _COLUMNS
+                ]
+                for row in self.rows
+            ],
+        )
+        if self.residual_rows:
+            columns = ("branch", "layer", "path", "factor", "why", "applied")
+            text += (
+                f"\n\nresidual={self.residual!r}: "
+                f"{len(self.branches)} branches\n"
+            )
+            text += _table(
+                columns,
+                [
+                    [_format_cell(r[c]) for c in columns]
+                    for r in self.residual_rows
+                ],
+            )
+        return text
+
+
+def _table(columns, body):
+    table = [list(columns)] + body
+    widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
+    lines = [
+        "  ".join(
+            cell.ljust(w) for cell, w in zip(r, widths, strict=True)
+        ).rstrip()
+        for r in table
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
 
 
 def initialize(
@@ -171,6 +237,9 @@ def initialize(
     seed=None,
     gain_method="moment",
     strict=False,
+    residual="none",
+    embeddings_stddev=None,
+    include_frozen=False,
 ):
     """Re-initializes a built model in place, with each layer's true fans.
 
@@ -232,6 +301,64 @@ def initialize(
       `U(±1/sqrt(k · (in + filters)))` for `ConvLSTM`.
     - `"keep"`: biases are left as they are.
 
+    What is kept as the model drew it (reported with `init="kept"` and its
+    `kind`): normalization scales and offsets (Keras' and any leaf layer
+    whose class name ends in `Norm`/`Normalization`, e.g. keras_hub's
+    RMS norms), ConvNeXt's `LayerScale`, learned tokens (ViT's
+    `class_token`, mask/distillation/register tokens), non-trainable
+    variables, and embedding tables (`Embedding`, keras_hub's
+    `ReversibleEmbedding` and `PositionEmbedding`): a table's row is read,
+    not summed, so no kernel fan rule applies to it (`he_normal` with
+    `fan_in = 1` would give GPT-2's token table std 1.41; the model's own
+    initializer, e.g. keras_hub's `N(0, 0.02)`, is kept and named in the
+    report). `embeddings_stddev` draws every table from `N(0, stddev)`
+    instead; `scheme="torch"` draws them from PyTorch's `N(0, 1)`.
+
+    Frozen layers (`trainable=False`): their weights are kept and reported
+    with `kind="frozen"` — re-drawing a frozen (e.g. pretrained) layer
+    would silently lose what the user froze it for. `include_frozen=True`
+    initializes them too (they stay frozen).
+
+    `residual` scales the residual branches that `residual_branches`
+    finds (an `Add` of a block's input and a branch in a Functional graph;
+    keras_hub transformer and ViT blocks), after the scheme's draw; `L` is
+    the number of branches found in the model:
+
+    - `"none"`: no rule.
+    - `"gpt2"` (Radford et al. 2019): each branch's output projection
+      (its last kernel layer) × `1/sqrt(L)` — GPT-2's `1/sqrt(2N)` for
+      `N` transformer blocks of two branches each. (GPT-2 scales its
+      `N(0, 0.02)`; here the scheme's std is scaled.)
+    - `"fixup"` (Zhang et al. 2019): each branch's last kernel layer is
+      zero and its other kernel layers × `L^(-1/(2m-2))`, `m` the
+      branch's number of sequential kernel stages (attention's query, key
+      and value are one stage, its output projection the next). With
+      `m = 1` the exponent is undefined: only the last (only) layer is
+      zeroed. Fixup's scalar biases and multiplier are layers added to
+      the architecture, not an initialization: not done here. Fixup is
+      meant for networks without normalization.
+    - `"zero"` (Goyal et al. 2017): the scale (`gamma`) of the branch's
+      last Keras normalization layer is zero, so the branch starts at its
+      biases' response (zero with `bias="zeros"`). In pre-activation and
+      pre-LN branches (ResNetV2, GPT-2) that is a norm before the last
+      kernel; its offset `beta` is 0 at build and biases are zero, so the
+      branch still starts at zero. A branch without such a normalization
+      (post-LN transformers such as BERT, where the norm follows the add;
+      nets without normalization; another package's norm, whose scale may
+      mean `1 + s`) gets its last kernel zeroed instead, as in Fixup and
+      SkipInit, and the report says so.
+
+    A model without branches raises a `ValueError` for `residual !=
+    "none"`. The report's `residual_rows` name each branch and each
+    variable scaled, its factor and why. Frozen variables are not scaled.
+
+    Unknown weights are listed, layer by layer, in one
+    `UnknownLayerWarning` (or the `ValueError` of `strict=True`) before
+    anything is written. All arguments are checked before any variable
+    changes. Values are drawn and assigned variable by variable on the
+    backend's device, and each measured std is computed there (in slices
+    for tensors over 4M values); only scalars come to the host.
+
     Examples:
 
     >>> model = keras.Sequential([
@@ -245,6 +372,19 @@ def initialize(
     >>> round(row["target_std"], 4)  # sqrt(2 / 9)
     0.4714
 
+    >>> # Two residual blocks: GPT-2's rule scales each branch's last
+    >>> # kernel by 1 / sqrt(2).
+    >>> h = x = keras.Input((16,))
+    >>> for i in range(2):
+    ...     f = keras.layers.Dense(16, activation="relu")(h)
+    ...     f = keras.layers.Dense(16, name=f"out{i}")(f)
+    ...     h = keras.layers.Add(name=f"block{i}")([h, f])
+    >>> report = keras_winit.initialize(
+    ...     keras.Model(x, h), "auto", residual="gpt2", seed=0)
+    >>> [(r["branch"], r["layer"], round(r["factor"], 4))
+    ...  for r in report.residual_rows]
+    [('block0', 'out0', 0.7071), ('block1', 'out1', 0.7071)]
+
     Args:
         model: A built `keras.Model` (or any built `keras.layers.Layer`).
         scheme: A scheme name, `"auto"`, `"torch"`, or a
@@ -257,8 +397,16 @@ def initialize(
             `keras.utils.set_random_seed`).
         gain_method: Gain rule of `scheme="auto"`: `"moment"`, `"kumar"`
             or `"torch"` (see `keras_winit.gain`).
-        strict: If True, a trainable weight of an unknown layer kind raises
-            a `ValueError` (naming the layer) instead of a warning.
+        strict: Bool. If True, a trainable weight of an unknown layer kind
+            raises a `ValueError` (naming the layer) instead of a warning,
+            and nothing is changed.
+        residual: One of `RESIDUAL_RULES` (case-insensitive): `"none"`
+            (default), `"gpt2"`, `"fixup"` or `"zero"`.
+        embeddings_stddev: Optional positive float: draw embedding tables
+            from `N(0, embeddings_stddev)` (GPT-2 and BERT use 0.02).
+            `None` (default) keeps the model's own tables.
+        include_frozen: Bool. If True, weights of `trainable=False` layers
+            are initialized too; by default they are kept.
 
     Returns:
         An `InitReport`.
@@ -268,11 +416,62 @@ def initialize(
           https://proceedings.mlr.press/v9/glorot10a.html)
         - [He et al., 2015](https://arxiv.org/abs/1502.01852)
         - [Saxe et al., 2013](https://arxiv.org/abs/1312.6120) (orthogonal)
+        - [Goyal et al., 2017](https://arxiv.org/abs/1706.02677)
+          (zero-init residual, "zero")
+        - [Zhang, Dauphin & Ma, 2019](https://arxiv.org/abs/1901.09321)
+          (Fixup)
+        - [Radford et al., 2019](
+          https://cdn.openai.com/better-language-models/language_models_are_unsupervised_multitask_learners.pdf)
+          (GPT-2, section 2.3)
     """
     if not isinstance(model, keras.layers.Layer):
         raise ValueError(
             "Argument `model` must be a Keras model or layer. "
             f"Received: model={model!r}"
+        )
+    base = _resolve_scheme(scheme)
+    if bias is None:
+        bias = "torch" if base == "torch" else "zeros"
+    if not isinstance(bias, str) or bias not in BIAS_MODES:
+        raise ValueError(
+            f"Invalid `bias` argument: {bias!r}. Expected one of {BIAS_MODES}."
+        )
+    if bias == "fan_in_plus_one" and base == "torch":
+        raise ValueError(
+            "Argument `bias='fan_in_plus_one'` needs a variance-scaling "
+            "scheme; scheme='torch' draws its biases as PyTorch does. "
+            f"Received: scheme={scheme!r}, bias={bias!r}"
+        )
+    if not isinstance(gain_method, str) or gain_method not in (
+        "moment",
+        "kumar",
+        "torch",
+    ):
+        raise ValueError(
+            f"Invalid `gain_method` argument: {gain_method!r}. "
+            "Expected one of ('moment', 'kumar', 'torch')."
+        )
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+    ):
+        raise ValueError(
+            f"Argument `seed` must be an int or None. Received: seed={seed!r}"
+        )
+    for name, value in (("strict", strict), ("include_frozen", include_frozen)):
+        if not isinstance(value, bool):
+            raise ValueError(
+                f"Argument `{name}` must be a bool (True or False). "
+                f"Received: {name}={value!r}"
+            )
+    if not isinstance(residual, str) or residual.lower() not in RESIDUAL_RULES:
+        raise ValueError(
+            f"Invalid `residual` argument: {residual!r}. "
+            f"Expected one of {RESIDUAL_RULES}."
+        )
+    residual = residual.lower()
+    if embeddings_stddev is not None:
+        embeddings_stddev = _checks.positive_float(
+            "embeddings_stddev", embeddings_stddev
         )
     if not model.built:
         raise ValueError(
@@ -287,37 +486,45 @@ def initialize(
                 "so its weights do not exist yet. Call the model on data "
                 "(or on `keras.Input`s) before initializing it."
             )
-    base = _resolve_scheme(scheme)
-    if bias is None:
-        bias = "torch" if base == "torch" else "zeros"
-    if bias not in BIAS_MODES:
-        raise ValueError(
-            f"Invalid `bias` argument: {bias!r}. Expected one of {BIAS_MODES}."
-        )
-    if bias == "fan_in_plus_one" and base == "torch":
-        raise ValueError(
-            "Argument `bias='fan_in_plus_one'` needs a variance-scaling "
-            "scheme; scheme='torch' draws its biases as PyTorch does. "
-            f"Received: scheme={scheme!r}, bias={bias!r}"
-        )
-    if gain_method not in ("moment", "kumar", "torch"):
-        raise ValueError(
-            f"Invalid `gain_method` argument: {gain_method!r}. "
-            "Expected one of ('moment', 'kumar', 'torch')."
-        )
     if seed is None:
         seed = random.randint(1, 2**31 - 1)
-    elif isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(
-            f"Argument `seed` must be an int or None. Received: seed={seed!r}"
-        )
     walker = _Walker()
     walker.visit(model)
-    writer = _Writer(base, bias, int(seed), gain_method, strict)
+    unknown = [item for item in walker.items if item.role == "unknown"]
+    if unknown:
+        # Said before anything is written: with strict=True nothing changes.
+        lines = "\n".join(
+            f"  layer '{item.layer}' ({item.layer_class}): "
+            f"'{item.variable.path}' {tuple(item.variable.shape)}"
+            for item in unknown
+        )
+        message = (
+            f"{len(unknown)} trainable weight(s) of model '{model.name}' "
+            "are of a kind keras_winit.layer_init.initialize does not know; "
+            f"they are left as they are:\n{lines}"
+        )
+        if strict:
+            raise ValueError(message + "\n(strict=True: nothing was changed)")
+        warnings.warn(message, UnknownLayerWarning, stacklevel=2)
+    adjust, residual_rows, branches = {}, [], []
+    if residual != "none":
+        adjust, residual_rows, branches = _residual_plan(model, residual)
+    writer = _Writer(
+        base,
+        bias,
+        int(seed),
+        gain_method,
+        embeddings_stddev,
+        include_frozen,
+        adjust,
+    )
     rows = []
     for index, item in enumerate(walker.items):
         rows.extend(writer.write(index, item))
-    return InitReport(rows)
+    for row in residual_rows:
+        applied = [r for r in rows if r["path"] == row["path"]]
+        row["applied"] = bool(applied) and applied[0]["kind"] != "frozen"
+    return InitReport(rows, residual_rows, residual)
 
 
 class _Item:
@@ -342,8 +549,13 @@ class _Item:
         torch=None,
         has_bias=False,
         forget_gate=None,
+        kind=None,
+        own=None,
     ):
         self.variable = variable
+        self.layer_class = None
+        self.kind = kind or role
+        self.own = own
         self.layer = layer
         self.role = role
         self.layout = layout
@@ -389,9 +601,29 @@ class _Walker:
             self._conv(layer, "conv")
         elif isinstance(layer, keras.layers.Embedding):
             self._embedding(layer)
-        elif isinstance(layer, _KEPT_LAYERS):
+        elif _is_normalization(layer):
             for variable in layer.weights:
-                self._add(_Item(variable, layer.name, "kept"))
+                self._add(
+                    _Item(variable, layer.name, "kept", kind="normalization")
+                )
+        elif _class_named(layer, _POSITION_EMBEDDINGS):
+            for variable in layer.weights:
+                if _is_float(variable) and len(variable.shape) == 2:
+                    self._add(
+                        _Item(
+                            variable,
+                            layer.name,
+                            "embedding",
+                            "embedding",
+                            kind="position embedding",
+                            own=getattr(layer, "initializer", None),
+                        )
+                    )
+        elif _class_named(layer, ("LayerScale",)):
+            for variable in layer.weights:
+                self._add(
+                    _Item(variable, layer.name, "kept", kind="layer scale")
+                )
         else:
             sublayers = list(_sublayers(layer))
             for before, after in zip(sublayers, sublayers[1:], strict=False):
@@ -404,8 +636,18 @@ class _Walker:
         # quantization scales, a cell we do not know) is never guessed at.
         for variable in layer.weights:
             if id(variable) not in self._seen:
-                role = "unknown" if variable.trainable else "kept"
-                self._add(_Item(variable, layer.name, role))
+                if _TOKEN.search(variable.name) and _is_float(variable):
+                    self._add(_Item(variable, layer.name, "kept", kind="token"))
+                elif variable.trainable:
+                    item = _Item(variable, layer.name, "unknown")
+                    item.layer_class = type(layer).__name__
+                    self._add(item)
+                else:
+                    self._add(
+                        _Item(
+                            variable, layer.name, "kept", kind="non-trainable"
+                        )
+                    )
 
     def _activation(self, layer):
         """The layer's activation, or that of an activation layer after it."""
@@ -567,20 +809,24 @@ class _Walker:
             )
 
     def _embedding(self, layer):
-        table = self._own(layer, "embeddings")
-        if table is None:
-            return
-        fans = layouts.compute_layout_fans(table.shape, "embedding")
-        self._add(
-            _Item(
-                table,
-                layer.name,
-                "kernel",
-                "embedding",
-                fans,
-                torch=("normal", 1),
-            )
-        )
+        # keras_hub's ReversibleEmbedding (an `Embedding`) may also hold an
+        # untied output projection `reverse_embeddings` (dim, vocab): the
+        # language-model head, initialized as the table is.
+        for variable in layer.weights:
+            if variable.name in ("embeddings", "reverse_embeddings") and (
+                _is_float(variable)
+            ):
+                self._add(
+                    _Item(
+                        variable,
+                        layer.name,
+                        "embedding",
+                        "embedding",
+                        torch=("normal", 1),
+                        kind="embedding",
+                        own=getattr(layer, "embeddings_initializer", None),
+                    )
+                )
 
     def _rnn(self, layer):
         cell = layer.cell
@@ -668,43 +914,75 @@ class _Walker:
 
 
 class _Writer:
-    """Draws and assigns the values of `_Item`s, and makes report rows."""
+    """Draws and assigns the values of `_Item`s, and makes report rows.
 
-    def __init__(self, base, bias, seed, gain_method, strict):
+    Variable by variable: each is drawn on the backend's device, assigned,
+    and its std measured there; only the scalar std comes to the host.
+    `adjust` maps `id(variable)` to the `(factor, note)` of a residual rule,
+    applied to the values before they are assigned.
+    """
+
+    def __init__(
+        self,
+        base,
+        bias,
+        seed,
+        gain_method,
+        embeddings_stddev=None,
+        include_frozen=False,
+        adjust=None,
+    ):
         self.base = base
         self.bias = bias
         self.seed = seed
         self.gain_method = gain_method
-        self.strict = strict
+        self.embeddings_stddev = embeddings_stddev
+        self.include_frozen = include_frozen
+        self.adjust = adjust or {}
+        self._gains = {}
+
+    def keeps(self, item):
+        """The reason `item` is kept as it is, or None if it is drawn."""
+        if item.role in ("kept", "unknown"):
+            return item.kind
+        if not item.variable.trainable and not self.include_frozen:
+            return "frozen"
+        if item.role == "bias" and self.bias == "keep":
+            return "bias"
+        if (
+            item.role == "embedding"
+            and self.base != "torch"
+            and self.embeddings_stddev is None
+        ):
+            return item.kind
+        return None
 
     def write(self, index, item):
         variable = item.variable
-        path = variable.path
-        if item.role in ("kept", "unknown") or (
-            item.role == "bias" and self.bias == "keep"
-        ):
-            if item.role == "unknown":
-                message = (
-                    f"Layer '{item.layer}' has a trainable weight "
-                    f"'{path}' (shape {tuple(variable.shape)}) of a kind "
-                    "keras_winit.layer_init.initialize does not know; it "
-                    "was left as it is."
-                )
-                if self.strict:
-                    raise ValueError(message + " (strict=True)")
-                warnings.warn(message, UnknownLayerWarning, stacklevel=3)
-            values = _to_numpy(variable)
-            return [
-                _row(
-                    item,
-                    "",
-                    values.shape,
-                    "kept" if item.role != "unknown" else "unknown",
-                    (None, None),
-                    None,
-                    values,
-                )
-            ]
+        factor, note = self.adjust.get(id(variable), (None, ""))
+        kept = self.keeps(item)
+        if kept is not None:
+            label = "unknown" if item.role == "unknown" else "kept"
+            if factor is not None and kept != "frozen":
+                values = keras.ops.multiply(variable.value, factor)
+                variable.assign(keras.ops.cast(values, variable.dtype))
+                label = f"kept ×{factor:.4g} ({note})"
+            row = _row(
+                item,
+                "",
+                variable.shape,
+                label,
+                (None, None),
+                None,
+                _std(variable.value),
+            )
+            row["kind"] = kept
+            if item.own is not None and kept in (
+                "embedding",
+                "position embedding",
+            ):
+                row["kind"] = f"{kept}, own {_describe(item.own)}"
+            return [row]
         shape = tuple(int(d) for d in variable.shape)
         n = len(item.gates)
         block_shape = shape[:-1] + (shape[-1] // n,)
@@ -714,23 +992,43 @@ class _Writer:
             values, label, fans, target = self._draw(
                 item, g, block_shape, variable.dtype, block_seed
             )
+            if factor is not None:
+                values = keras.ops.multiply(values, factor)
+                label = f"{label} ×{factor:.4g} ({note})"
+                target = None if target is None else target * abs(factor)
+            values = keras.ops.cast(values, variable.dtype)
             blocks.append(values)
-            specs.append((label, fans, target))
+            specs.append((label, fans, target, _std(values)))
         values = blocks[0] if n == 1 else keras.ops.concatenate(blocks, -1)
-        variable.assign(keras.ops.cast(values, variable.dtype))
-        written = _to_numpy(variable)
+        variable.assign(values)
         rows = []
-        width = block_shape[-1]
-        for g, (label, fans, target) in enumerate(specs):
-            part = written[..., g * width : (g + 1) * width]
-            rows.append(
-                _row(item, item.gates[g], part.shape, label, fans, target, part)
+        for g, (label, fans, target, std) in enumerate(specs):
+            row = _row(
+                item, item.gates[g], block_shape, label, fans, target, std
             )
+            rows.append(row)
         return rows
 
     def _draw(self, item, gate, shape, dtype, seed):
         """Returns `(values, init label, fans used, target std)`."""
         fan_in, fan_out = item.fans
+        if item.role == "embedding":
+            if self.base == "torch":
+                return self._torch(item.torch, shape, dtype, seed)
+            initializer = init_lib.VarianceScaling(
+                scale=self.embeddings_stddev**2,
+                mode="fan_in",
+                distribution="untruncated_normal",
+                seed=seed,
+                fan_in=1,
+                fan_out=1,
+            )
+            return (
+                initializer(shape, dtype),
+                f"normal(stddev={self.embeddings_stddev:g})",
+                (None, None),
+                self.embeddings_stddev,
+            )
         if item.role == "recurrent" and self.base != "torch":
             values = keras.initializers.Orthogonal(seed=seed)(shape, dtype)
             # Keras flattens the block to (prod(shape[:-1]), shape[-1]);
@@ -773,13 +1071,8 @@ class _Writer:
             if isinstance(activation, tuple):  # from a separate layer
                 activation, param = activation
             if not isinstance(activation, str):
-                raise ValueError(
-                    "scheme='auto' needs the activation of layer "
-                    f"'{layer_name}' by name, to compute its gain, but "
-                    f"{activation!r} is neither a Keras activation nor a "
-                    "registered one. Register it with "
-                    "`keras.saving.register_keras_serializable`, or pass "
-                    "a scheme name."
+                return self._callable(
+                    activation, fan_in, fan_out, seed, layer_name
                 )
             try:
                 initializer = init_lib.ActivationScaling(
@@ -807,6 +1100,31 @@ class _Writer:
         )
         initializer = type(self.base).from_config(config)
         return initializer, _scheme_label(self.base)
+
+    def _callable(self, function, fan_in, fan_out, seed, layer_name):
+        """`"auto"` for an activation known only as a function."""
+        name = getattr(function, "__name__", type(function).__name__)
+        if id(function) not in self._gains:
+            try:
+                value = gains.gain(function, method=self.gain_method)
+            except (ValueError, TypeError) as error:
+                raise ValueError(
+                    "scheme='auto' cannot compute a gain for the activation "
+                    f"{function!r} of layer '{layer_name}' "
+                    f"(gain_method={self.gain_method!r}): {error}"
+                ) from error
+            # The function is kept with its gain so its id is not reused.
+            self._gains[id(function)] = (function, value)
+        value = self._gains[id(function)][1]
+        initializer = init_lib.VarianceScaling(
+            scale=value**2,
+            mode="fan_in",
+            distribution="truncated_normal",
+            seed=seed,
+            fan_in=fan_in,
+            fan_out=fan_out,
+        )
+        return initializer, f"auto({name}, g={value:.3g})"
 
     def _torch(self, rule, shape, dtype, seed):
         kind = rule[0]
@@ -849,9 +1167,372 @@ class _Writer:
         )
 
 
+# --- Residual branches ---------------------------------------------------
+#
+# A self-contained finder with a small interface: `residual_branches(model)`
+# returns `ResidualBranch`es (the block, the branch's layers in order, its
+# kernel layers in sequential stages, its last kernel layer and its last
+# normalization). `initialize(..., residual=...)` only reads those.
+
+
+#: Residual rules of `initialize`.
+RESIDUAL_RULES = ("none", "gpt2", "fixup", "zero")
+
+# keras_hub transformer blocks (layers that call sublayers, no graph
+# inside): for each, the residual branches as attribute names, in order.
+# `None` stands for the block's normalization of that branch, which is
+# inside the branch only when `normalize_first` (pre-LN).
+_TRANSFORMER_BLOCKS = {
+    "TransformerEncoder": (
+        (
+            "self_attention",
+            "_self_attention_layer_norm",
+            "_self_attention_layer",
+        ),
+        (
+            "feedforward",
+            "_feedforward_layer_norm",
+            "_feedforward_intermediate_dense",
+            "_feedforward_output_dense",
+        ),
+    ),
+    "TransformerDecoder": (
+        (
+            "self_attention",
+            "_self_attention_layer_norm",
+            "_self_attention_layer",
+        ),
+        (
+            "cross_attention",
+            "_cross_attention_layer_norm",
+            "_cross_attention_layer",
+        ),
+        (
+            "feedforward",
+            "_feedforward_layer_norm",
+            "_feedforward_intermediate_dense",
+            "_feedforward_output_dense",
+        ),
+    ),
+    # ViT's blocks are always pre-LN.
+    "ViTEncoderBlock": (
+        ("attention", "layer_norm_1", "mha"),
+        ("mlp", "layer_norm_2", "mlp"),
+    ),
+}
+
+
+class ResidualBranch:
+    """One residual branch `F` of a block `h + F(h)`.
+
+    Attributes:
+        name: A readable name: the `Add`'s name in a Functional graph, or
+            `"<block>/<branch>"` in a transformer block.
+        block: The `Add` operation, or the transformer block layer.
+        layers: The branch's layers in forward order (all of them, also
+            normalization and activation layers).
+        stages: The branch's kernel layers in sequential stages: a list of
+            lists, one per stage. A stage is one layer, except attention:
+            query, key and value are one stage, the output projection the
+            next.
+        last_kernel: The layer of the last stage (the branch's output
+            projection).
+        last_norm: The branch's last normalization layer, or None.
+    """
+
+    def __init__(self, name, block, layers, stages, last_norm):
+        self.name = name
+        self.block = block
+        self.layers = list(layers)
+        self.stages = [list(stage) for stage in stages]
+        self.last_kernel = self.stages[-1][-1]
+        self.last_norm = last_norm
+
+    @property
+    def depth(self):
+        """Fixup's `m`: the number of sequential kernel stages."""
+        return len(self.stages)
+
+    def __repr__(self):
+        return (
+            f"<ResidualBranch {self.name}: {self.depth} stages, last kernel "
+            f"'{self.last_kernel.name}', last norm "
+            f"{self.last_norm.name if self.last_norm else None!r}>"
+        )
+
+
+def residual_branches(model) -> list:
+    """Returns the residual branches of a model, in forward order.
+
+    Two kinds are found:
+
+    - in Functional graphs (also nested ones, and keras_hub backbones), an
+      `Add` (the layer, or `+` on symbolic tensors) of two tensors where
+      one side is the block's input, or a cheaper shortcut of it (at most
+      one kernel layer, a projection or pooling), and the other side has
+      more kernel layers: that side is the branch (ResNet, ResNetV2,
+      ConvNeXt, MobileNetV2 blocks);
+    - keras_hub `TransformerEncoder` / `TransformerDecoder` blocks (two or
+      three branches: self-attention, cross-attention when built, the
+      feed-forward network) and ViT encoder blocks (attention, MLP).
+
+    Examples:
+
+    >>> x = keras.Input((8,))
+    >>> h = keras.layers.Dense(8, activation="relu")(x)
+    >>> y = keras.layers.Add(name="block")([x, keras.layers.Dense(8)(h)])
+    >>> [b.name for b in keras_winit.layer_init.residual_branches(
+    ...     keras.Model(x, y))]
+    ['block']
+
+    Args:
+        model: A built Keras model or layer.
+
+    Returns:
+        A list of `ResidualBranch`.
+    """
+    branches = []
+    for layer in [model] + list(model._flatten_layers(include_self=False)):
+        if _is_functional(layer):
+            branches.extend(_functional_branches(layer))
+        for class_name, spec in _TRANSFORMER_BLOCKS.items():
+            if type(layer).__name__ == class_name:
+                branches.extend(_transformer_branches(layer, spec))
+                break
+    return branches
+
+
+def _is_functional(layer):
+    from keras.src.models.functional import Functional
+
+    return isinstance(layer, Functional)
+
+
+def _is_add(operation):
+    from keras.src.ops import numpy as numpy_ops
+
+    return isinstance(operation, (keras.layers.Add, numpy_ops.Add))
+
+
+def _functional_branches(model):
+    order = {id(op): i for i, op in enumerate(model.operations)}
+    memo = {}
+
+    def ancestors(tensor):
+        history = getattr(tensor, "_keras_history", None)
+        if history is None or id(history.operation) not in order:
+            return frozenset()
+        key = (id(history.operation), history.node_index)
+        if key not in memo:
+            node = history.operation._inbound_nodes[history.node_index]
+            found = {id(history.operation)}
+            for parent in node.input_tensors:
+                found |= ancestors(parent)
+            memo[key] = frozenset(found)
+        return memo[key]
+
+    by_id = {id(op): op for op in model.operations}
+    branches = []
+    for op in model.operations:
+        if not _is_add(op):
+            continue
+        for node in op._inbound_nodes:
+            tensors = node.input_tensors
+            if len(tensors) != 2:
+                continue
+            a, b = (ancestors(t) for t in tensors)
+            sides = []
+            for own in (a - b, b - a):
+                layers = sorted(
+                    (by_id[i] for i in own), key=lambda o: order[id(o)]
+                )
+                stages = [s for layer in layers for s in _stages_of(layer)]
+                sides.append((layers, stages))
+            sides.sort(key=lambda side: len(side[1]))
+            (_, short_stages), (layers, stages) = sides
+            if not stages or len(short_stages) > 1:
+                continue
+            if len(short_stages) == len(stages):
+                continue  # two alike paths: no shortcut to tell apart
+            norms = [n for layer in layers for n in _norms_of(layer)]
+            branches.append(
+                ResidualBranch(
+                    op.name,
+                    op,
+                    layers,
+                    stages,
+                    norms[-1] if norms else None,
+                )
+            )
+    return branches
+
+
+def _transformer_branches(block, spec):
+    pre_norm = getattr(block, "normalize_first", True)
+    branches = []
+    for name, norm_name, *names in spec:
+        layers = [getattr(block, n, None) for n in names]
+        if any(layer is None or not layer.built for layer in layers):
+            continue  # e.g. no cross-attention in a decoder-only model
+        norm = getattr(block, norm_name, None) if pre_norm else None
+        if norm is not None:
+            layers.insert(0, norm)
+        stages = [s for layer in layers for s in _stages_of(layer)]
+        if stages:
+            branches.append(
+                ResidualBranch(
+                    f"{block.name}/{name}", block, layers, stages, norm
+                )
+            )
+    return branches
+
+
+def _output_kernel(layer):
+    """The kernel variable that scales a kernel layer's output, or None."""
+    if isinstance(layer, _conv_classes("BaseSeparableConv")):
+        name = "pointwise_kernel"
+    elif isinstance(
+        layer,
+        (
+            keras.layers.Dense,
+            keras.layers.EinsumDense,
+            _conv_classes("BaseConv"),
+            _conv_classes("BaseConvTranspose"),
+            _conv_classes("BaseDepthwiseConv"),
+        ),
+    ):
+        name = "kernel"
+    else:
+        return None
+    for variable in layer.weights:
+        if variable.name == name and _is_float(variable):
+            return variable
+    return None
+
+
+def _stages_of(layer):
+    """A layer's kernel layers as sequential stages (see `ResidualBranch`)."""
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        inputs = [
+            getattr(layer, f"_{n}_dense", None)
+            for n in ("query", "key", "value")
+        ]
+        stages = [[p for p in inputs if p is not None]]
+        stages.append([layer._output_dense])
+        return [s for s in stages if s]
+    if _output_kernel(layer) is not None:
+        return [[layer]]
+    if not isinstance(layer, keras.layers.Layer) or _is_normalization(layer):
+        return []
+    return [s for sub in _sublayers(layer) for s in _stages_of(sub)]
+
+
+def _norms_of(layer):
+    if not isinstance(layer, keras.layers.Layer):
+        return []
+    if _is_normalization(layer):
+        return [layer]
+    return [n for sub in _sublayers(layer) for n in _norms_of(sub)]
+
+
+def _gamma(norm):
+    """The scale variable of a Keras normalization layer, or None."""
+    if not isinstance(norm, _KEPT_LAYERS):
+        return None  # another package's norm: its scale may mean 1 + s
+    for name in ("gamma", "scale"):
+        variable = getattr(norm, name, None)
+        if isinstance(variable, keras.Variable):
+            return variable
+    return None
+
+
+def _residual_plan(model, rule):
+    """`(adjust, rows, branches)` of a residual rule.
+
+    `adjust` maps `id(variable)` to `(factor, note)`; `rows` say, per
+    branch and variable, what is scaled and why.
+    """
+    branches = residual_branches(model)
+    if not branches:
+        raise ValueError(
+            f"Argument `residual={rule!r}` needs residual branches, but "
+            f"model '{model.name}' has none that initialize can find: an "
+            "`Add` of a block's input and a branch with kernel layers in a "
+            "Functional graph, or a keras_hub TransformerEncoder/"
+            "TransformerDecoder/ViT block. Use residual='none'. "
+            f"Received: residual={rule!r}"
+        )
+    count = len(branches)
+    adjust, rows = {}, []
+
+    def scale(branch, layer, variable, factor, why):
+        if variable is None:
+            return  # e.g. a quantized kernel: reported as unknown
+        old, note = adjust.get(id(variable), (1.0, ""))
+        note = f"{note}+{rule}" if note else rule
+        adjust[id(variable)] = (old * factor, note)
+        rows.append(
+            {
+                "branch": branch.name,
+                "layer": layer.name,
+                "path": variable.path,
+                "rule": rule,
+                "factor": factor,
+                "why": why,
+            }
+        )
+
+    for branch in branches:
+        last = branch.last_kernel
+        if rule == "gpt2":
+            scale(
+                branch,
+                last,
+                _output_kernel(last),
+                1.0 / math.sqrt(count),
+                f"output projection, 1/sqrt({count} branches)",
+            )
+        elif rule == "fixup":
+            m = branch.depth
+            scale(branch, last, _output_kernel(last), 0.0, "last layer")
+            if m > 1:
+                factor = count ** (-1.0 / (2 * m - 2))
+                for stage in branch.stages[:-1]:
+                    for layer in stage:
+                        scale(
+                            branch,
+                            layer,
+                            _output_kernel(layer),
+                            factor,
+                            f"L^(-1/(2m-2)), L={count}, m={m}",
+                        )
+        else:  # zero
+            gamma = _gamma(branch.last_norm) if branch.last_norm else None
+            if gamma is not None:
+                scale(
+                    branch,
+                    branch.last_norm,
+                    gamma,
+                    0.0,
+                    "last normalization's gamma",
+                )
+            else:
+                scale(
+                    branch,
+                    last,
+                    _output_kernel(last),
+                    0.0,
+                    "no normalization with a gamma: last kernel",
+                )
+    return adjust, rows, branches
+
+
 def _resolve_scheme(scheme):
     if isinstance(scheme, str):
-        name = re.sub(r"(?<!^)(?=[A-Z])", "_", scheme).lower()
+        name = scheme.lower()
+        if name not in SCHEME_NAMES and name not in ("auto", "torch"):
+            # CamelCase class names: "HeNormal" -> "he_normal".
+            name = re.sub(r"(?<!^)(?=[A-Z])", "_", scheme).lower()
         if name in ("auto", "torch"):
             return name
         if name in SCHEME_NAMES:
@@ -897,6 +1578,19 @@ def _conv_lstm_cell():
     from keras.src.layers.rnn import conv_lstm
 
     return conv_lstm.ConvLSTMCell
+
+
+def _class_named(layer, names):
+    """Whether `layer`'s class, or a base class, has one of `names`."""
+    return any(cls.__name__ in names for cls in type(layer).__mro__)
+
+
+def _is_normalization(layer):
+    if isinstance(layer, _KEPT_LAYERS):
+        return True
+    return bool(_NORM_NAME.search(type(layer).__name__)) and not any(
+        sub.weights for sub in _sublayers(layer)
+    )
 
 
 def _sublayers(layer):
@@ -967,14 +1661,63 @@ def _is_float(variable):
     )
 
 
-def _to_numpy(variable):
-    return np.asarray(
-        keras.ops.convert_to_numpy(keras.ops.cast(variable, "float32"))
-    )
+# Tensors larger than this many elements have their std computed slice by
+# slice, so that no temporary of the whole tensor is made (GPT-2's token
+# table is 38.6M values: 147 MB per float32 temporary).
+_STD_CHUNK = 1 << 22
 
 
-def _row(item, gate, shape, label, fans, target, values):
-    values = np.asarray(values, dtype=np.float64)
+def _std(values):
+    """The std of a tensor, computed on its device; a float on the host.
+
+    Large tensors are reduced in slices along their first axis (two
+    passes: the mean, then the squared deviations), each slice's sum
+    brought to the host as one float.
+    """
+    dtype = keras.backend.standardize_dtype(values.dtype)
+    dtype = "float64" if dtype == "float64" else "float32"
+    size = math.prod(values.shape)
+    if not size:
+        return 0.0
+    if size <= _STD_CHUNK or len(values.shape) == 0:
+        std = keras.ops.std(keras.ops.cast(values, dtype))
+        return float(keras.ops.convert_to_numpy(std))
+    rows = int(values.shape[0])
+    step = max(1, _STD_CHUNK // (size // rows))
+    slices = [
+        (start, min(start + step, rows)) for start in range(0, rows, step)
+    ]
+
+    def total(fn):
+        return math.fsum(
+            float(
+                keras.ops.convert_to_numpy(
+                    keras.ops.sum(fn(keras.ops.cast(values[a:b], dtype)))
+                )
+            )
+            for a, b in slices
+        )
+
+    mean = total(lambda chunk: chunk) / size
+    square = total(lambda chunk: keras.ops.square(chunk - mean))
+    return math.sqrt(square / size)
+
+
+def _describe(initializer):
+    """A short name for an initializer, with its std or range if it has."""
+    name = type(initializer).__name__
+    config = {}
+    try:
+        config = initializer.get_config()
+    except (AttributeError, NotImplementedError, TypeError):
+        pass
+    for key in ("stddev", "scale", "maxval"):
+        if isinstance(config.get(key), numbers.Real):
+            return f"{name}({key}={config[key]:g})"
+    return name
+
+
+def _row(item, gate, shape, label, fans, target, std):
     return {
         "layer": item.layer,
         "path": item.variable.path,
@@ -985,7 +1728,8 @@ def _row(item, gate, shape, label, fans, target, values):
         "fan_out": fans[1],
         "init": label,
         "target_std": None if target is None else float(target),
-        "measured_std": float(values.std()) if values.size else 0.0,
+        "measured_std": std,
+        "kind": item.kind,
     }
 
 

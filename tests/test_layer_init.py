@@ -144,13 +144,6 @@ LAYER_CASES = [
         "kernel",
         (80, 80),
     ),
-    (
-        "embedding",
-        lambda: keras.layers.Embedding(200, 32),
-        (5,),
-        "embeddings",
-        (1, 32),
-    ),
 ]
 SCHEMES = ["he_normal", "glorot_uniform", "kaiming_normal"]
 
@@ -945,8 +938,571 @@ def test_not_a_model():
 
 def test_auto_with_unusable_activation_names_the_layer():
     model = _model(
-        keras.layers.Dense(3, activation=lambda x: x, name="lambda_dense"),
+        keras.layers.Dense(
+            3,
+            activation=lambda x: keras.ops.sum(x, keepdims=True),
+            name="lambda_dense",
+        ),
         (4,),
     )
-    with pytest.raises(ValueError, match="lambda_dense"):
+    with pytest.raises(ValueError, match="lambda_dense.*not elementwise"):
         layer_init.initialize(model, "auto")
+
+
+# --- Callable activations, embeddings, frozen layers, arguments ----------
+
+
+def _tanh_gelu(x):
+    """A plain function, as keras_hub's `gelu_approximate`."""
+    return keras.activations.gelu(x, approximate=True)
+
+
+@pytest.mark.parametrize("method", ["moment", "kumar"])
+def test_auto_computes_the_gain_of_a_callable(method):
+    model = _model(
+        keras.layers.Dense(3000, activation=_tanh_gelu, name="ffn"), (200,)
+    )
+    report = layer_init.initialize(model, "auto", gain_method=method, seed=0)
+    (row,) = [r for r in report.rows if r["kind"] == "kernel"]
+    g = keras_winit.gain(_tanh_gelu, method=method)
+    assert row["init"] == f"auto(_tanh_gelu, g={g:.3g})"
+    np.testing.assert_allclose(row["target_std"], g / math.sqrt(200))
+    values = _var(model, "kernel").ravel()
+    sigma = g / math.sqrt(200) / TRUNC
+    truncated = stats.truncnorm(-2, 2, scale=sigma)
+    assert stats.kstest(values, truncated.cdf).pvalue > KS_P
+
+
+def test_auto_callable_with_torch_gains_names_the_layer():
+    model = _model(
+        keras.layers.Dense(3, activation=_tanh_gelu, name="ffn"), (4,)
+    )
+    with pytest.raises(ValueError, match="'ffn'.*gain_method='torch'"):
+        layer_init.initialize(model, "auto", gain_method="torch")
+
+
+def _embedding_model():
+    inputs = keras.Input((5,), dtype="int32")
+    x = keras.layers.Embedding(
+        400,
+        64,
+        embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02),
+        name="tokens",
+    )(inputs)
+    return keras.Model(inputs, keras.layers.Dense(8, name="proj")(x))
+
+
+@pytest.mark.parametrize("scheme", ["he_normal", "auto", "glorot_uniform"])
+def test_embeddings_keep_the_models_initializer(scheme):
+    model = _embedding_model()
+    before = _var(model, "embeddings")
+    report = layer_init.initialize(model, scheme, seed=0)
+    np.testing.assert_array_equal(_var(model, "embeddings"), before)
+    (row,) = [r for r in report.rows if r["layer"] == "tokens"]
+    assert row["init"] == "kept"
+    assert row["kind"] == "embedding, own RandomNormal(stddev=0.02)"
+    np.testing.assert_allclose(row["measured_std"], before.std(), rtol=1e-5)
+    assert "kept (embedding, own RandomNormal" in str(report)
+
+
+def test_embeddings_stddev():
+    model = _embedding_model()
+    report = layer_init.initialize(
+        model, "he_normal", embeddings_stddev=0.5, seed=0
+    )
+    values = _var(model, "embeddings").ravel()
+    assert stats.kstest(values, stats.norm(scale=0.5).cdf).pvalue > KS_P
+    (row,) = [r for r in report.rows if r["layer"] == "tokens"]
+    assert row["init"] == "normal(stddev=0.5)" and row["target_std"] == 0.5
+    # Other weights follow the scheme as before.
+    assert [r["init"] for r in report.rows if r["layer"] == "proj"] == [
+        "he_normal",
+        "zeros",
+    ]
+
+
+def _frozen_model():
+    model = _two_dense()
+    model.layers[0].trainable = False
+    return model
+
+
+def test_frozen_layers_are_kept_and_reported():
+    model = _frozen_model()
+    frozen = [keras.ops.convert_to_numpy(v) for v in model.layers[0].weights]
+    other = keras.ops.convert_to_numpy(model.layers[1].kernel)
+    report = layer_init.initialize(model, "he_normal", seed=0)
+    for variable, before in zip(model.layers[0].weights, frozen, strict=True):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(variable), before
+        )
+    assert not np.array_equal(
+        keras.ops.convert_to_numpy(model.layers[1].kernel), other
+    )
+    kinds = [r["kind"] for r in report.rows]
+    assert kinds == ["frozen", "frozen", "kernel", "bias"]
+    assert "kept (frozen)" in str(report)
+
+
+def test_include_frozen_initializes_them():
+    model = _frozen_model()
+    before = keras.ops.convert_to_numpy(model.layers[0].kernel)
+    report = layer_init.initialize(
+        model, "he_normal", include_frozen=True, seed=0
+    )
+    assert not np.array_equal(
+        keras.ops.convert_to_numpy(model.layers[0].kernel), before
+    )
+    assert report.rows[0]["init"] == "he_normal"
+    assert not model.layers[0].trainable  # still frozen
+
+
+@pytest.mark.parametrize(
+    "scheme,expected",
+    [
+        ("HE_NORMAL", "he_normal"),
+        ("He_Normal", "he_normal"),
+        ("HeNormal", "he_normal"),
+        ("GLOROT_UNIFORM", "glorot_uniform"),
+        ("AUTO", "auto"),
+        ("Torch", "torch"),
+    ],
+)
+def test_scheme_names_are_case_insensitive(scheme, expected):
+    model = _two_dense()
+    report = layer_init.initialize(model, scheme, seed=0)
+    assert report.rows[0]["init"].startswith(
+        {"auto": "auto(", "torch": "torch U"}.get(expected, expected)
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"strict": "yes"}, "`strict`.*strict='yes'"),
+        ({"strict": 1}, "`strict`.*strict=1"),
+        ({"include_frozen": None}, "`include_frozen`.*include_frozen=None"),
+        ({"residual": "gtp2"}, "`residual`.*'gtp2'"),
+        ({"residual": None}, "`residual`.*None"),
+        ({"embeddings_stddev": 0}, "`embeddings_stddev`.*=0"),
+        ({"embeddings_stddev": -0.1}, "`embeddings_stddev`.*=-0.1"),
+        ({"embeddings_stddev": float("nan")}, "`embeddings_stddev`.*nan"),
+        ({"embeddings_stddev": "0.02"}, "`embeddings_stddev`.*'0.02'"),
+        ({"embeddings_stddev": True}, "`embeddings_stddev`.*True"),
+        ({"bias": ["zeros"]}, "`bias`.*\\['zeros'\\]"),
+        ({"gain_method": None}, "`gain_method`.*None"),
+        ({"seed": True}, "`seed`.*True"),
+    ],
+)
+def test_more_bad_arguments(kwargs, match):
+    model = _two_dense()
+    before = keras.ops.convert_to_numpy(model.layers[0].kernel)
+    with pytest.raises(ValueError, match=match):
+        layer_init.initialize(model, **kwargs)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(model.layers[0].kernel), before
+    )
+
+
+def test_strict_changes_nothing():
+    model = _with_unknown()
+    before = [keras.ops.convert_to_numpy(v) for v in model.weights]
+    with pytest.raises(ValueError, match="(?s)my_scale.*strict=True"):
+        layer_init.initialize(model, "he_normal", strict=True)
+    for variable, values in zip(model.weights, before, strict=True):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(variable), values
+        )
+
+
+def test_unknown_layers_are_listed_layer_by_layer():
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            _Scale(name="scale_a"),
+            keras.layers.Dense(4),
+            _Scale(name="scale_b"),
+        ]
+    )
+    with pytest.warns(layer_init.UnknownLayerWarning) as caught:
+        report = layer_init.initialize(model, "he_normal", seed=0)
+    (warning,) = [
+        w for w in caught if w.category is layer_init.UnknownLayerWarning
+    ]
+    text = str(warning.message)
+    assert "2 trainable weight(s)" in text
+    assert "layer 'scale_a' (_Scale)" in text
+    assert "layer 'scale_b' (_Scale)" in text
+    assert [r["layer"] for r in report.unknown] == ["scale_a", "scale_b"]
+
+
+# --- Real models (tests/_real_models.py) ---------------------------------
+
+from tests import _real_models  # noqa: E402
+
+_BUILT = {}
+
+
+def _real(name):
+    """Each real model is built once per test module (they are re-drawn)."""
+    if name not in _BUILT:
+        _BUILT[name] = _real_models.build(name)[0]
+    return _BUILT[name]
+
+
+# The kinds of weights `initialize` keeps as the model drew them.
+_KEPT_KINDS = {
+    "normalization",
+    "non-trainable",
+    "layer scale",
+    "token",
+    "embedding",
+    "position embedding",
+}
+
+
+# Which kinds a model's weights are is decided without the backend; the
+# draws are not. TensorFlow runs all nine models. Under JAX the first
+# `initialize` of a model compiles every sampler op for each distinct
+# variable shape (MobileNetV2: ~50 s on 2 busy cores), and PyTorch's CPU
+# sampler makes 5-8 M values/s (ConvNeXtTiny's 28 M parameters: 12 s), so
+# they run a subset that still has every kind: ResNet50V2 (its compiled
+# shapes are reused by the residual tests below) and the keras_hub
+# backbones (embeddings, position embeddings, callable activations; ViT's
+# class token on PyTorch).
+_AUTO_MODELS = {
+    "jax": ("ResNet50V2", "GPT2Backbone", "BertBackbone"),
+    "torch": ("MobileNetV2", "ResNet50V2") + _real_models.HUB_BACKBONES,
+}.get(keras.backend.backend(), _real_models.ALL)
+
+
+@pytest.mark.parametrize("name", _AUTO_MODELS)
+def test_real_models_auto_leaves_nothing_unknown(name):
+    model = _real(name)
+    variables = {v.path: v for v in model.weights}
+    kept = {
+        path: keras.ops.convert_to_numpy(v)
+        for path, v in variables.items()
+        if "embedding" in path or "gamma" in path or "token" in path
+    }
+    report = layer_init.initialize(model, "auto", seed=0)  # no warning
+    assert report.unknown == []
+    assert len({r["path"] for r in report.rows}) == len(model.weights)
+    for row in report.rows:
+        kind = row["kind"].split(",")[0]
+        if row["init"] == "kept":
+            assert kind in _KEPT_KINDS, row
+        else:
+            assert kind in ("kernel", "bias", "recurrent"), row
+        if kind in _KEPT_KINDS and row["path"] in kept:
+            np.testing.assert_array_equal(
+                keras.ops.convert_to_numpy(variables[row["path"]]),
+                kept[row["path"]],
+            )
+    kinds = {r["kind"].split(",")[0] for r in report.rows}
+    if name == "ConvNeXtTiny":
+        assert "layer scale" in kinds
+    if name in _real_models.HUB_BACKBONES:
+        assert {"embedding", "position embedding"} & kinds
+        assert any(r["init"].startswith("auto(") for r in report.rows)
+    if name == "ViTBackbone":
+        assert "token" in kinds
+
+
+def test_gpt2_token_embedding_is_not_drawn_with_a_fan_rule():
+    model = _real("GPT2Backbone")
+    report = layer_init.initialize(model, "he_normal", seed=0)
+    (row,) = [r for r in report.rows if r["path"].startswith("token_emb")]
+    assert row["init"] == "kept" and row["measured_std"] < 0.05
+    report = layer_init.initialize(
+        model, "he_normal", seed=0, embeddings_stddev=0.02
+    )
+    rows = [r for r in report.rows if "embedding" in r["kind"]]
+    assert len(rows) == 2  # token and position tables
+    for row in rows:
+        assert row["init"] == "normal(stddev=0.02)"
+        np.testing.assert_allclose(row["measured_std"], 0.02, rtol=0.05)
+    auto = layer_init.initialize(model, "auto", seed=0)
+    (row,) = [r for r in auto.rows if "intermediate" in r["path"]][:1]
+    assert row["init"].startswith("auto(gelu_approximate, g=")
+
+
+# --- Residual rules -------------------------------------------------------
+
+
+def _resnet(blocks=4, norm=False, width=32):
+    """A Functional residual MLP: stem, `blocks` × (h + F(h)), head.
+
+    F = Dense(relu) → Dense (→ BatchNorm when `norm`, post-norm as in
+    Goyal et al.'s ResNets). Odd blocks add with `+`, even ones with `Add`.
+    """
+    inputs = keras.Input((16,))
+    h = keras.layers.Dense(width, name="stem")(inputs)
+    for i in range(blocks):
+        f = keras.layers.Dense(width, activation="relu", name=f"b{i}_1")(h)
+        f = keras.layers.Dense(width, name=f"b{i}_2")(f)
+        if norm:
+            f = keras.layers.BatchNormalization(name=f"b{i}_bn")(f)
+        h = keras.layers.Add(name=f"add{i}")([h, f]) if i % 2 == 0 else h + f
+    outputs = keras.layers.Dense(10, name="head")(h)
+    return keras.Model(inputs, outputs)
+
+
+def _values(model):
+    return {v.path: keras.ops.convert_to_numpy(v) for v in model.weights}
+
+
+def _check_factors(model, rule, expected, **kwargs):
+    """Values with `rule` == values without it × the expected factor.
+
+    `expected(path)` is the factor of a variable (1 for untouched ones).
+    The same seed draws the same values, so the comparison is exact.
+    """
+    layer_init.initialize(model, "he_normal", seed=5, **kwargs)
+    plain = _values(model)
+    report = layer_init.initialize(
+        model, "he_normal", seed=5, residual=rule, **kwargs
+    )
+    scaled = _values(model)
+    touched = set()
+    for path, values in plain.items():
+        factor = expected(path)
+        if factor != 1:
+            touched.add(path)
+        np.testing.assert_allclose(
+            scaled[path], values * factor, rtol=1e-6, err_msg=path
+        )
+    assert {r["path"] for r in report.residual_rows} == touched
+    assert all(r["applied"] for r in report.residual_rows)
+    return report
+
+
+@pytest.mark.parametrize("norm", [False, True], ids=["plain", "bn"])
+@pytest.mark.parametrize("rule", ["gpt2", "fixup", "zero"])
+def test_residual_rules_on_a_functional_resnet(rule, norm):
+    model = _resnet(blocks=4, norm=norm)
+
+    def expected(path):
+        layer, name = path.split("/")[-2:]
+        if not layer.startswith("b"):
+            return 1
+        last = layer.endswith("_2") and name == "kernel"
+        if rule == "gpt2":
+            return 0.5 if last else 1  # 1 / sqrt(4 branches)
+        if rule == "fixup":
+            if last:
+                return 0
+            # m = 2: L^(-1/(2m-2)) = 4^(-1/2)
+            return 0.5 if layer.endswith("_1") and name == "kernel" else 1
+        if norm:
+            return 0 if name == "gamma" else 1
+        return 0 if last else 1
+
+    report = _check_factors(model, rule, expected)
+    assert len(report.branches) == 4
+    assert report.branches[0] == "add0" and report.branches[2] == "add2"
+    assert report.residual == rule
+    text = str(report)
+    assert f"residual={rule!r}: 4 branches" in text
+    if rule == "zero":
+        whys = {r["why"] for r in report.residual_rows}
+        assert whys == (
+            {"last normalization's gamma"}
+            if norm
+            else {"no normalization with a gamma: last kernel"}
+        )
+
+
+def test_residual_branch_structure():
+    model = _resnet(blocks=2, norm=True)
+    branches = layer_init.residual_branches(model)
+    assert [b.name for b in branches][0] == "add0"
+    first = branches[0]
+    assert [layer.name for layer in first.layers] == ["b0_1", "b0_2", "b0_bn"]
+    assert [[s.name for s in stage] for stage in first.stages] == [
+        ["b0_1"],
+        ["b0_2"],
+    ]
+    assert first.last_kernel.name == "b0_2"
+    assert first.last_norm.name == "b0_bn"
+    assert first.depth == 2
+
+
+def test_projection_shortcut_is_not_the_branch():
+    inputs = keras.Input((16,))
+    shortcut = keras.layers.Dense(8, name="projection")(inputs)
+    f = keras.layers.Dense(8, activation="relu", name="f1")(inputs)
+    f = keras.layers.Dense(8, name="f2")(f)
+    model = keras.Model(inputs, keras.layers.Add(name="out")([shortcut, f]))
+    (branch,) = layer_init.residual_branches(model)
+    assert [layer.name for layer in branch.layers] == ["f1", "f2"]
+
+
+def test_residual_without_branches_is_an_error():
+    model = _two_dense()
+    before = keras.ops.convert_to_numpy(model.layers[0].kernel)
+    with pytest.raises(ValueError, match="`residual='gpt2'`.*has none"):
+        layer_init.initialize(model, residual="gpt2")
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(model.layers[0].kernel), before
+    )
+
+
+def test_residual_rule_skips_frozen_layers():
+    model = _resnet(blocks=2)
+    model.get_layer("b0_2").trainable = False
+    before = keras.ops.convert_to_numpy(model.get_layer("b0_2").kernel)
+    report = layer_init.initialize(model, "he_normal", residual="fixup")
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(model.get_layer("b0_2").kernel), before
+    )
+    applied = {r["layer"]: r["applied"] for r in report.residual_rows}
+    assert applied["b0_2"] is False and applied["b1_2"] is True
+
+
+@pytest.mark.parametrize("rule", ["gpt2", "fixup", "zero"])
+@pytest.mark.parametrize("name", ["GPT2Backbone", "BertBackbone"])
+def test_residual_rules_on_keras_hub_transformers(name, rule):
+    model = _real(name)  # 2 blocks: 4 branches
+    pre_ln = name == "GPT2Backbone"
+
+    def expected(path):
+        if not path.startswith("transformer_layer_"):
+            return 1
+        kernel = path.endswith("/kernel")
+        last = kernel and (
+            "attention_output" in path or "feedforward_output" in path
+        )
+        if rule == "gpt2":
+            return 0.5 if last else 1
+        if rule == "fixup":
+            if last:
+                return 0
+            inner = ("/query/", "/key/", "/value/", "intermediate_dense")
+            return 0.5 if kernel and any(s in path for s in inner) else 1
+        if pre_ln:  # the branch's LayerNorm (its first layer)
+            return 0 if path.endswith("layer_norm/gamma") else 1
+        return 0 if last else 1  # post-LN: no norm inside the branch
+
+    report = _check_factors(model, rule, expected)
+    assert report.branches == [
+        "transformer_layer_0/self_attention",
+        "transformer_layer_0/feedforward",
+        "transformer_layer_1/self_attention",
+        "transformer_layer_1/feedforward",
+    ]
+
+
+def test_residual_rules_on_resnet50v2():
+    model = _real("ResNet50V2")
+    layer_init.initialize(model, "he_normal", seed=5)
+    plain = _values(model)
+    # "gpt2" applied: 16 blocks; conv*_block*_3_conv ends each branch.
+    report = layer_init.initialize(model, "he_normal", seed=5, residual="gpt2")
+    assert len(report.branches) == 16
+    scaled = _values(model)
+    touched = set()
+    for path, values in plain.items():
+        layer, name = path.split("/")[-2:]
+        last = layer.endswith("_3_conv") and name == "kernel"
+        if last:
+            touched.add(path)
+        np.testing.assert_allclose(
+            scaled[path], values * (0.25 if last else 1), rtol=1e-6
+        )
+    assert {r["path"] for r in report.residual_rows} == touched
+    assert len(touched) == 16
+    # The other rules' plans (applying a plan is tested above, on the
+    # Functional ResNet; each application re-draws 25 M values).
+    _, rows, _ = layer_init._residual_plan(model, "zero")
+    # Pre-activation blocks: each branch's last BN is *_2_bn.
+    assert {(r["layer"][-5:], r["path"][-5:], r["factor"]) for r in rows} == {
+        ("_2_bn", "gamma", 0.0)
+    }
+    assert len(rows) == 16
+    _, rows, _ = layer_init._residual_plan(model, "fixup")
+    factors = {r["layer"][-7:]: r["factor"] for r in rows}
+    assert factors == {
+        "_1_conv": 16**-0.25,
+        "_2_conv": 16**-0.25,
+        "_3_conv": 0.0,
+    }
+    assert len(rows) == 48
+
+
+# --- Property: every argument works or is named in a ValueError ----------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+# (valid values, invalid values) per argument, on `_resnet(2)`.
+_ARGUMENTS = {
+    "scheme": (
+        ["he_normal", "GLOROT_UNIFORM", "LecunNormal", "auto", "Torch"],
+        ["he_nromal", 3, None, "", keras.initializers.Orthogonal()],
+    ),
+    "bias": (
+        [None, "zeros", "torch", "keep"],
+        ["ones", 0, ["zeros"]],
+    ),
+    "seed": ([None, 0, 7, 2**40], [1.5, "1", True]),
+    "gain_method": (["moment", "kumar", "torch"], ["magic", None, 1]),
+    "strict": ([False, True], ["yes", 1, None]),
+    "residual": (
+        ["none", "gpt2", "FIXUP", "zero"],
+        ["gtp2", None, 0, "fix-up"],
+    ),
+    "embeddings_stddev": (
+        [None, 0.02, 1, 3.5],
+        [0, -1.0, float("nan"), float("inf"), "0.1", True],
+    ),
+    "include_frozen": ([False, True], ["no", 0, None]),
+}
+
+
+@st.composite
+def _arguments(draw):
+    kwargs, invalid = {}, set()
+    for name, (good, bad) in _ARGUMENTS.items():
+        if draw(st.booleans()):
+            continue  # the default
+        if draw(st.integers(0, 3)) == 0:
+            kwargs[name] = draw(st.sampled_from(bad))
+            invalid.add(name)
+        else:
+            kwargs[name] = draw(st.sampled_from(good))
+    return kwargs, invalid
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(_arguments())
+def test_property_arguments_work_or_are_named(case):
+    kwargs, invalid = case
+    model = _PROPERTY_MODEL
+    before = _values(model)
+    try:
+        report = layer_init.initialize(model, **kwargs)
+    except ValueError as error:
+        message = str(error)
+        assert invalid, (kwargs, message)
+        assert any(f"`{name}" in message for name in invalid), message
+        assert _values(model).keys() == before.keys()
+        for path, values in _values(model).items():
+            np.testing.assert_array_equal(values, before[path])
+        return
+    assert not invalid, (kwargs, "accepted")
+    assert isinstance(report, layer_init.InitReport)
+    assert len({r["path"] for r in report.rows}) == len(model.weights)
+
+
+_PROPERTY_MODEL = _resnet(blocks=2)
+
+
+@pytest.mark.parametrize("shape", [(301, 7), (5, 400), (2000,), (1, 999)])
+def test_std_in_slices_matches_numpy(shape, monkeypatch):
+    monkeypatch.setattr(layer_init, "_STD_CHUNK", 100)
+    rng = np.random.default_rng(0)
+    values = (rng.normal(size=shape) * 3 + 5).astype("float32")
+    std = layer_init._std(keras.ops.convert_to_tensor(values))
+    np.testing.assert_allclose(std, values.astype("float64").std(), rtol=1e-5)
