@@ -132,6 +132,25 @@ def check_delta_orthogonal(n):
     assert n["glorot_deepest_trained"] == n["he_deepest_trained"] == 0
 
 
+def check_residual_scaling(n):
+    assert n["depth"] >= 24 and n["branches"] == n["depth"]
+    # The stream at init: ×√2 per block without scaling (2^12 = 4096 at
+    # 24 blocks; measured on 256 examples), ≈ (1 + 1/L)^(L/2) with gpt2,
+    # constant with fixup (every branch starts at zero).
+    growth = n["none_stream_growth"] ** (1 / n["depth"])
+    assert 1.3 < growth < 1.5
+    assert 1.2 < n["gpt2_stream_growth"] < 2.0
+    np.testing.assert_allclose(n["fixup_stream_std"], n["fixup_stream_std"][0])
+    # Training: "none" fails, the two rules train.
+    none = n["none_final_loss"]
+    assert not math.isfinite(none) or none > LN10
+    assert n["none_train_accuracy"] < 0.3
+    for rule in ("gpt2", "fixup"):
+        assert n[f"{rule}_final_loss"] < 0.5 * LN10, rule
+        assert n[f"{rule}_train_accuracy"] > 0.8, rule
+        assert n[f"{rule}_val_accuracy"] > 0.8, rule
+
+
 CHECKS = {
     "01_symmetry": check_symmetry,
     "02_uniform_width": check_uniform_width,
@@ -142,6 +161,7 @@ CHECKS = {
     "07_lsuv": check_lsuv,
     "08_gain_table": check_gain_table,
     "09_delta_orthogonal": check_delta_orthogonal,
+    "10_residual_scaling": check_residual_scaling,
 }
 
 
@@ -167,6 +187,8 @@ _JAX_SUBSET = (
     "06_kumar_sigmoid",
     "07_lsuv",
     "08_gain_table",
+    "09_delta_orthogonal",
+    "10_residual_scaling",
 )
 
 
