@@ -21,17 +21,25 @@ import dataclasses
 import math
 import sys
 
+import keras
 import numpy as np
 
 from keras_winit import _signal
 from keras_winit import gains
+from keras_winit import health
 
 #: Short names of the flags, in the order they are checked.
 FLAG_KINDS = (
+    "nonfinite_input",
+    "nonfinite",
+    "zero_signal",
+    "zero_gradients",
     "vanishing_activations",
     "exploding_activations",
     "vanishing_gradients",
     "exploding_gradients",
+    "exploding_stream",
+    "bypassed_blocks",
     "saturated",
     "dead",
 )
@@ -56,11 +64,20 @@ class Flag:
     value: float
     threshold: float
 
+    @property
+    def advice(self):
+        """What the flag means and what to do, in one sentence."""
+        return health.ADVICE[self.kind]
+
     def __str__(self):
-        side = "<" if self.kind.startswith("vanishing") else ">"
+        side = "<" if self.kind.startswith(("vanishing", "bypassed")) else ">"
+        if self.kind.startswith(("zero", "nonfinite")):
+            measured = ""
+        else:
+            measured = f" ({self.value:.3g} {side} {self.threshold:g})"
         return (
-            f"{self.layer}: {self.kind.replace('_', ' ')} "
-            f"({self.value:.3g} {side} {self.threshold:g})"
+            f"{self.layer}: {self.kind.replace('_', ' ')}{measured}: "
+            f"{self.advice}"
         )
 
 
@@ -103,6 +120,16 @@ class LayerStats:
         gain: The gain of the activation that follows the kernel layer
             (`keras_winit.gain(..., method="moment")`), or `None`.
         flags: The kinds of flag raised for this layer.
+        kind: The walker's kind of the layer (`"kernel"`, `"norm"`,
+            `"add"`, `"embedding"`…).
+        norm_after: Path of the normalization layer that normalizes this
+            layer's output, else `None` (its raw scale is then not judged).
+        branch: Index of the residual branch the layer lies in, else
+            `None`.
+        branch_end: Whether its output is added back to a residual
+            stream.
+        step: Effective step `‖dC/dW‖ / ‖W‖` of the kernel, else `None`.
+        nonfinite: Number of non-finite values in its output and gradient.
     """
 
     index: int
@@ -123,6 +150,13 @@ class LayerStats:
     recommended: object
     gain: object
     flags: list
+    kind: str = "other"
+    norm_after: object = None
+    branch: object = None
+    branch_end: bool = False
+    shortcut: bool = False
+    step: object = None
+    nonfinite: int = 0
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -137,12 +171,14 @@ class Diagnosis:
         flags: All `Flag`s raised, in layer order.
         loss: How the backward pass was driven (which loss).
         batch_size: Number of examples used.
+        residuals: The residual adds found (`keras_winit.walker.Residual`).
     """
 
     layers: list
     flags: list
     loss: str
     batch_size: int
+    residuals: list = dataclasses.field(default_factory=list)
 
     def to_table(self):
         """Returns the per-layer table as a string (no pandas needed)."""
@@ -157,6 +193,7 @@ class Diagnosis:
             "grad std",
             "grad x",
             "W-grad var",
+            "step",
             "recommended",
             "flags",
         ]
@@ -183,11 +220,12 @@ class Diagnosis:
                     _signal.fmt(s.grad_std),
                     _signal.fmt(s.grad_std_ratio, ".2f"),
                     _signal.fmt(s.weight_grad_var),
+                    _signal.fmt(s.step),
                     rec or "-",
                     ",".join(_SHORT[f] for f in s.flags) or "ok",
                 ]
             )
-        align = [">", "<", "<"] + [">"] * 7 + ["<", "<"]
+        align = [">", "<", "<"] + [">"] * 8 + ["<", "<"]
         table = _signal.format_table(headers, rows, align)
         footer = [
             f"batch: {self.batch_size} examples; backward pass: {self.loss}"
@@ -204,6 +242,12 @@ class Diagnosis:
 
 
 _SHORT = {
+    "nonfinite_input": "nonfinite-input",
+    "nonfinite": "nonfinite",
+    "zero_signal": "zero",
+    "zero_gradients": "zero-grad",
+    "exploding_stream": "stream",
+    "bypassed_blocks": "bypassed",
     "vanishing_activations": "vanish-act",
     "exploding_activations": "explode-act",
     "vanishing_gradients": "vanish-grad",
@@ -225,6 +269,7 @@ def diagnose(
     saturation_threshold=0.1,
     dead_threshold=0.6,
     saturation_eps=0.01,
+    stream_threshold=100.0,
     seed=0,
     print_table=False,
 ):
@@ -334,6 +379,7 @@ def diagnose(
     _signal.check_number("saturation_threshold", saturation_threshold, 0, 1)
     _signal.check_number("dead_threshold", dead_threshold, 0, 1)
     _signal.check_number("saturation_eps", saturation_eps, 0, 0.5)
+    _signal.check_number("stream_threshold", stream_threshold, 1)
     _signal.check_number("seed", seed, -1, integer=True)
     if not isinstance(training, bool):
         raise ValueError(
@@ -351,6 +397,8 @@ def diagnose(
             "Argument `x` must hold at least 2 examples to estimate a std. "
             f"Received: batch size {batch}"
         )
+    check_inputs(model, tensors)
+    nonfinite = _count_nonfinite(tensors)
     if y is not None:
         y_tensors, y_batch = _signal.to_tensors(y, name="y")
         if y_batch != batch:
@@ -359,36 +407,122 @@ def diagnose(
                 f"Received: {batch} and {y_batch}"
             )
         y = y_tensors
-    records, description = _signal.probe(
-        model, tensors, y=y, loss=loss, training=training, seed=seed
-    )
+    # BatchNorm runs on batch statistics (a fresh BN under training=False
+    # is the identity); its moving statistics, and any other state the
+    # pass changes, are restored.
+    state = [(v, v.numpy()) for v in model.non_trainable_variables]
+    try:
+        records, description, walk = _signal.probe(
+            model,
+            tensors,
+            y=y,
+            loss=loss,
+            training=training,
+            seed=seed,
+            norm_training=True,
+            return_walk=True,
+        )
+    finally:
+        for v, value in state:
+            v.assign(value)
     thresholds = {
         "vanishing": vanishing_threshold,
         "exploding": exploding_threshold,
         "saturation": saturation_threshold,
         "dead": dead_threshold,
         "eps": saturation_eps,
+        "stream": stream_threshold,
     }
-    result = _summarize(records, description, batch, thresholds)
+    result = _summarize(
+        records, description, batch, thresholds, walk.residuals, nonfinite
+    )
     if print_table:
         print(result.to_table())
     return result
 
 
-def _summarize(records, description, batch, thresholds):
+def check_inputs(model, tensors):
+    """Raises a `ValueError` naming the input when `x` does not fit."""
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        return
+    try:
+        expected = list(keras.tree.flatten(inputs))
+    except (TypeError, ValueError):
+        return
+    names = [getattr(t, "name", f"input_{i}") for i, t in enumerate(expected)]
+    names = [n.split(":")[0] for n in names]
+    if isinstance(tensors, dict):
+        wanted = getattr(model, "_inputs_struct", None)
+        keys = list(wanted) if isinstance(wanted, dict) else names
+        missing = [k for k in keys if k not in tensors]
+        if missing:
+            raise ValueError(
+                f"Argument `x` does not fit the inputs of model "
+                f"{model.name!r}: missing input(s) {missing}. Received: "
+                f"keys {sorted(tensors)}, expected {keys}."
+            )
+        if isinstance(wanted, dict):
+            pairs = [(k, wanted[k], tensors[k]) for k in keys]
+        else:
+            pairs = []
+    else:
+        flat = keras.tree.flatten(tensors)
+        if len(flat) != len(expected):
+            raise ValueError(
+                f"Argument `x` does not fit the inputs of model "
+                f"{model.name!r}: it expects {len(expected)} input(s) "
+                f"({', '.join(names)}). Received: {len(flat)} array(s) of "
+                f"shapes {[tuple(t.shape) for t in flat]}."
+            )
+        pairs = list(zip(names, expected, flat, strict=True))
+    for name, spec, t in pairs:
+        want = tuple(spec.shape)
+        got = tuple(t.shape)
+        ok = len(want) == len(got) and all(
+            w is None or w == g for w, g in zip(want, got, strict=True)
+        )
+        if not ok:
+            raise ValueError(
+                f"Argument `x` does not fit input {name!r} of model "
+                f"{model.name!r}: expected shape {want}, received shape "
+                f"{got}."
+            )
+
+
+def _count_nonfinite(tensors):
+    total = 0
+    for t in keras.tree.flatten(tensors):
+        v = keras.ops.convert_to_numpy(t)
+        if np.issubdtype(v.dtype, np.floating):
+            total += int(np.size(v) - np.count_nonzero(np.isfinite(v)))
+    return total
+
+
+def _summarize(records, description, batch, thresholds, residuals, nonfinite):
     stats = []
     previous = None
     for i, r in enumerate(records):
         out = r.out
-        std = float(out.std())
-        grad_std = None if r.grad is None else float(r.grad.std())
+        bad = int(np.size(out) - np.count_nonzero(np.isfinite(out)))
+        if r.grad is not None:
+            bad += int(np.size(r.grad) - np.count_nonzero(np.isfinite(r.grad)))
+        with np.errstate(all="ignore"):
+            std = float(out.std())
+            grad_std = None if r.grad is None else float(r.grad.std())
         act = r.activation
+        kernel = _signal.kernel_variable(r.layer)
+        step = None
+        if kernel is not None and r.kernel_grad is not None:
+            w = float(np.linalg.norm(keras.ops.convert_to_numpy(kernel)))
+            g = float(np.linalg.norm(r.kernel_grad))
+            step = g / w if w > 0 else (math.inf if g > 0 else 0.0)
         s = LayerStats(
             index=i,
             name=r.name,
             layer_type=type(r.layer).__name__,
             activation=None if act is None else act[0],
-            has_kernel=_signal.kernel_variable(r.layer) is not None,
+            has_kernel=kernel is not None,
             mean=float(out.mean()),
             std=std,
             std_ratio=_ratio(std, previous and previous.std),
@@ -404,15 +538,32 @@ def _summarize(records, description, batch, thresholds):
             recommended=None,
             gain=None,
             flags=[],
+            kind=r.kind,
+            norm_after=r.norm_after,
+            branch=r.branch,
+            branch_end=r.branch_end,
+            shortcut=r.shortcut,
+            step=step,
+            nonfinite=bad,
         )
         if s.has_kernel and s.pre_std is None:
             s.pre_std = std
         stats.append(s)
         previous = s
     _recommend(stats)
-    flags = _flag(stats, thresholds)
+    flags = []
+    for row, finding in health.judge(stats, residuals, thresholds, nonfinite):
+        if row is not None:
+            row.flags.append(finding.kind)
+        flags.append(
+            Flag(finding.where, finding.kind, finding.value, finding.threshold)
+        )
     return Diagnosis(
-        layers=stats, flags=flags, loss=description, batch_size=batch
+        layers=stats,
+        flags=flags,
+        loss=description,
+        batch_size=batch,
+        residuals=list(residuals),
     )
 
 
@@ -507,45 +658,6 @@ def recommend(activation, param=None):
     else:
         code = "keras_winit.GlorotUniform()"
     return code, g
-
-
-def _flag(stats, thresholds):
-    kernel_rows = [s for s in stats if s.has_kernel]
-    flags = []
-    act_ref = kernel_rows[0].pre_std if kernel_rows else None
-    # The output layer's gradient is set by the loss, not by propagation:
-    # the reference is the last hidden kernel layer, and the output layer
-    # itself gets no gradient flag.
-    hidden = kernel_rows[:-1] if len(kernel_rows) > 1 else kernel_rows
-    grad_ref = None
-    for s in reversed(hidden):
-        if s.grad_std is not None:
-            grad_ref = s.grad_std
-            break
-    hidden_ids = {id(s) for s in hidden}
-    low, high = thresholds["vanishing"], thresholds["exploding"]
-    for s in stats:
-        found = []
-        if s.has_kernel and act_ref:
-            ratio = s.pre_std / act_ref
-            if ratio < low:
-                found.append(("vanishing_activations", ratio, low))
-            elif ratio > high:
-                found.append(("exploding_activations", ratio, high))
-        if id(s) in hidden_ids and grad_ref and s.grad_std is not None:
-            ratio = s.grad_std / grad_ref
-            if ratio < low:
-                found.append(("vanishing_gradients", ratio, low))
-            elif ratio > high:
-                found.append(("exploding_gradients", ratio, high))
-        if s.saturated is not None and s.saturated > thresholds["saturation"]:
-            found.append(("saturated", s.saturated, thresholds["saturation"]))
-        if s.dead is not None and s.dead > thresholds["dead"]:
-            found.append(("dead", s.dead, thresholds["dead"]))
-        for kind, value, threshold in found:
-            s.flags.append(kind)
-            flags.append(Flag(s.name, kind, float(value), float(threshold)))
-    return flags
 
 
 # ----------------------------------------------------------------------
