@@ -19,6 +19,7 @@ References:
 
 import dataclasses
 import math
+import os
 import sys
 
 import keras
@@ -39,7 +40,6 @@ FLAG_KINDS = (
     "vanishing_gradients",
     "exploding_gradients",
     "exploding_stream",
-    "bypassed_blocks",
     "saturated",
     "dead",
 )
@@ -70,7 +70,7 @@ class Flag:
         return health.ADVICE[self.kind]
 
     def __str__(self):
-        side = "<" if self.kind.startswith(("vanishing", "bypassed")) else ">"
+        side = "<" if self.kind.startswith("vanishing") else ">"
         if self.kind.startswith(("zero", "nonfinite")):
             measured = ""
         else:
@@ -247,7 +247,6 @@ _SHORT = {
     "zero_signal": "zero",
     "zero_gradients": "zero-grad",
     "exploding_stream": "stream",
-    "bypassed_blocks": "bypassed",
     "vanishing_activations": "vanish-act",
     "exploding_activations": "explode-act",
     "vanishing_gradients": "vanish-grad",
@@ -688,23 +687,83 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0)
 
 
+#: Exit status of `keras-winit diagnose`: done; layers flagged (with
+#: `--fail-on-flags`); bad input (a file that cannot be read, a model that
+#: cannot be loaded, a batch that does not fit, an invalid option).
+EXIT_OK, EXIT_FLAGGED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _BadInput(Exception):
+    pass
+
+
+def _load_model(path):
+    import zipfile
+
+    import keras
+
+    if not os.path.isfile(path):
+        raise _BadInput(f"model file not found: {path}")
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        size = os.path.getsize(path)
+        raise _BadInput(
+            f"cannot load model {path}: not a .keras zip archive "
+            f"({'empty' if size == 0 else 'truncated or corrupt'}, "
+            f"{size} bytes)"
+        )
+    if path.endswith(".keras"):
+        with zipfile.ZipFile(path) as archive:
+            if "config.json" not in archive.namelist():
+                raise _BadInput(
+                    f"cannot load model {path}: the archive has no "
+                    "config.json (not a Keras model file)"
+                )
+    try:
+        return keras.saving.load_model(path)
+    except Exception as e:  # any failure of the file's content
+        detail = str(e).strip().splitlines()
+        detail = detail[0] if detail else ""
+        raise _BadInput(
+            f"cannot load model {path}: {type(e).__name__}"
+            + (f": {detail[:300]}" if detail else "")
+        ) from e
+
+
+def _load_array(path, what):
+    if not os.path.isfile(path):
+        raise _BadInput(f"{what} file not found: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":
+        raise _BadInput(
+            f"cannot read {what} {path}: not a .npy file (save it with "
+            "numpy.save)"
+        )
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise _BadInput(
+            f"cannot read {what} {path}: {type(e).__name__}: {e}"
+        ) from e
+
+
 def run(args):
     """Runs `keras-winit diagnose`; returns the exit status.
 
     0 when done (or when layers are flagged without `--fail-on-flags`), 1
-    when layers are flagged and `--fail-on-flags` is given, 2 when a file
-    cannot be read or an argument is invalid.
+    when layers are flagged (NaN/inf in the batch included) and
+    `--fail-on-flags` is given, 2 on bad input: a file that cannot be read
+    or loaded, a batch that does not fit the model, an invalid option. Each
+    error is one line on stderr.
     """
-    import keras
-
     import keras_winit  # noqa: F401  (registers the initializers)
 
     try:
-        model = keras.saving.load_model(args.model)
-        x = np.load(args.batch, allow_pickle=False)
+        model = _load_model(args.model)
+        x = _load_array(args.batch, "batch")
         y = None
         if args.labels is not None:
-            y = np.load(args.labels, allow_pickle=False)
+            y = _load_array(args.labels, "labels")
         result = diagnose(
             model,
             x,
@@ -716,10 +775,11 @@ def run(args):
             dead_threshold=args.dead_threshold,
             seed=args.seed,
         )
-    except (OSError, ValueError) as e:
-        print(f"keras-winit diagnose: error: {e}", file=sys.stderr)
-        return 2
+    except (_BadInput, OSError, ValueError, TypeError, OverflowError) as e:
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"keras-winit diagnose: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(result.to_table())
     if result.flags and args.fail_on_flags:
-        return 1
-    return 0
+        return EXIT_FLAGGED
+    return EXIT_OK

@@ -75,12 +75,6 @@ ADVICE = {
         "for N blocks, or zero-init them, Fixup/SkipInit) or normalize "
         "the stream."
     ),
-    "bypassed_blocks": (
-        "the residual branches add under this share of the stream: the "
-        "stream is dominated by its input (e.g. embeddings far too large) "
-        "and the blocks barely contribute. Lower the scale of the stream's "
-        "input (embedding init) or normalize it."
-    ),
     "saturated": (
         "most values sit at the asymptotes of the activation, where its "
         "gradient vanishes: lower the init scale of the layer before."
@@ -220,15 +214,7 @@ def _chains(rows, kernels):
 def _judge_residuals(residuals, thresholds):
     found = []
     growth = 1.0
-    shares = []
     for r in residuals:
-        if (
-            r.skip_std
-            and r.branch_std
-            and not r.gated
-            and not getattr(r, "normalized", False)
-        ):
-            shares.append((r, r.branch_std / r.skip_std))
         g = r.growth
         if math.isfinite(g) and g > 0:
             growth *= g
@@ -240,19 +226,10 @@ def _judge_residuals(residuals, thresholds):
             growth = 1.0
         if getattr(r, "normalized", False):
             growth = 1.0
-    # Every branch of a stream that is not renormalized after each add
-    # (pre-LN, pre-activation) adds under `vanishing` of the stream's std:
-    # the blocks are bypassed. A zero-initialized branch end (adds exactly
-    # 0) or a learned gate (LayerScale) starts small on purpose and is
-    # left out; so are post-LN adds, renormalized at once.
-    low = thresholds["vanishing"]
-    if shares and all(share < low for _, share in shares):
-        r, share = max(shares, key=lambda p: p[1])
-        found.append((None, Finding(r.at, "bypassed_blocks", share, low)))
     return found
 
 
-def gradient_warnings(records, *, step_span=1e4):
+def gradient_warnings(records, *, min_step=1e-4, max_step=1e3):
     """The gradient logger's warning: messages, or `[]` when healthy.
 
     A pure function of per-variable records in forward order (the order
@@ -262,21 +239,30 @@ def gradient_warnings(records, *, step_span=1e4):
     - `kind` (str): one of `VARIABLE_KINDS` (`"kernel"`, `"bias"`,
       `"norm_scale"`, `"norm_bias"`, `"embedding"`, `"other"`).
     - `grad_var` (float): variance of its gradient.
-    - `grad_norm` (float): L2 norm of its gradient.
+    - `grad_norm` (float): L2 norm of its gradient (of the training loss,
+      as `fit` computes it: BatchNorm on batch statistics).
     - `weight_norm` (float): L2 norm of the variable.
     - `nonfinite` (int): number of non-finite gradient values.
     - `norm_follows` (bool): whether a normalization layer follows the
       variable's layer (its scale then does not matter).
 
-    Rules: any non-finite gradient is reported; biases, norm parameters and
-    embeddings never enter a span (a bias can have an exactly-zero
-    gradient by construction, e.g. attention's key bias); kernels are
-    compared by their effective step `grad_norm / weight_norm`, which is
-    what a kernel followed by normalization actually feels, and only
-    kernels with non-zero weights (a zero-initialized branch end is
-    healthy). When every kernel is zero, that is reported. When the
-    effective steps span more than `step_span` (10^4 by default), the
-    slowest kernels will not learn.
+    Rules, for kernels only (biases, norm parameters and embeddings are
+    never judged: a bias can have an exactly-zero gradient by
+    construction, e.g. attention's key bias):
+
+    - any non-finite gradient;
+    - every kernel zero (an all-zero init: nothing breaks the symmetry);
+    - kernels with an exactly-zero gradient while no kernel is zero (a
+      zero-initialized layer after them, as in Fixup's branch ends, is
+      healthy and exempts them);
+    - the effective step `grad_norm / weight_norm` of the kernels not
+      followed by normalization (all kernels when every one is), its
+      median: a healthy update moves a weight by about 1e-3 of its norm
+      per step (REFERENCE: ~1e-3), so with learning rates 1e-4..1 the
+      effective step lies around 1e-3..10; below `min_step` (1e-4) the
+      kernels will not move, above `max_step` (1e3) they explode. A
+      ratio *across* layers is not used: it cancels exactly when every
+      layer has the same gain error (30-layer Glorot ReLU).
 
     Examples:
 
@@ -294,11 +280,16 @@ def gradient_warnings(records, *, step_span=1e4):
     >>> zeros = [dict(r, weight_norm=0.0, grad_norm=0.0) for r in ok]
     >>> gradient_warnings(zeros)[0][:34]
     'All kernels are zero (3 variables)'
+    >>> tiny = [dict(r, grad_norm=1e-6) for r in ok]
+    >>> gradient_warnings(tiny)[0][:40]
+    'Kernels barely get a gradient: median |g'
 
     Args:
         records: List of dicts as above, in forward order.
-        step_span: Ratio of the largest to the smallest effective step
-            above which a warning is given.
+        min_step: Median effective step below which the kernels are
+            reported as not learning.
+        max_step: Median effective step above which they are reported as
+            exploding.
 
     Returns:
         A list of warning messages (str).
@@ -315,36 +306,41 @@ def gradient_warnings(records, *, step_span=1e4):
     if kernels and all(r["weight_norm"] == 0 for r in kernels):
         messages.append(
             f"All kernels are zero ({len(kernels)} variables): no "
-            "gradient can reach the early layers. Use a random "
-            "initializer."
+            "gradient can reach the early layers and nothing breaks the "
+            "symmetry between units. Use a random initializer."
         )
         return messages
-    steps = [
-        (r["grad_norm"] / r["weight_norm"], r)
-        for r in kernels
-        if r["weight_norm"] > 0 and math.isfinite(r["grad_norm"])
+    zero_kernels = any(r["weight_norm"] == 0 for r in kernels)
+    live = [
+        r for r in kernels if r["weight_norm"] > 0 and
+        math.isfinite(r["grad_norm"])
     ]
-    if len(steps) < 2:
-        return messages
-    positive = [(s, r) for s, r in steps if s > 0]
-    stalled = [r for s, r in steps if s == 0]
-    if stalled and positive:
+    stalled = [r for r in live if r["grad_norm"] == 0]
+    if stalled and not zero_kernels and len(stalled) < len(live):
         messages.append(
             f"{len(stalled)} kernel(s) get exactly zero gradient, first "
-            f"{stalled[0]['path']}: no gradient reaches them (zero weights "
-            "after them or dead units). Re-initialize with a random, "
+            f"{stalled[0]['path']}: no gradient reaches them (dead units "
+            "after them). Re-initialize with a random, "
             "variance-preserving initializer."
         )
-    if positive:
-        low = min(positive, key=lambda p: p[0])
-        high = max(positive, key=lambda p: p[0])
-        span = high[0] / low[0]
-        if span > step_span:
-            messages.append(
-                f"Effective steps |g|/|w| span 10^{math.log10(span):.1f} "
-                f"across kernels ({low[1]['path']}: {low[0]:.3g}, "
-                f"{high[1]['path']}: {high[0]:.3g}): the slowest layers "
-                "will barely learn. Use a variance-preserving initializer "
-                "(see keras_winit.diagnose) or add normalization."
-            )
+    judged = [r for r in live if not r.get("norm_follows")] or live
+    steps = sorted(r["grad_norm"] / r["weight_norm"] for r in judged)
+    if not steps:
+        return messages
+    median = steps[len(steps) // 2]
+    if median < min_step:
+        messages.append(
+            f"Kernels barely get a gradient: median |g|/|w| = "
+            f"{median:.3g} < {min_step:g} over {len(steps)} kernels (the "
+            "signal or the gradient vanishes through the layers). Use a "
+            "variance-preserving initializer (see keras_winit.diagnose) "
+            "or add normalization."
+        )
+    elif median > max_step:
+        messages.append(
+            f"Kernel gradients are huge relative to the weights: median "
+            f"|g|/|w| = {median:.3g} > {max_step:g} over {len(steps)} "
+            "kernels (the signal explodes). Lower the init scale (see "
+            "keras_winit.diagnose) or add normalization."
+        )
     return messages

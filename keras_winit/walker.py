@@ -345,6 +345,7 @@ class _Recorder:
         self.entries = []  # input ids of each container call
         self.unknown = {}  # call index -> entry node of its container
         self.positions = {}  # node -> index of the last call before it
+        self.input_nodes = {}  # node -> producers of its inputs, then
 
     def path(self, layer):
         parent = self.stack[-1][0] if self.stack else None
@@ -392,6 +393,7 @@ class _Recorder:
             self.entries.append([id(t) for t in ins])
             self.positions[entry] = first - 1
             self.inputs_of.append((entry, [id(t) for t in ins]))
+            self.input_nodes[entry] = [self.producer.get(id(t)) for t in ins]
         self.stack.append((path, layer, first, entry))
         try:
             out = original(layer, *args, **kwargs)
@@ -440,8 +442,15 @@ class _Recorder:
                     # Made by an op inside the enclosing container: it
                     # depends on what entered the container.
                     self.unknown[node] = self.stack[-1][3]
+            self.input_nodes[node] = [self.producer.get(id(t)) for t in ins]
+        passed = {id(t) for t in ins}
         for t in outs:
-            self.producer.setdefault(id(t), node)
+            if id(t) in passed and not isinstance(node, tuple):
+                # Passed through unchanged (dropout at inference): the
+                # tensor now comes from this call.
+                self.producer[id(t)] = node
+            else:
+                self.producer.setdefault(id(t), node)
 
     def _find_add(self, node, t):
         """Is `t` (made by no recorded call) `u + v`, u a recorded output?"""
@@ -467,7 +476,16 @@ class _Recorder:
                 if vv is None:
                     continue
                 if np.allclose(rest, vv, rtol=1e-4, atol=1e-5):
-                    self.adds.append((node, v, u, t))
+                    self.adds.append(
+                        (
+                            node,
+                            v,
+                            u,
+                            t,
+                            self.producer.get(id(v)),
+                            self.producer.get(id(u)),
+                        )
+                    )
                     self.producer[id(t)] = ("add", len(self.adds) - 1)
                     return
 
@@ -602,17 +620,17 @@ def _structure(walk, rec):
     inputs_of = dict(rec.inputs_of)
     # Consumers: node -> calls whose inputs include the node's outputs.
     consumers = {}
-    for index, ids in rec.inputs_of:
-        for tid in ids:
-            node = rec.producer.get(tid)
+    for index, nodes in rec.input_nodes.items():
+        if isinstance(index, tuple):
+            continue
+        for node in nodes:
             if node is not None:
                 consumers.setdefault(node, []).append(index)
 
     def parents_of(node):
         if isinstance(node, tuple) and node[0] == "add":
-            _, v, u, _ = rec.adds[node[1]]
-            return [rec.producer.get(id(v)), rec.producer.get(id(u))]
-        found = [rec.producer.get(t) for t in inputs_of.get(node, [])]
+            return list(rec.adds[node[1]][4:])
+        found = list(rec.input_nodes.get(node, []))
         if not isinstance(node, tuple) and node in rec.unknown:
             found.append(rec.unknown[node])
         return found
@@ -697,7 +715,7 @@ def _structure(walk, rec):
         ids = inputs_of.get(c.index, [])
         if len(ids) != 2:
             continue
-        nodes = [rec.producer.get(t) for t in ids]
+        nodes = rec.input_nodes.get(c.index, [None, None])
         tensors = [_by_id(rec, t) for t in ids]
         a_anc = ancestors(nodes[0]) | {nodes[0]}
         b_anc = ancestors(nodes[1]) | {nodes[1]}
@@ -713,8 +731,7 @@ def _structure(walk, rec):
             out if out is not None else tensors[b],
         )
     # `x + residual` inside layers without a graph.
-    for node, v, u, t in rec.adds:
-        vn, un = rec.producer.get(id(v)), rec.producer.get(id(u))
+    for node, v, u, t, vn, un in rec.adds:
         if vn not in ancestors(un):
             continue
         add_residual(calls[node].path, vn, un, v, u, t)
