@@ -46,10 +46,20 @@ MLP_EPOCHS = 30
 THRESHOLD = 1.0
 
 
+# Cases whose best loss lies in this band neither clearly learned nor
+# stayed at chance within the budget: they are shown as "edge" and left
+# out of precision/recall (a longer budget could turn them either way).
+EDGE = (0.5, 2.0)
+
+
 def outcome(case):
-    """"trains" or "fails" from a case's cached numbers."""
-    ok = case["finite"] and case["best_train_loss"] <= THRESHOLD
-    return "trains" if ok else "fails"
+    """"trains", "fails" or "edge" from a case's cached numbers."""
+    if not case["finite"]:
+        return "fails"
+    best = case["best_train_loss"]
+    if EDGE[0] < best < EDGE[1]:
+        return "edge"
+    return "trains" if best <= THRESHOLD else "fails"
 
 
 # ----------------------------------------------------------------------
@@ -498,10 +508,10 @@ def report(names=None, path=CACHE, out=sys.stdout):
     for name in names:
         gt = cases[name]
         d, w, details = predict(name)
-        fails = outcome(gt) == "fails"
-        truth.append(fails)
-        by_diag.append(d)
-        by_warn.append(w)
+        if outcome(gt) != "edge":
+            truth.append(outcome(gt) == "fails")
+            by_diag.append(d)
+            by_warn.append(w)
         rows.append(
             [
                 name,
@@ -526,7 +536,8 @@ def report(names=None, path=CACHE, out=sys.stdout):
     p_d, r_d = score(truth, by_diag)
     p_w, r_w = score(truth, by_warn)
     print(
-        f"\n{len(names)} cases, {sum(truth)} fail "
+        f"\n{len(names)} cases, {len(names) - len(truth)} edge, "
+        f"{sum(truth)} fail "
         f"(seed {cached['seed']}, {cached['epochs']} epochs, Keras "
         f"{cached['keras']}, {cached['backend']} "
         f"{cached['backend_version']})",

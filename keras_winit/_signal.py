@@ -6,9 +6,10 @@ one layer at a time and look at what each layer does: its pre-activation
 output, and the gradient of a loss with respect to both. This module holds
 that machinery, once:
 
-- `execute(model, inputs, leaf_fn)` runs a `Sequential` or Functional model
-  (nested ones included) and calls `leaf_fn(layer, args, kwargs)` in place
-  of every leaf layer, in execution (hence topological) order.
+- `execute(model, inputs, leaf_fn)` runs any model and calls
+  `leaf_fn(layer, args, kwargs)` in place of every leaf layer call, in
+  forward order (`keras_winit.walker` records the calls of the pass, so
+  nested layers and subclassed models are covered).
 - `split_call(layer, args, kwargs)` returns `(z, a)`: for a kernel layer
   with a fused activation, `z` is its output computed with the activation
   temporarily set to `linear` and `a = activation(z)`; otherwise `z` is
@@ -17,12 +18,12 @@ that machinery, once:
   one `Record` per layer call: under a `tf.GradientTape` on TensorFlow,
   with `torch.autograd.grad` on PyTorch, and with `jax.value_and_grad`
   of a pure function of zero perturbations added to every signal (and of
-  the kernels, held in a `keras.StatelessScope`) on JAX.
+  the kernels, held in a `keras.StatelessScope`) on JAX. Each record
+  also carries its call's structure from the walker (`kind`,
+  `norm_after`, `branch`, `branch_end`, `parents`, `block`).
 
-The TensorFlow, JAX and PyTorch backends are supported, and only
-`Sequential` and Functional models (subclassed models have no graph to
-walk). Functional models are run through `Functional._run_through_graph`,
-Keras' own graph executor.
+The TensorFlow, JAX and PyTorch backends are supported, and every kind of
+`keras.Model`.
 """
 
 import dataclasses

@@ -289,15 +289,34 @@ def diagnose(
     that output `z`; so the gradient is `dC/dz`, the "back-propagated
     gradient" of Glorot & Bengio, whatever activation the layer has.
 
-    Flags. A kernel layer is flagged `vanishing_activations` /
-    `exploding_activations` when the std of its pre-activation, divided by
-    that of the *first* kernel layer, is below `vanishing_threshold` /
-    above `exploding_threshold`; `vanishing_gradients` /
-    `exploding_gradients` likewise for `grad_std` divided by that of the
-    *last* kernel layer (the one nearest the loss). A layer is flagged
-    `saturated` when more than `saturation_threshold` of its values are
-    saturated and `dead` when more than `dead_threshold` of its units are
-    dead. Initializers that keep the variance (He for ReLU) keep the ratios
+    Flags (rules in `keras_winit.health`; each `Flag` has an `advice`
+    sentence saying what to do):
+
+    - `nonfinite_input`: the batch holds NaN/inf; `nonfinite`: a signal or
+      gradient becomes NaN/inf.
+    - `zero_signal`: a kernel layer outputs the same value for every
+      example (an all-zero init); zero-initialized residual branch ends
+      (Fixup, SkipInit) are healthy and not flagged.
+    - `zero_gradients`: no gradient reaches the first layers.
+    - `vanishing_activations` / `exploding_activations`: in a chain of
+      kernel layers that are neither followed by normalization nor inside
+      a residual branch, the std of a pre-activation divided by that of
+      the chain's first kernel is below `vanishing_threshold` / above
+      `exploding_threshold`; a normalization layer or a residual add ends
+      a chain. A kernel followed by normalization is scale-invariant: its
+      raw scale is not judged, the signal after the norm is (BatchNorm
+      runs on batch statistics, see `training`) and its effective step
+      `‖dC/dW‖/‖W‖` is reported (`step`).
+    - `vanishing_gradients` / `exploding_gradients`: likewise for the
+      gradient std against the chain's last hidden kernel.
+    - `exploding_stream`: a residual stream's std, compounded over its
+      blocks since the last normalization, grew more than
+      `stream_threshold` (a stream growing sqrt(2) per block trains at 8
+      blocks, 16x, and diverges at 16, 256x).
+    - `saturated` / `dead`: more than `saturation_threshold` of the values
+      saturated, more than `dead_threshold` of the units dead.
+
+    Initializers that keep the variance (He for ReLU) keep the ratios
     near 1 at any depth; Glorot on a deep ReLU net halves the variance per
     layer (ratio ≈ 0.71 per layer, 3e-5 after 30 layers).
 
@@ -318,9 +337,13 @@ def diagnose(
     → `ActivationScaling(name)` (second-moment gain); `gain` holds
     `keras_winit.gain(name, method="moment")`.
 
-    Supported: `keras.Sequential` and Functional models (nested ones
-    included), on the TensorFlow, JAX and PyTorch backends. Subclassed
-    models raise `ValueError`.
+    Supported: any built `keras.Model` — Sequential, Functional, nested,
+    Functional subclasses (keras_hub backbones) and subclassed models —
+    walked by `keras_winit.walker`, which opens layers that call sublayers
+    (transformer blocks: one row per attention projection and feed-forward
+    layer), on the TensorFlow, JAX and PyTorch backends. The model's
+    non-trainable state (BatchNorm moving statistics) is restored after
+    the pass.
 
     Examples:
 
@@ -338,14 +361,18 @@ def diagnose(
     'keras_winit.HeNormal()'
 
     Args:
-        model: A built `keras.Sequential` or Functional model.
+        model: A built `keras.Model`.
         x: A batch of inputs (array, or list/dict of arrays), at least 2
-            examples.
+            examples. One that does not fit the model's inputs raises a
+            `ValueError` naming the input and the shapes; NaN/inf values
+            are flagged (`nonfinite_input`).
         y: Optional targets for `x`.
         loss: Optional loss used with `y` (a Keras loss name, a
             `keras.losses.Loss` or a callable `(y_true, y_pred)`).
-        training: Passed as `training` to the layers (dropout, batch
-            normalization). Defaults to `False`.
+        training: Passed as `training` to the layers (dropout...).
+            Defaults to `False`. `BatchNormalization` always runs on batch
+            statistics: a fresh BN under `training=False` is the identity,
+            which would judge the net as if it had no normalization.
         vanishing_threshold: Number in `(0, 1)`; std ratio below which a
             layer is flagged vanishing. Defaults to `0.1`.
         exploding_threshold: Number `> 1`; std ratio above which a layer is
@@ -358,6 +385,8 @@ def diagnose(
             depth (40-50% dead at depth 30 with He init is common).
         saturation_eps: Number in `(0, 0.5)`; distance to an asymptote that
             counts as saturated. Defaults to `0.01`.
+        stream_threshold: Number `> 1`; compounded growth of a residual
+            stream's std above which it is flagged. Defaults to `100.0`.
         seed: Int seed of the random projection used without `y`.
         print_table: If `True`, print the table too.
 

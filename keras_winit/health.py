@@ -255,9 +255,10 @@ def gradient_warnings(records, *, min_step=1e-4, max_step=1e3):
     - kernels with an exactly-zero gradient while no kernel is zero (a
       zero-initialized layer after them, as in Fixup's branch ends, is
       healthy and exempts them);
-    - the effective step `grad_norm / weight_norm` of the kernels not
-      followed by normalization (all kernels when every one is), its
-      median: a healthy update moves a weight by about 1e-3 of its norm
+    - the median effective step `grad_norm / weight_norm` of the kernels
+      (a kernel followed by normalization is judged by it too; with
+      zero-initialized kernels present, the kernels their zeros cut off
+      are left out): a healthy update moves a weight by about 1e-3 of its norm
       per step (REFERENCE: ~1e-3), so with learning rates 1e-4..1 the
       effective step lies around 1e-3..10; below `min_step` (1e-4) the
       kernels will not move, above `max_step` (1e3) they explode. A
@@ -323,7 +324,10 @@ def gradient_warnings(records, *, min_step=1e-4, max_step=1e3):
             "after them). Re-initialize with a random, "
             "variance-preserving initializer."
         )
-    judged = [r for r in live if not r.get("norm_follows")] or live
+    judged = live
+    if zero_kernels:
+        # Zero gradients explained by zero-initialized layers after them.
+        judged = [r for r in live if r["grad_norm"] > 0]
     steps = sorted(r["grad_norm"] / r["weight_norm"] for r in judged)
     if not steps:
         return messages
