@@ -27,8 +27,14 @@ import dataclasses
 import math
 
 #: Kinds of per-variable records taken by `gradient_warnings`.
-VARIABLE_KINDS = ("kernel", "bias", "norm_scale", "norm_bias", "embedding",
-                  "other")
+VARIABLE_KINDS = (
+    "kernel",
+    "bias",
+    "norm_scale",
+    "norm_bias",
+    "embedding",
+    "other",
+)
 
 #: What to do about each kind of finding.
 ADVICE = {
@@ -220,8 +226,12 @@ def _judge_residuals(residuals, thresholds):
             growth *= g
         if growth > thresholds["stream"]:
             found.append(
-                (None, Finding(r.at, "exploding_stream", growth,
-                               thresholds["stream"]))
+                (
+                    None,
+                    Finding(
+                        r.at, "exploding_stream", growth, thresholds["stream"]
+                    ),
+                )
             )
             growth = 1.0
         if getattr(r, "normalized", False):
@@ -313,8 +323,9 @@ def gradient_warnings(records, *, min_step=1e-4, max_step=1e3):
         return messages
     zero_kernels = any(r["weight_norm"] == 0 for r in kernels)
     live = [
-        r for r in kernels if r["weight_norm"] > 0 and
-        math.isfinite(r["grad_norm"])
+        r
+        for r in kernels
+        if r["weight_norm"] > 0 and math.isfinite(r["grad_norm"])
     ]
     stalled = [r for r in live if r["grad_norm"] == 0]
     if stalled and not zero_kernels and len(stalled) < len(live):

@@ -1,4 +1,4 @@
-"""One layer walker: the layer calls of a forward pass, in order, with structure.
+"""One layer walker: the layer calls of a forward pass, with their structure.
 
 `initialize`, `diagnose`, `lsuv`, `ActivationHistogramLogger` and the
 gradient logger's warning all ask the same questions about a model: which
@@ -311,8 +311,9 @@ class Walk:
             if c.norm_after:
                 notes.append(f"-> {c.norm_after}")
             if c.branch is not None:
-                notes.append(f"branch {c.branch}" + (" end" if c.branch_end
-                                                     else ""))
+                notes.append(
+                    f"branch {c.branch}" + (" end" if c.branch_end else "")
+                )
             lines.append(f"{c.index:4d} {c.name}  ({', '.join(notes)})")
         return "\n".join(lines)
 
@@ -491,9 +492,7 @@ class _Recorder:
 
 
 def _tensors(nest):
-    return [
-        t for t in keras.tree.flatten(nest) if keras.ops.is_tensor(t)
-    ]
+    return [t for t in keras.tree.flatten(nest) if keras.ops.is_tensor(t)]
 
 
 def _value(t):
@@ -538,8 +537,14 @@ def _plain_leaf(layer, args, kwargs):
     return layer(*args, **kwargs)
 
 
-def execute(model, inputs, leaf_fn=None, training=False, norm_training=False,
-            structure=False):
+def execute(
+    model,
+    inputs,
+    leaf_fn=None,
+    training=False,
+    norm_training=False,
+    structure=False,
+):
     """Runs `model(inputs)`, with `leaf_fn` in place of each leaf call.
 
     Args:
@@ -606,8 +611,7 @@ def walk(model, x, training=False, norm_training=False):
         `.blocks`, `.residuals`, `.kernels()`.
     """
     return execute(
-        model, x, training=training, norm_training=norm_training,
-        structure=True
+        model, x, training=training, norm_training=norm_training, structure=True
     )
 
 
@@ -676,9 +680,13 @@ def _structure(walk, rec):
             i
             for i in range(fork + 1, end + 1)
             if i not in skip_anc
-            and (i in branch_anc or not isinstance(branch_node, int)
-                 or calls[i].parents[: len(calls[end].parents)]
-                 != calls[end].parents or True)
+            and (
+                i in branch_anc
+                or not isinstance(branch_node, int)
+                or calls[i].parents[: len(calls[end].parents)]
+                != calls[end].parents
+                or True
+            )
         ]
         if all(calls[i].kind == "embedding" for i in members):
             return
@@ -727,7 +735,11 @@ def _structure(walk, rec):
         s, b = (0, 1) if a_own <= b_own else (1, 0)
         out = _by_id(rec, _output_id(rec, c.index))
         add_residual(
-            c.path, nodes[s], nodes[b], tensors[s], tensors[b],
+            c.path,
+            nodes[s],
+            nodes[b],
+            tensors[s],
+            tensors[b],
             out if out is not None else tensors[b],
         )
     # `x + residual` inside layers without a graph.
@@ -740,7 +752,8 @@ def _structure(walk, rec):
     for r in residuals:
         total = r._ids[1]
         users = [
-            calls[i] for i, ids in rec.inputs_of
+            calls[i]
+            for i, ids in rec.inputs_of
             if isinstance(i, int) and total in ids
         ]
         r.normalized = (

@@ -416,9 +416,7 @@ def test_cli_bad_files_give_one_line_and_status_2(tmp_path, digits, capsys):
     truncated = tmp_path / "truncated.keras"
     with open(model_path, "rb") as f:
         truncated.write_bytes(f.read()[:200])
-    assert "truncated" in _cli_error(
-        [os.fspath(truncated), batch_path], capsys
-    )
+    assert "truncated" in _cli_error([os.fspath(truncated), batch_path], capsys)
     no_config = tmp_path / "no_config.keras"
     with zipfile.ZipFile(no_config, "w") as z:
         z.writestr("metadata.json", "{}")
@@ -462,9 +460,9 @@ def test_cli_nan_batch_fails_on_flags(tmp_path, digits, capsys):
     x[3, 5] = np.nan
     model_path, batch_path = _save(tmp_path, model, x)
     assert cli.main(["diagnose", model_path, batch_path]) == 0
-    assert cli.main(
-        ["diagnose", model_path, batch_path, "--fail-on-flags"]
-    ) == 1
+    assert (
+        cli.main(["diagnose", model_path, batch_path, "--fail-on-flags"]) == 1
+    )
     assert "input: nonfinite input" in capsys.readouterr().out
 
 
@@ -491,8 +489,11 @@ def test_x_that_does_not_fit_names_the_input_and_shapes():
     model = keras.Model(inputs, L.Dense(2)(h))
     good = {"tokens": np.ones((4, 6)), "image": np.ones((4, 4, 4, 2))}
     diagnose(model, good)
-    with pytest.raises(ValueError, match=r"'image'.*\(None, 4, 4, 2\).*"
-                       r"\(4, 4, 4, 3\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"'image'.*\(None, 4, 4, 2\).*"
+        r"\(4, 4, 4, 3\)",
+    ):
         diagnose(model, {**good, "image": np.ones((4, 4, 4, 3))})
     with pytest.raises(ValueError, match=r"missing input\(s\) \['image'\]"):
         diagnose(model, {"tokens": good["tokens"]})
@@ -509,9 +510,7 @@ def test_all_zero_init_is_flagged(digits):
 
 def _resnet(blocks, end_init, norm=False, width=32):
     inputs = keras.Input((64,))
-    h = L.Dense(width, kernel_initializer=keras_winit.HeNormal(seed=0))(
-        inputs
-    )
+    h = L.Dense(width, kernel_initializer=keras_winit.HeNormal(seed=0))(inputs)
     for b in range(blocks):
         f = L.BatchNormalization()(h) if norm else h
         f = L.Dense(
@@ -601,6 +600,14 @@ def test_no_flag_on_stock_real_models(name):
     model, batch = _real_models.build(name, batch_size=2)
     result = diagnose(model, batch)
     assert result.flags == [], "\n".join(map(str, result.flags))
+    # Every kernel layer, nested ones included, has its row.
+    kernels = {
+        id(layer)
+        for layer in model._flatten_layers()
+        if _signal.kernel_variable(layer) is not None
+    }
+    rows = {s.name for s in result.layers if s.has_kernel}
+    assert len(rows) == len(kernels)
     if name in _real_models.HUB_BACKBONES:
         rows = [s.name for s in result.layers]
         for part in ("query", "key", "value", "attention_output"):
