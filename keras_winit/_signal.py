@@ -560,7 +560,13 @@ def _numpy(t):
 
         if isinstance(t, tf.IndexedSlices):
             t = tf.convert_to_tensor(t)
-    return np.asarray(keras.ops.convert_to_numpy(t), dtype=np.float64)
+    # float32 (or float64 when the tensor is): statistics of float32
+    # signals need no more, and a float64 copy of every signal doubles the
+    # cost of a pass on a real model.
+    value = np.asarray(keras.ops.convert_to_numpy(t))
+    if value.dtype != np.float64:
+        value = value.astype(np.float32)
+    return value
 
 
 def _loss(

@@ -536,14 +536,16 @@ def _summarize(records, description, batch, thresholds, residuals, nonfinite):
         if r.grad is not None:
             bad += int(np.size(r.grad) - np.count_nonzero(np.isfinite(r.grad)))
         with np.errstate(all="ignore"):
-            std = float(out.std())
-            grad_std = None if r.grad is None else float(r.grad.std())
+            std = float(out.std(dtype=np.float64))
+            grad_std = (
+                None if r.grad is None else float(r.grad.std(dtype=np.float64))
+            )
         act = r.activation
         kernel = _signal.kernel_variable(r.layer)
         step = None
         if kernel is not None and r.kernel_grad is not None:
-            w = float(np.linalg.norm(keras.ops.convert_to_numpy(kernel)))
-            g = float(np.linalg.norm(r.kernel_grad))
+            w = _norm(keras.ops.convert_to_numpy(kernel))
+            g = _norm(r.kernel_grad)
             step = g / w if w > 0 else (math.inf if g > 0 else 0.0)
         s = LayerStats(
             index=i,
@@ -593,6 +595,11 @@ def _summarize(records, description, batch, thresholds, residuals, nonfinite):
         batch_size=batch,
         residuals=list(residuals),
     )
+
+
+def _norm(a):
+    flat = np.ravel(a)
+    return float(np.sqrt(np.dot(flat, flat)))
 
 
 def _ratio(value, previous):
