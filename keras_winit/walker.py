@@ -594,14 +594,47 @@ def _call_top(model, inputs, kwargs):
     return _Layer.__call__._keras_winit_original(model, inputs, **kwargs)
 
 
-def walk(model, x, training=False, norm_training=False):
+def example_batch(model, batch_size=2, seed=0, unknown_size=8):
+    """A batch that fits `model.inputs` (normal floats, zero integers).
+
+    For tools that have a model but no data (`initialize`, a callback's
+    warning) and want its structure: `walk(model, example_batch(model))`.
+    An unknown non-batch dimension (a sequence length) gets
+    `unknown_size`. Raises `ValueError` when the model has no symbolic
+    inputs (a subclassed model: pass a real batch).
+    """
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        raise ValueError(
+            f"Model {model.name!r} has no symbolic inputs to build a batch "
+            "from (a subclassed model): pass a batch `x`."
+        )
+    rng = np.random.default_rng(seed)
+
+    def make(spec):
+        shape = tuple(
+            unknown_size if d is None else d for d in tuple(spec.shape)[1:]
+        )
+        shape = (batch_size,) + shape
+        dtype = keras.backend.standardize_dtype(spec.dtype)
+        if "int" in dtype or dtype == "bool":
+            return np.zeros(shape, dtype)
+        return rng.standard_normal(shape).astype(dtype)
+
+    struct = getattr(model, "_inputs_struct", inputs)
+    return keras.tree.map_structure(make, struct)
+
+
+def walk(model, x=None, training=False, norm_training=False):
     """Records one forward pass of `model` on `x`, with its structure.
 
     Args:
         model: Any built `keras.Model` (Sequential, Functional, a
             Functional subclass such as a keras_hub backbone, or a
             subclassed model).
-        x: A batch the model can be called on.
+        x: A batch the model can be called on; `None` builds one from
+            `model.inputs` (`example_batch`). The structure (norms,
+            residual adds) does not depend on the values.
         training: Passed as `training` to the model.
         norm_training: Run `BatchNormalization` in training mode.
 
@@ -610,6 +643,8 @@ def walk(model, x, training=False, norm_training=False):
         `kind`, `parents`, `norm_after`, `branch`, `branch_end`),
         `.blocks`, `.residuals`, `.kernels()`.
     """
+    if x is None:
+        x = example_batch(model)
     return execute(
         model, x, training=training, norm_training=norm_training, structure=True
     )

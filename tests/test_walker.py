@@ -160,3 +160,11 @@ def test_recording_inside_a_traced_function():
 
     jax.grad(f)(np.ones((2, 4), "float32"))
     assert len(seen) == 2
+
+
+def test_walk_without_a_batch_uses_the_model_inputs():
+    model, _ = _real_models.build("BertBackbone", batch_size=2)
+    walk = walker.walk(model)
+    assert len(walk.kernels()) == 13 and len(walk.residuals) == 4
+    with pytest.raises(ValueError, match="no symbolic inputs"):
+        walker.example_batch(_Subclassed())
