@@ -14,15 +14,18 @@ Public API:
   `InitReport`).
 - Monitoring: the `GradientVarianceLogger` callback (per-layer gradient
   statistics of the gradients `fit` applies, in TensorBoard).
-- Diagnostics: `diagnose` (returns a `Diagnosis`), data-driven init `lsuv`
+- Diagnostics: `diagnose` (returns a `Diagnosis`; rules in `health`, layer
+  structure from `walker`), data-driven init `lsuv`
   (Mishkin & Matas 2015), and the `ActivationHistogramLogger` callback.
 """
 
 from keras_winit import fans
 from keras_winit import gains
+from keras_winit import health
 from keras_winit import initializers
 from keras_winit import layer_init
 from keras_winit import layouts
+from keras_winit import walker
 from keras_winit.callbacks import GradientVarianceLogger
 from keras_winit.callbacks import GradientVarianceWarning
 from keras_winit.diagnostics import Diagnosis
@@ -86,10 +89,12 @@ __all__ = [
     "fans",
     "gain",
     "gains",
+    "health",
     "initialize",
     "initializers",
     "layer_init",
     "layouts",
     "lsuv",
     "truncated_normal_std",
+    "walker",
 ]

@@ -42,12 +42,12 @@ Examples:
 >>> out = keras.layers.Dense(2, name="head")(h)
 >>> model = keras.Model(inputs, out)
 >>> walk = walker.walk(model, np.ones((4, 8), "float32"))
->>> [c.name for c in walk.calls]
+>>> [c.layer.name for c in walk.calls]
 ['d1', 'd2', 'd3', 'add', 'ln', 'head']
->>> [(c.name, c.branch_end) for c in walk.calls if c.branch is not None]
+>>> [(c.layer.name, c.branch_end) for c in walk.calls if c.branch is not None]
 [('d2', False), ('d3', True)]
->>> [c.name for c in walk.kernels() if c.norm_after]
-[]
+>>> walk.residuals[0].normalized  # the sum goes through `ln` only
+True
 
 Reference:
     - He et al., 2016, "Identity Mappings in Deep Residual Networks",
