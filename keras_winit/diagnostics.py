@@ -311,8 +311,9 @@ def diagnose(
       gradient std against the chain's last hidden kernel.
     - `exploding_stream`: a residual stream's std, compounded over its
       blocks since the last normalization, grew more than
-      `stream_threshold` (a stream growing sqrt(2) per block trains at 8
-      blocks, 16x, and diverges at 16, 256x).
+      `stream_threshold` (measured in benchmarks/trainability.py: a stream
+      growing ~1.5x per block, 22x over 8 blocks, trains; 395x over 16
+      diverges).
     - `saturated` / `dead`: more than `saturation_threshold` of the values
       saturated, more than `dead_threshold` of the units dead.
 

@@ -525,12 +525,13 @@ def _resnet(blocks, end_init, norm=False, width=32):
 
 def test_residual_stream_judged_by_growth_per_block(digits):
     he = lambda b: keras_winit.HeNormal(seed=10 * b + 2)  # noqa: E731
-    # The stream grows ~sqrt(2) per block: 16x at 8 blocks (trains),
-    # 256x at 16 (NaN in training; benchmarks/trainability.py).
+    # He on both branch layers: the stream grows ~1.5x per block (at most
+    # sqrt(3)): 22x over 8 blocks trains, 395x over 16 gives NaN in
+    # training (benchmarks/trainability.py).
     result = diagnose(_resnet(8, he), digits[:128])
     assert result.flags == [], result.to_table()
     growth = [r.growth for r in result.residuals]
-    assert len(growth) == 8 and 1.2 < np.exp(np.mean(np.log(growth))) < 1.7
+    assert len(growth) == 8 and 1.3 < np.exp(np.mean(np.log(growth))) < 2.0
     result = diagnose(_resnet(16, he), digits[:128])
     assert _kinds(result) == {"exploding_stream"}, result.to_table()
 
