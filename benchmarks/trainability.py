@@ -173,9 +173,10 @@ def cnn(depth, norm, init, scale=1.0):
 def resnet(blocks, mode, width=64):
     """Dense residual blocks `h + W2 relu(W1 h)` on digits.
 
-    mode: "plain" (He on both layers: Var(branch) = 2 Var(stream), the
-    stream std grows ~sqrt(3) per block), "fixup" (last layer of each branch zero), "bn" (BatchNorm in
-    each branch, zero-gamma free), "scaled" (branch end x 1/sqrt(2N)).
+    mode: "plain" (He on both layers: the stream std grows ~1.5x per
+    block on digits, at most sqrt(3)), "fixup" (last layer of each branch
+    zero), "bn" (BatchNorm in each branch), "scaled" (branch end x
+    1/sqrt(2N)).
     """
     import keras
 
