@@ -640,3 +640,20 @@ def test_broken_real_transformer_diverges_in_the_table():
     share = [r.branch_std / r.skip_std for r in stock]
     share_broken = [r.branch_std / r.skip_std for r in broken]
     assert min(share) > 0.2 and max(share_broken) < 0.05
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n for n in ("MobileNetV2", "EfficientNetB0") if n in _STOCK],
+)
+def test_no_flag_after_auto_initialize(name):
+    # The false alarms: 64 and 152 flags after initialize("auto"),
+    # BatchNorm after each convolution makes the kernel scale irrelevant.
+    import warnings
+
+    model, batch = _real_models.build(name, batch_size=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        keras_winit.initialize(model, "auto", seed=0)
+    result = diagnose(model, batch)
+    assert result.flags == [], "\n".join(map(str, result.flags))
