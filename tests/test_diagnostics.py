@@ -600,11 +600,11 @@ def test_flags_have_advice():
 
 # Every model on TensorFlow. Under JAX an eager probe of a stock convnet
 # costs minutes on the CI's cores (every op compiles): the keras_hub
-# backbones are tested there; under PyTorch the convnets take 10-25 s
+# text backbones are tested there; under PyTorch the convnets take 10-25 s
 # each: MobileNetV2, ResNet50V2 and the backbones.
 _STOCK = {
     "tensorflow": _real_models.ALL,
-    "jax": _real_models.HUB_BACKBONES,
+    "jax": ("GPT2Backbone", "BertBackbone"),
     "torch": ("MobileNetV2", "ResNet50V2") + _real_models.HUB_BACKBONES,
 }[keras.backend.backend()]
 
