@@ -16,15 +16,18 @@ Public API:
   `residual_branches` (the `ResidualBranch`es it finds).
 - Monitoring: the `GradientVarianceLogger` callback (per-layer gradient
   statistics of the gradients `fit` applies, in TensorBoard).
-- Diagnostics: `diagnose` (returns a `Diagnosis`), data-driven init `lsuv`
+- Diagnostics: `diagnose` (returns a `Diagnosis`; rules in `health`, layer
+  structure from `walker`), data-driven init `lsuv`
   (Mishkin & Matas 2015), and the `ActivationHistogramLogger` callback.
 """
 
 from keras_winit import fans
 from keras_winit import gains
+from keras_winit import health
 from keras_winit import initializers
 from keras_winit import layer_init
 from keras_winit import layouts
+from keras_winit import walker
 from keras_winit.callbacks import GradientVarianceLogger
 from keras_winit.callbacks import GradientVarianceWarning
 from keras_winit.diagnostics import Diagnosis
@@ -93,6 +96,7 @@ __all__ = [
     "fans",
     "gain",
     "gains",
+    "health",
     "initialize",
     "initializers",
     "layer_init",
@@ -100,4 +104,5 @@ __all__ = [
     "lsuv",
     "residual_branches",
     "truncated_normal_std",
+    "walker",
 ]

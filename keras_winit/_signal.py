@@ -6,9 +6,10 @@ one layer at a time and look at what each layer does: its pre-activation
 output, and the gradient of a loss with respect to both. This module holds
 that machinery, once:
 
-- `execute(model, inputs, leaf_fn)` runs a `Sequential` or Functional model
-  (nested ones included) and calls `leaf_fn(layer, args, kwargs)` in place
-  of every leaf layer, in execution (hence topological) order.
+- `execute(model, inputs, leaf_fn)` runs any model and calls
+  `leaf_fn(layer, args, kwargs)` in place of every leaf layer call, in
+  forward order (`keras_winit.walker` records the calls of the pass, so
+  nested layers and subclassed models are covered).
 - `split_call(layer, args, kwargs)` returns `(z, a)`: for a kernel layer
   with a fused activation, `z` is its output computed with the activation
   temporarily set to `linear` and `a = activation(z)`; otherwise `z` is
@@ -17,12 +18,12 @@ that machinery, once:
   one `Record` per layer call: under a `tf.GradientTape` on TensorFlow,
   with `torch.autograd.grad` on PyTorch, and with `jax.value_and_grad`
   of a pure function of zero perturbations added to every signal (and of
-  the kernels, held in a `keras.StatelessScope`) on JAX.
+  the kernels, held in a `keras.StatelessScope`) on JAX. Each record
+  also carries its call's structure from the walker (`kind`,
+  `norm_after`, `branch`, `branch_end`, `parents`, `block`).
 
-The TensorFlow, JAX and PyTorch backends are supported, and only
-`Sequential` and Functional models (subclassed models have no graph to
-walk). Functional models are run through `Functional._run_through_graph`,
-Keras' own graph executor.
+The TensorFlow, JAX and PyTorch backends are supported, and every kind of
+`keras.Model`.
 """
 
 import dataclasses
@@ -32,22 +33,11 @@ import numbers
 import keras
 import numpy as np
 
+from keras_winit import walker
+
 # Kernel layers whose fused activation is split off, and which LSUV
 # rescales. Subclasses are covered by `isinstance`.
-KERNEL_LAYER_TYPES = (
-    keras.layers.Dense,
-    keras.layers.EinsumDense,
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.Conv3D,
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-    keras.layers.DepthwiseConv1D,
-    keras.layers.DepthwiseConv2D,
-    keras.layers.SeparableConv1D,
-    keras.layers.SeparableConv2D,
-)
+KERNEL_LAYER_TYPES = walker.KERNEL_LAYER_TYPES
 
 # Activations whose output saturates: name -> (low, high) asymptotes.
 SATURATING = {
@@ -80,12 +70,6 @@ def check_model(model, what):
         raise ValueError(
             f"Argument `model` of {what} must be a `keras.Model`. "
             f"Received: model={model!r}"
-        )
-    if not is_graph_model(model):
-        raise ValueError(
-            f"{what} supports `keras.Sequential` and Functional models only "
-            "(a subclassed model has no layer graph to walk). Received: "
-            f"model={model.name!r} of type {type(model).__name__}."
         )
     if not model.built or not model.weights:
         raise ValueError(
@@ -166,46 +150,21 @@ def to_tensors(x, name="x"):
 # Execution.
 
 
-def execute(model, inputs, leaf_fn, training=False):
+def execute(model, inputs, leaf_fn, training=False, norm_training=False):
     """Runs `model` on `inputs`, with `leaf_fn` in place of each leaf layer.
 
     `leaf_fn(layer, args, kwargs)` must return what `layer(*args, **kwargs)`
-    returns. Nested `Sequential`/Functional models are walked into; other
-    operations of a Functional graph (e.g. `keras.ops` calls) are run as
-    they are.
+    returns. The leaves are found by `keras_winit.walker`: nested models
+    and layers that call sublayers (keras_hub transformer blocks,
+    `MultiHeadAttention`) are opened, in any kind of model.
     """
-    prefix = model.path or model.name
-    for layer in model.layers:
-        if not layer.path:
-            _FALLBACK_PATHS[id(layer)] = f"{prefix}/{layer.name}"
-    if isinstance(model, keras.Sequential):
-        x = inputs
-        for layer in model.layers:
-            x = _call_operation(layer, (x,), {}, leaf_fn, training)
-        return x
-    flat = model._standardize_inputs(inputs)
-    outputs = model._run_through_graph(
-        flat,
-        operation_fn=lambda op: (
-            lambda *args, **kwargs: _call_operation(
-                op, args, kwargs, leaf_fn, training
-            )
-        ),
-    )
-    if isinstance(outputs, (list, tuple)) and len(outputs) == 1:
-        return outputs[0]
-    return outputs
-
-
-def _call_operation(op, args, kwargs, leaf_fn, training):
-    if isinstance(op, keras.Model) and is_graph_model(op):
-        inputs = args[0] if len(args) == 1 else list(args)
-        return execute(op, inputs, leaf_fn, training)
-    if isinstance(op, keras.layers.Layer):
-        if getattr(op, "_call_has_training_arg", False):
-            kwargs = {**kwargs, "training": training}
-        return leaf_fn(op, args, kwargs)
-    return op(*args, **kwargs)
+    return walker.execute(
+        model,
+        inputs,
+        leaf_fn,
+        training=training,
+        norm_training=norm_training,
+    ).outputs
 
 
 def fused_activation(layer):
@@ -319,6 +278,14 @@ class Record:
     out: object  # output a
     grad: object  # dC/dz when split, else dC/da; None if disconnected
     kernel_grad: object  # dC/dkernel (first call only), else None
+    # Structure, from `keras_winit.walker` (see `walker.Call`).
+    kind: str = "other"
+    parents: tuple = ()
+    block: object = None
+    norm_after: object = None
+    branch: object = None
+    branch_end: bool = False
+    shortcut: bool = False
 
     @property
     def signal(self):
@@ -332,8 +299,21 @@ class Record:
         return f"{self.path}/call_{self.call_index + 1}"
 
 
-def probe(model, x, y=None, loss=None, training=False, seed=0):
+def probe(
+    model,
+    x,
+    y=None,
+    loss=None,
+    training=False,
+    seed=0,
+    norm_training=False,
+    return_walk=False,
+):
     """One forward and backward pass; returns `(records, loss_description)`.
+
+    With `return_walk=True`, returns `(records, loss_description, walk)`,
+    the `keras_winit.walker.Walk` of the pass (norms, residuals, blocks);
+    each record carries its call's structure fields too.
 
     Args:
         model: A built `Sequential` or Functional model.
@@ -343,10 +323,42 @@ def probe(model, x, y=None, loss=None, training=False, seed=0):
             `(y_true, y_pred)`), used with `y`.
         training: Passed to layers that take a `training` argument.
         seed: Seed of the random projection used when `y` is `None`.
+        norm_training: Run `BatchNormalization` on batch statistics.
+        return_walk: Also return the walk.
     """
     backend = keras.backend.backend()
     if backend == "jax":
-        return _probe_jax(model, x, y, loss, training, seed)
+        records, description, walk = _probe_jax(
+            model, x, y, loss, training, seed, norm_training
+        )
+    else:
+        records, description, walk = _probe_eager(
+            model, x, y, loss, training, seed, norm_training
+        )
+    _annotate(records, walk)
+    if return_walk:
+        return records, description, walk
+    return records, description
+
+
+def _annotate(records, walk):
+    by_call = {(id(c.layer), c.call_index): c for c in walk.calls}
+    for r in records:
+        c = by_call.get((id(r.layer), r.call_index))
+        if c is None:
+            continue
+        r.path = c.path
+        r.kind = c.kind
+        r.parents = c.parents
+        r.block = c.block
+        r.norm_after = c.norm_after
+        r.branch = c.branch
+        r.branch_end = c.branch_end
+        r.shortcut = c.shortcut
+
+
+def _probe_eager(model, x, y, loss, training, seed, norm_training):
+    backend = keras.backend.backend()
     calls = []
     seen = {}
 
@@ -380,7 +392,15 @@ def probe(model, x, y=None, loss=None, training=False, seed=0):
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            outputs = execute(model, x, leaf, training=training)
+            walk = walker.execute(
+                model,
+                x,
+                leaf,
+                training=training,
+                norm_training=norm_training,
+                structure=True,
+            )
+            outputs = walk.outputs
             loss_value, description = _loss(model, x, y, loss, outputs, seed)
         grads = gradients(loss_value)
     else:
@@ -388,7 +408,15 @@ def probe(model, x, y=None, loss=None, training=False, seed=0):
 
         x = keras.tree.map_structure(_torch_requires_grad, x)
         with torch.enable_grad():
-            outputs = execute(model, x, leaf, training=training)
+            walk = walker.execute(
+                model,
+                x,
+                leaf,
+                training=training,
+                norm_training=norm_training,
+                structure=True,
+            )
+            outputs = walk.outputs
             loss_value, description = _loss(model, x, y, loss, outputs, seed)
             grads = gradients(loss_value)
     signal_grads = grads[: len(calls)]
@@ -399,7 +427,7 @@ def probe(model, x, y=None, loss=None, training=False, seed=0):
     ):
         kg = next(kernel_grads) if kernel is not None else None
         records.append(_record(layer, count, z, a, g, kg))
-    return records, description
+    return records, description, walk
 
 
 def _record(layer, count, z, a, grad, kernel_grad):
@@ -438,7 +466,7 @@ def _torch_gradients(loss_value, sources):
     return grads
 
 
-def _probe_jax(model, x, y, loss, training, seed):
+def _probe_jax(model, x, y, loss, training, seed, norm_training):
     """`probe` on JAX: gradients of a pure function of perturbations.
 
     A first, eager pass records every signal's shape and dtype and the
@@ -464,7 +492,15 @@ def _probe_jax(model, x, y, loss, training, seed):
         return a
 
     with keras.StatelessScope():
-        outputs = execute(model, x, record_leaf, training=training)
+        walk = walker.execute(
+            model,
+            x,
+            record_leaf,
+            training=training,
+            norm_training=norm_training,
+            structure=True,
+        )
+        outputs = walk.outputs
         _, description, from_logits = _loss(
             model, x, y, loss, outputs, seed, with_from_logits=True
         )
@@ -487,7 +523,9 @@ def _probe_jax(model, x, y, loss, training, seed):
 
         mapping = list(zip(kernel_sources, kernel_values, strict=True))
         with keras.StatelessScope(state_mapping=mapping):
-            outputs = execute(model, x, leaf, training=training)
+            outputs = execute(
+                model, x, leaf, training=training, norm_training=norm_training
+            )
             value, _ = _loss(
                 model, x, y, loss, outputs, seed, from_logits=from_logits
             )
@@ -505,7 +543,7 @@ def _probe_jax(model, x, y, loss, training, seed):
     ):
         kg = next(kernel_grads) if kernel is not None else None
         records.append(_record(layer, count, z, a, g, kg))
-    return records, description
+    return records, description, walk
 
 
 def _is_float_tensor(value):
@@ -522,7 +560,13 @@ def _numpy(t):
 
         if isinstance(t, tf.IndexedSlices):
             t = tf.convert_to_tensor(t)
-    return np.asarray(keras.ops.convert_to_numpy(t), dtype=np.float64)
+    # float32 (or float64 when the tensor is): statistics of float32
+    # signals need no more, and a float64 copy of every signal doubles the
+    # cost of a pass on a real model.
+    value = np.asarray(keras.ops.convert_to_numpy(t))
+    if value.dtype != np.float64:
+        value = value.astype(np.float32)
+    return value
 
 
 def _loss(

@@ -19,19 +19,27 @@ References:
 
 import dataclasses
 import math
+import os
 import sys
 
+import keras
 import numpy as np
 
 from keras_winit import _signal
 from keras_winit import gains
+from keras_winit import health
 
 #: Short names of the flags, in the order they are checked.
 FLAG_KINDS = (
+    "nonfinite_input",
+    "nonfinite",
+    "zero_signal",
+    "zero_gradients",
     "vanishing_activations",
     "exploding_activations",
     "vanishing_gradients",
     "exploding_gradients",
+    "exploding_stream",
     "saturated",
     "dead",
 )
@@ -56,11 +64,20 @@ class Flag:
     value: float
     threshold: float
 
+    @property
+    def advice(self):
+        """What the flag means and what to do, in one sentence."""
+        return health.ADVICE[self.kind]
+
     def __str__(self):
         side = "<" if self.kind.startswith("vanishing") else ">"
+        if self.kind.startswith(("zero", "nonfinite")):
+            measured = ""
+        else:
+            measured = f" ({self.value:.3g} {side} {self.threshold:g})"
         return (
-            f"{self.layer}: {self.kind.replace('_', ' ')} "
-            f"({self.value:.3g} {side} {self.threshold:g})"
+            f"{self.layer}: {self.kind.replace('_', ' ')}{measured}: "
+            f"{self.advice}"
         )
 
 
@@ -103,6 +120,16 @@ class LayerStats:
         gain: The gain of the activation that follows the kernel layer
             (`keras_winit.gain(..., method="moment")`), or `None`.
         flags: The kinds of flag raised for this layer.
+        kind: The walker's kind of the layer (`"kernel"`, `"norm"`,
+            `"add"`, `"embedding"`…).
+        norm_after: Path of the normalization layer that normalizes this
+            layer's output, else `None` (its raw scale is then not judged).
+        branch: Index of the residual branch the layer lies in, else
+            `None`.
+        branch_end: Whether its output is added back to a residual
+            stream.
+        step: Effective step `‖dC/dW‖ / ‖W‖` of the kernel, else `None`.
+        nonfinite: Number of non-finite values in its output and gradient.
     """
 
     index: int
@@ -123,6 +150,13 @@ class LayerStats:
     recommended: object
     gain: object
     flags: list
+    kind: str = "other"
+    norm_after: object = None
+    branch: object = None
+    branch_end: bool = False
+    shortcut: bool = False
+    step: object = None
+    nonfinite: int = 0
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -137,12 +171,14 @@ class Diagnosis:
         flags: All `Flag`s raised, in layer order.
         loss: How the backward pass was driven (which loss).
         batch_size: Number of examples used.
+        residuals: The residual adds found (`keras_winit.walker.Residual`).
     """
 
     layers: list
     flags: list
     loss: str
     batch_size: int
+    residuals: list = dataclasses.field(default_factory=list)
 
     def to_table(self):
         """Returns the per-layer table as a string (no pandas needed)."""
@@ -157,6 +193,7 @@ class Diagnosis:
             "grad std",
             "grad x",
             "W-grad var",
+            "step",
             "recommended",
             "flags",
         ]
@@ -183,11 +220,12 @@ class Diagnosis:
                     _signal.fmt(s.grad_std),
                     _signal.fmt(s.grad_std_ratio, ".2f"),
                     _signal.fmt(s.weight_grad_var),
+                    _signal.fmt(s.step),
                     rec or "-",
                     ",".join(_SHORT[f] for f in s.flags) or "ok",
                 ]
             )
-        align = [">", "<", "<"] + [">"] * 7 + ["<", "<"]
+        align = [">", "<", "<"] + [">"] * 8 + ["<", "<"]
         table = _signal.format_table(headers, rows, align)
         footer = [
             f"batch: {self.batch_size} examples; backward pass: {self.loss}"
@@ -204,6 +242,11 @@ class Diagnosis:
 
 
 _SHORT = {
+    "nonfinite_input": "nonfinite-input",
+    "nonfinite": "nonfinite",
+    "zero_signal": "zero",
+    "zero_gradients": "zero-grad",
+    "exploding_stream": "stream",
     "vanishing_activations": "vanish-act",
     "exploding_activations": "explode-act",
     "vanishing_gradients": "vanish-grad",
@@ -225,6 +268,7 @@ def diagnose(
     saturation_threshold=0.1,
     dead_threshold=0.6,
     saturation_eps=0.01,
+    stream_threshold=100.0,
     seed=0,
     print_table=False,
 ):
@@ -245,15 +289,35 @@ def diagnose(
     that output `z`; so the gradient is `dC/dz`, the "back-propagated
     gradient" of Glorot & Bengio, whatever activation the layer has.
 
-    Flags. A kernel layer is flagged `vanishing_activations` /
-    `exploding_activations` when the std of its pre-activation, divided by
-    that of the *first* kernel layer, is below `vanishing_threshold` /
-    above `exploding_threshold`; `vanishing_gradients` /
-    `exploding_gradients` likewise for `grad_std` divided by that of the
-    *last* kernel layer (the one nearest the loss). A layer is flagged
-    `saturated` when more than `saturation_threshold` of its values are
-    saturated and `dead` when more than `dead_threshold` of its units are
-    dead. Initializers that keep the variance (He for ReLU) keep the ratios
+    Flags (rules in `keras_winit.health`; each `Flag` has an `advice`
+    sentence saying what to do):
+
+    - `nonfinite_input`: the batch holds NaN/inf; `nonfinite`: a signal or
+      gradient becomes NaN/inf.
+    - `zero_signal`: a kernel layer outputs the same value for every
+      example (an all-zero init); zero-initialized residual branch ends
+      (Fixup, SkipInit) are healthy and not flagged.
+    - `zero_gradients`: no gradient reaches the first layers.
+    - `vanishing_activations` / `exploding_activations`: in a chain of
+      kernel layers that are neither followed by normalization nor inside
+      a residual branch, the std of a pre-activation divided by that of
+      the chain's first kernel is below `vanishing_threshold` / above
+      `exploding_threshold`; a normalization layer or a residual add ends
+      a chain. A kernel followed by normalization is scale-invariant: its
+      raw scale is not judged, the signal after the norm is (BatchNorm
+      runs on batch statistics, see `training`) and its effective step
+      `‖dC/dW‖/‖W‖` is reported (`step`).
+    - `vanishing_gradients` / `exploding_gradients`: likewise for the
+      gradient std against the chain's last hidden kernel.
+    - `exploding_stream`: a residual stream's std, compounded over its
+      blocks since the last normalization, grew more than
+      `stream_threshold` (measured in benchmarks/trainability.py: a stream
+      growing ~1.5x per block, 22x over 8 blocks, trains; 395x over 16
+      diverges).
+    - `saturated` / `dead`: more than `saturation_threshold` of the values
+      saturated, more than `dead_threshold` of the units dead.
+
+    Initializers that keep the variance (He for ReLU) keep the ratios
     near 1 at any depth; Glorot on a deep ReLU net halves the variance per
     layer (ratio ≈ 0.71 per layer, 3e-5 after 30 layers).
 
@@ -274,9 +338,13 @@ def diagnose(
     → `ActivationScaling(name)` (second-moment gain); `gain` holds
     `keras_winit.gain(name, method="moment")`.
 
-    Supported: `keras.Sequential` and Functional models (nested ones
-    included), on the TensorFlow, JAX and PyTorch backends. Subclassed
-    models raise `ValueError`.
+    Supported: any built `keras.Model` — Sequential, Functional, nested,
+    Functional subclasses (keras_hub backbones) and subclassed models —
+    walked by `keras_winit.walker`, which opens layers that call sublayers
+    (transformer blocks: one row per attention projection and feed-forward
+    layer), on the TensorFlow, JAX and PyTorch backends. The model's
+    non-trainable state (BatchNorm moving statistics) is restored after
+    the pass.
 
     Examples:
 
@@ -294,14 +362,18 @@ def diagnose(
     'keras_winit.HeNormal()'
 
     Args:
-        model: A built `keras.Sequential` or Functional model.
+        model: A built `keras.Model`.
         x: A batch of inputs (array, or list/dict of arrays), at least 2
-            examples.
+            examples. One that does not fit the model's inputs raises a
+            `ValueError` naming the input and the shapes; NaN/inf values
+            are flagged (`nonfinite_input`).
         y: Optional targets for `x`.
         loss: Optional loss used with `y` (a Keras loss name, a
             `keras.losses.Loss` or a callable `(y_true, y_pred)`).
-        training: Passed as `training` to the layers (dropout, batch
-            normalization). Defaults to `False`.
+        training: Passed as `training` to the layers (dropout...).
+            Defaults to `False`. `BatchNormalization` always runs on batch
+            statistics: a fresh BN under `training=False` is the identity,
+            which would judge the net as if it had no normalization.
         vanishing_threshold: Number in `(0, 1)`; std ratio below which a
             layer is flagged vanishing. Defaults to `0.1`.
         exploding_threshold: Number `> 1`; std ratio above which a layer is
@@ -314,6 +386,8 @@ def diagnose(
             depth (40-50% dead at depth 30 with He init is common).
         saturation_eps: Number in `(0, 0.5)`; distance to an asymptote that
             counts as saturated. Defaults to `0.01`.
+        stream_threshold: Number `> 1`; compounded growth of a residual
+            stream's std above which it is flagged. Defaults to `100.0`.
         seed: Int seed of the random projection used without `y`.
         print_table: If `True`, print the table too.
 
@@ -334,6 +408,7 @@ def diagnose(
     _signal.check_number("saturation_threshold", saturation_threshold, 0, 1)
     _signal.check_number("dead_threshold", dead_threshold, 0, 1)
     _signal.check_number("saturation_eps", saturation_eps, 0, 0.5)
+    _signal.check_number("stream_threshold", stream_threshold, 1)
     _signal.check_number("seed", seed, -1, integer=True)
     if not isinstance(training, bool):
         raise ValueError(
@@ -351,6 +426,8 @@ def diagnose(
             "Argument `x` must hold at least 2 examples to estimate a std. "
             f"Received: batch size {batch}"
         )
+    check_inputs(model, tensors)
+    nonfinite = _count_nonfinite(tensors)
     if y is not None:
         y_tensors, y_batch = _signal.to_tensors(y, name="y")
         if y_batch != batch:
@@ -359,36 +436,124 @@ def diagnose(
                 f"Received: {batch} and {y_batch}"
             )
         y = y_tensors
-    records, description = _signal.probe(
-        model, tensors, y=y, loss=loss, training=training, seed=seed
-    )
+    # BatchNorm runs on batch statistics (a fresh BN under training=False
+    # is the identity); its moving statistics, and any other state the
+    # pass changes, are restored.
+    state = [(v, v.numpy()) for v in model.non_trainable_variables]
+    try:
+        records, description, walk = _signal.probe(
+            model,
+            tensors,
+            y=y,
+            loss=loss,
+            training=training,
+            seed=seed,
+            norm_training=True,
+            return_walk=True,
+        )
+    finally:
+        for v, value in state:
+            v.assign(value)
     thresholds = {
         "vanishing": vanishing_threshold,
         "exploding": exploding_threshold,
         "saturation": saturation_threshold,
         "dead": dead_threshold,
         "eps": saturation_eps,
+        "stream": stream_threshold,
     }
-    result = _summarize(records, description, batch, thresholds)
+    result = _summarize(
+        records, description, batch, thresholds, walk.residuals, nonfinite
+    )
     if print_table:
         print(result.to_table())
     return result
 
 
-def _summarize(records, description, batch, thresholds):
+def check_inputs(model, tensors):
+    """Raises a `ValueError` naming the input when `x` does not fit."""
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        return
+    try:
+        expected = list(keras.tree.flatten(inputs))
+    except (TypeError, ValueError):
+        return
+    names = [getattr(t, "name", f"input_{i}") for i, t in enumerate(expected)]
+    names = [n.split(":")[0] for n in names]
+    if isinstance(tensors, dict):
+        wanted = getattr(model, "_inputs_struct", None)
+        keys = list(wanted) if isinstance(wanted, dict) else names
+        missing = [k for k in keys if k not in tensors]
+        if missing:
+            raise ValueError(
+                f"Argument `x` does not fit the inputs of model "
+                f"{model.name!r}: missing input(s) {missing}. Received: "
+                f"keys {sorted(tensors)}, expected {keys}."
+            )
+        if isinstance(wanted, dict):
+            pairs = [(k, wanted[k], tensors[k]) for k in keys]
+        else:
+            pairs = []
+    else:
+        flat = keras.tree.flatten(tensors)
+        if len(flat) != len(expected):
+            raise ValueError(
+                f"Argument `x` does not fit the inputs of model "
+                f"{model.name!r}: it expects {len(expected)} input(s) "
+                f"({', '.join(names)}). Received: {len(flat)} array(s) of "
+                f"shapes {[tuple(t.shape) for t in flat]}."
+            )
+        pairs = list(zip(names, expected, flat, strict=True))
+    for name, spec, t in pairs:
+        want = tuple(spec.shape)
+        got = tuple(t.shape)
+        ok = len(want) == len(got) and all(
+            w is None or w == g for w, g in zip(want, got, strict=True)
+        )
+        if not ok:
+            raise ValueError(
+                f"Argument `x` does not fit input {name!r} of model "
+                f"{model.name!r}: expected shape {want}, received shape "
+                f"{got}."
+            )
+
+
+def _count_nonfinite(tensors):
+    total = 0
+    for t in keras.tree.flatten(tensors):
+        v = keras.ops.convert_to_numpy(t)
+        if np.issubdtype(v.dtype, np.floating):
+            total += int(np.size(v) - np.count_nonzero(np.isfinite(v)))
+    return total
+
+
+def _summarize(records, description, batch, thresholds, residuals, nonfinite):
     stats = []
     previous = None
     for i, r in enumerate(records):
         out = r.out
-        std = float(out.std())
-        grad_std = None if r.grad is None else float(r.grad.std())
+        bad = int(np.size(out) - np.count_nonzero(np.isfinite(out)))
+        if r.grad is not None:
+            bad += int(np.size(r.grad) - np.count_nonzero(np.isfinite(r.grad)))
+        with np.errstate(all="ignore"):
+            std = float(out.std(dtype=np.float64))
+            grad_std = (
+                None if r.grad is None else float(r.grad.std(dtype=np.float64))
+            )
         act = r.activation
+        kernel = _signal.kernel_variable(r.layer)
+        step = None
+        if kernel is not None and r.kernel_grad is not None:
+            w = _norm(keras.ops.convert_to_numpy(kernel))
+            g = _norm(r.kernel_grad)
+            step = g / w if w > 0 else (math.inf if g > 0 else 0.0)
         s = LayerStats(
             index=i,
             name=r.name,
             layer_type=type(r.layer).__name__,
             activation=None if act is None else act[0],
-            has_kernel=_signal.kernel_variable(r.layer) is not None,
+            has_kernel=kernel is not None,
             mean=float(out.mean()),
             std=std,
             std_ratio=_ratio(std, previous and previous.std),
@@ -404,16 +569,38 @@ def _summarize(records, description, batch, thresholds):
             recommended=None,
             gain=None,
             flags=[],
+            kind=r.kind,
+            norm_after=r.norm_after,
+            branch=r.branch,
+            branch_end=r.branch_end,
+            shortcut=r.shortcut,
+            step=step,
+            nonfinite=bad,
         )
         if s.has_kernel and s.pre_std is None:
             s.pre_std = std
         stats.append(s)
         previous = s
     _recommend(stats)
-    flags = _flag(stats, thresholds)
+    flags = []
+    for row, finding in health.judge(stats, residuals, thresholds, nonfinite):
+        if row is not None:
+            row.flags.append(finding.kind)
+        flags.append(
+            Flag(finding.where, finding.kind, finding.value, finding.threshold)
+        )
     return Diagnosis(
-        layers=stats, flags=flags, loss=description, batch_size=batch
+        layers=stats,
+        flags=flags,
+        loss=description,
+        batch_size=batch,
+        residuals=list(residuals),
     )
+
+
+def _norm(a):
+    flat = np.ravel(a)
+    return float(np.sqrt(np.dot(flat, flat)))
 
 
 def _ratio(value, previous):
@@ -509,45 +696,6 @@ def recommend(activation, param=None):
     return code, g
 
 
-def _flag(stats, thresholds):
-    kernel_rows = [s for s in stats if s.has_kernel]
-    flags = []
-    act_ref = kernel_rows[0].pre_std if kernel_rows else None
-    # The output layer's gradient is set by the loss, not by propagation:
-    # the reference is the last hidden kernel layer, and the output layer
-    # itself gets no gradient flag.
-    hidden = kernel_rows[:-1] if len(kernel_rows) > 1 else kernel_rows
-    grad_ref = None
-    for s in reversed(hidden):
-        if s.grad_std is not None:
-            grad_ref = s.grad_std
-            break
-    hidden_ids = {id(s) for s in hidden}
-    low, high = thresholds["vanishing"], thresholds["exploding"]
-    for s in stats:
-        found = []
-        if s.has_kernel and act_ref:
-            ratio = s.pre_std / act_ref
-            if ratio < low:
-                found.append(("vanishing_activations", ratio, low))
-            elif ratio > high:
-                found.append(("exploding_activations", ratio, high))
-        if id(s) in hidden_ids and grad_ref and s.grad_std is not None:
-            ratio = s.grad_std / grad_ref
-            if ratio < low:
-                found.append(("vanishing_gradients", ratio, low))
-            elif ratio > high:
-                found.append(("exploding_gradients", ratio, high))
-        if s.saturated is not None and s.saturated > thresholds["saturation"]:
-            found.append(("saturated", s.saturated, thresholds["saturation"]))
-        if s.dead is not None and s.dead > thresholds["dead"]:
-            found.append(("dead", s.dead, thresholds["dead"]))
-        for kind, value, threshold in found:
-            s.flags.append(kind)
-            flags.append(Flag(s.name, kind, float(value), float(threshold)))
-    return flags
-
-
 # ----------------------------------------------------------------------
 # Command line: keras-winit diagnose MODEL.keras BATCH.npy [--labels Y.npy]
 
@@ -576,23 +724,83 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0)
 
 
+#: Exit status of `keras-winit diagnose`: done; layers flagged (with
+#: `--fail-on-flags`); bad input (a file that cannot be read, a model that
+#: cannot be loaded, a batch that does not fit, an invalid option).
+EXIT_OK, EXIT_FLAGGED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _BadInput(Exception):
+    pass
+
+
+def _load_model(path):
+    import zipfile
+
+    import keras
+
+    if not os.path.isfile(path):
+        raise _BadInput(f"model file not found: {path}")
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        size = os.path.getsize(path)
+        raise _BadInput(
+            f"cannot load model {path}: not a .keras zip archive "
+            f"({'empty' if size == 0 else 'truncated or corrupt'}, "
+            f"{size} bytes)"
+        )
+    if path.endswith(".keras"):
+        with zipfile.ZipFile(path) as archive:
+            if "config.json" not in archive.namelist():
+                raise _BadInput(
+                    f"cannot load model {path}: the archive has no "
+                    "config.json (not a Keras model file)"
+                )
+    try:
+        return keras.saving.load_model(path)
+    except Exception as e:  # any failure of the file's content
+        detail = str(e).strip().splitlines()
+        detail = detail[0] if detail else ""
+        raise _BadInput(
+            f"cannot load model {path}: {type(e).__name__}"
+            + (f": {detail[:300]}" if detail else "")
+        ) from e
+
+
+def _load_array(path, what):
+    if not os.path.isfile(path):
+        raise _BadInput(f"{what} file not found: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":
+        raise _BadInput(
+            f"cannot read {what} {path}: not a .npy file (save it with "
+            "numpy.save)"
+        )
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise _BadInput(
+            f"cannot read {what} {path}: {type(e).__name__}: {e}"
+        ) from e
+
+
 def run(args):
     """Runs `keras-winit diagnose`; returns the exit status.
 
     0 when done (or when layers are flagged without `--fail-on-flags`), 1
-    when layers are flagged and `--fail-on-flags` is given, 2 when a file
-    cannot be read or an argument is invalid.
+    when layers are flagged (NaN/inf in the batch included) and
+    `--fail-on-flags` is given, 2 on bad input: a file that cannot be read
+    or loaded, a batch that does not fit the model, an invalid option. Each
+    error is one line on stderr.
     """
-    import keras
-
     import keras_winit  # noqa: F401  (registers the initializers)
 
     try:
-        model = keras.saving.load_model(args.model)
-        x = np.load(args.batch, allow_pickle=False)
+        model = _load_model(args.model)
+        x = _load_array(args.batch, "batch")
         y = None
         if args.labels is not None:
-            y = np.load(args.labels, allow_pickle=False)
+            y = _load_array(args.labels, "labels")
         result = diagnose(
             model,
             x,
@@ -604,10 +812,11 @@ def run(args):
             dead_threshold=args.dead_threshold,
             seed=args.seed,
         )
-    except (OSError, ValueError) as e:
-        print(f"keras-winit diagnose: error: {e}", file=sys.stderr)
-        return 2
+    except (_BadInput, OSError, ValueError, TypeError, OverflowError) as e:
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"keras-winit diagnose: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(result.to_table())
     if result.flags and args.fail_on_flags:
-        return 1
-    return 0
+        return EXIT_FLAGGED
+    return EXIT_OK

@@ -150,8 +150,12 @@ def lsuv(
     (and their subclasses). Layers without a kernel, and other layers with
     weights (e.g. `Embedding`, `LSTM`, `BatchNormalization`), are left as
     they are. A layer called several times is initialized on its first
-    call. Models: `keras.Sequential` and Functional (nested ones included),
-    on the TensorFlow, JAX and PyTorch backends. Layers that do not reach
+    call. Models: any `keras.Model` (Sequential, Functional, Functional
+    subclasses such as keras_hub backbones, subclassed models), walked by
+    `keras_winit.walker`: kernel layers inside layers that call sublayers
+    (transformer blocks, `MultiHeadAttention`'s query/key/value/output)
+    are reached, in forward order; on the TensorFlow, JAX and PyTorch
+    backends. Layers that do not reach
     `tol` are reported (and an `LSUVWarning` names them); the loop stops
     early when the variance is 0 or not finite.
 
@@ -168,8 +172,7 @@ def lsuv(
     True
 
     Args:
-        model: A built `keras.Sequential` or Functional model; its weights
-            are changed in place.
+        model: A built `keras.Model`; its weights are changed in place.
         x: A batch of inputs (array, or list/dict of arrays) of at least 2
             examples; every kernel layer's output must hold at least
             `MIN_VALUES` (16) values on it.

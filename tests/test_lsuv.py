@@ -278,3 +278,37 @@ def test_batch_too_small_and_unbuilt_model():
         lsuv(tiny, np.ones((8, 10), "float32"))
     with pytest.raises(ValueError, match="built"):
         lsuv(keras.Sequential([L.Dense(3)]), np.ones((8, 10), "float32"))
+
+
+# ----------------------------------------------------------------------
+# Nested layers and subclassed models (keras_winit.walker).
+
+
+def test_lsuv_reaches_transformer_sublayers():
+    from tests import _real_models
+
+    model, batch = _real_models.build("GPT2Backbone", batch_size=4)
+    result = lsuv(model, batch, seed=0)
+    names = [r.name for r in result.layers]
+    for part in ("query", "key", "value", "attention_output"):
+        assert sum(n.endswith(part) for n in names) == 2, names
+    assert sum("feedforward" in n for n in names) == 4, names
+    assert result.converged
+
+
+def test_lsuv_on_a_subclassed_model():
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.a = L.Dense(16, activation="relu")
+            self.b = L.Dense(16)
+
+        def call(self, x):
+            h = self.a(x)
+            return h + self.b(h)
+
+    x = np.random.default_rng(8).normal(size=(64, 10)).astype("float32")
+    model = Sub()
+    model(x)
+    result = lsuv(model, x, seed=0)
+    assert len(result.layers) == 2 and result.converged
