@@ -18,9 +18,10 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
-from keras_winit import callbacks as callbacks_module
-from keras_winit.callbacks import GradientVarianceLogger
-from keras_winit.callbacks import GradientVarianceWarning
+from keras_winit.monitoring import GradientVarianceLogger
+from keras_winit.monitoring import GradientVarianceWarning
+from keras_winit.monitoring import records as records_module
+from keras_winit.monitoring import writer as writer_module
 
 BACKEND = keras.backend.backend()
 
@@ -154,6 +155,15 @@ def _check_step0_matches_reference(events, expected):
         ({"log_dir": ""}, "Received: log_dir=''"),
         ({"log_dir": None}, "Received: log_dir=None"),
         ({"run_name": "a/b"}, "Received: run_name='a/b'"),
+        # Issue 13, items 7 and 8.
+        ({"update_freq": 10**400}, "Received: update_freq=1000"),
+        ({"histogram_freq": 2**31}, "Received: histogram_freq=2147483648"),
+        ({"weights_freq": 2**63}, "Received: weights_freq=9223372036854"),
+        ({"update_freq": None}, "Received: update_freq=None"),
+        ({"warn_log10_ratio": float("inf")}, "warn_log10_ratio=inf"),
+        ({"run_name": ".."}, "Received: run_name='..'"),
+        ({"run_name": "."}, "Received: run_name='.'"),
+        ({"run_name": ""}, "Received: run_name=''"),
     ],
     ids=lambda v: str(v),
 )
@@ -189,13 +199,23 @@ def test_unsupported_backend_fails_in_set_model(tmp_path, monkeypatch):
         logger.set_model(model)
 
 
-def test_unbuilt_model_fails_before_first_step(tmp_path):
-    model = _CustomModel()
-    model.compile(optimizer="sgd")
-    logger = GradientVarianceLogger(tmp_path)
-    logger.set_model(model)
-    with pytest.raises(ValueError, match="no trainable variables"):
-        logger.on_train_begin()
+def test_unbuilt_model_trains_and_is_logged_from_its_second_step(tmp_path):
+    # Issue 13, item 9: plain Keras trains a Sequential without `Input`;
+    # adding the logger must not make `fit` fail.
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential(
+        [keras.layers.Dense(5, activation="tanh"), keras.layers.Dense(2)]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    assert not model.trainable_variables
+    _fit(model, tmp_path, update_freq=1)
+    assert _iterations(model) == 6
+    events = _read(tmp_path / "gradients")
+    tag = f"grad_variance/{model.trainable_variables[0].path}"
+    # Step 0 builds the model on TensorFlow and JAX (Keras' own train
+    # function); PyTorch's trainer builds it before `on_train_begin`.
+    assert _steps(events, tag) in ([1, 2, 3, 4, 5], list(range(6)))
+    assert not _wrapped(model.optimizer)
 
 
 def test_unwritable_log_dir_fails_before_first_step(tmp_path):
@@ -359,7 +379,7 @@ def test_writes_event_files_without_tensorflow(tmp_path, monkeypatch):
             opened.append(writer.name)
             super().__init__(writer)
 
-    monkeypatch.setattr(callbacks_module._tensorflow, "disabled", True)
+    monkeypatch.setattr(writer_module, "use_tensorflow", False)
     monkeypatch.setattr(record_writer, "RecordWriter", Spy)
     model = _model()
     model.compile(optimizer="sgd", loss="mse")
@@ -376,18 +396,16 @@ def test_writes_event_files_without_tensorflow(tmp_path, monkeypatch):
 
 def test_later_fit_without_the_callback_records_nothing(tmp_path, monkeypatch):
     # The wrapper must not stay in a cached trace (JAX) or graph (TF).
-    from keras_winit import _grad_hooks
-
     model = _model()
     model.compile(optimizer="sgd", loss="mse")
     x, y = _data()
     _fit(model, tmp_path, update_freq=1)
     calls = []
     monkeypatch.setattr(
-        _grad_hooks._HostHook, "add_record", lambda *a: calls.append(a)
+        records_module.Records, "add_record", lambda *a: calls.append(a)
     )
     monkeypatch.setattr(
-        callbacks_module._State, "record", lambda *a: calls.append(a)
+        records_module.Records, "write_record", lambda *a: calls.append(a)
     )
     model.fit(x, y, batch_size=BATCH, verbose=0)
     assert _iterations(model) == 12
@@ -544,22 +562,22 @@ def test_jax_custom_train_step_with_two_stateless_applies(tmp_path):
 
 @pytest.mark.skipif(BACKEND != "jax", reason="JAX fetches records in groups")
 def test_jax_records_are_fetched_during_the_epoch(tmp_path, monkeypatch):
-    from keras_winit import _grad_hooks
+    from keras_winit.monitoring import jax as jax_hook
 
-    monkeypatch.setattr(_grad_hooks._JaxHook, "fetch_every", 2)
+    monkeypatch.setattr(jax_hook.Hook, "fetch_every", 2)
     fetched = []  # (steps fetched, steps still in flight) of each fetch
-    fetch = _grad_hooks._JaxHook.fetch
+    fetch = jax_hook.Hook.fetch
 
     def spy(hook, keep=0):
         before = len(hook.in_flight)
         fetch(hook, keep=keep)
         fetched.append((before - len(hook.in_flight), len(hook.in_flight)))
 
-    monkeypatch.setattr(_grad_hooks._JaxHook, "fetch", spy)
+    monkeypatch.setattr(jax_hook.Hook, "fetch", spy)
     model = _model()
     model.compile(optimizer="sgd", loss="mse")
     _fit(model, tmp_path, epochs=2, update_freq=1, histogram_freq=3)
-    assert _grad_hooks._JaxHook.in_flight_kept == 2
+    assert jax_hook.Hook.in_flight_kept == 2
     # 6 steps per epoch: after steps 4 and 6, a fetch of 2 steps leaves the
     # newest 2 in flight; the end of the epoch fetches them (the end of
     # training finds nothing left).
@@ -872,3 +890,339 @@ def test_tensorboard_server_shows_the_curves(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# ------------------------------------------- issue 13: reliability
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Raises `error` at the end of optimizer step `at` (another callback)."""
+
+    def __init__(self, error, at=2):
+        super().__init__()
+        self.error, self.at = error, at
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.at:
+            raise self.error
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_interrupted_fit_leaves_nothing_patched(tmp_path, error):
+    # Issue 13, item 1.
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = _data()
+    logger = GradientVarianceLogger(tmp_path, update_freq=1)
+    with pytest.raises(error):
+        model.fit(
+            x,
+            y,
+            batch_size=BATCH,
+            shuffle=False,
+            verbose=0,
+            callbacks=[logger, _Interrupt(error("stop"))],
+        )
+    assert not _wrapped(model.optimizer)
+    # Every step run so far is on disk already (flushed), before any
+    # clean-up.
+    events = _read(tmp_path / "gradients")
+    assert _steps(events, "grad_variance/mlp/out/kernel") == [0, 1, 2]
+    # A later plain fit removes what is left, logs nothing and trains as
+    # Keras does.
+    model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0)
+    assert "make_train_function" not in model.__dict__
+    assert logger._hook is None and logger._writer is None
+    assert _iterations(model) == 9
+    events = _read(tmp_path / "gradients")
+    assert _steps(events, "grad_variance/mlp/out/kernel") == [0, 1, 2]
+    assert not _wrapped(model.optimizer)
+
+
+def test_new_logger_after_an_interrupted_fit(tmp_path):
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = _data()
+    first = GradientVarianceLogger(tmp_path, update_freq=1)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(
+            x,
+            y,
+            batch_size=BATCH,
+            shuffle=False,
+            verbose=0,
+            callbacks=[first, _Interrupt(KeyboardInterrupt(), at=1)],
+        )
+    second = _fit(model, tmp_path, update_freq=2)
+    assert first._hook is None and first._writer is None
+    assert second._hook is None
+    events = _read(tmp_path / "gradients")
+    assert _steps(events, "grad_variance/mlp/out/kernel") == [0, 1, 2, 4, 6]
+    assert not _wrapped(model.optimizer)
+    assert "make_train_function" not in model.__dict__
+
+
+def test_train_on_batch_after_an_interrupted_fit(tmp_path):
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = _data()
+    logger = GradientVarianceLogger(tmp_path, update_freq=1)
+    with pytest.raises(RuntimeError):
+        model.fit(
+            x,
+            y,
+            batch_size=BATCH,
+            verbose=0,
+            callbacks=[logger, _Interrupt(RuntimeError("stop"), at=0)],
+        )
+    model.train_on_batch(x[:BATCH], y[:BATCH])
+    assert logger._hook is None
+    assert _iterations(model) == 2
+    assert "make_train_function" not in model.__dict__
+
+
+def _only(caught, category):
+    return [w for w in caught if issubclass(w.category, category)]
+
+
+class _RemoveLogDir(keras.callbacks.Callback):
+    def __init__(self, log_dir, at):
+        super().__init__()
+        self.log_dir, self.at, self.seen = log_dir, at, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        import shutil
+
+        self.seen += 1
+        if self.seen == self.at:
+            shutil.rmtree(self.log_dir)
+
+
+def test_log_dir_removed_mid_fit_warns_once_and_keeps_every_record(tmp_path):
+    # Issue 13, item 2.
+    from keras_winit.monitoring import EventWriterWarning
+
+    log_dir = tmp_path / "logs"
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.warns(EventWriterWarning, match="deleted") as caught:
+        _fit(
+            model,
+            log_dir,
+            epochs=2,
+            callbacks=[_RemoveLogDir(log_dir, at=4)],
+            update_freq=1,
+        )
+    assert len(_only(caught, EventWriterWarning)) == 1
+    assert _iterations(model) == 12
+    events = _read(log_dir / "gradients")
+    assert _steps(events, "grad_variance/mlp/out/kernel") == list(range(12))
+
+
+def test_disk_full_warns_once_and_writes_the_records_later(
+    tmp_path, monkeypatch
+):
+    import errno
+
+    from keras_winit.monitoring import EventWriterWarning
+
+    failing = {"on": False}
+    write = writer_module._Sink.write
+
+    def full(sink, record):
+        if failing["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(sink, record)
+
+    class Fill(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            failing["on"] = 2 <= _iterations(self.model) < 8
+
+    monkeypatch.setattr(writer_module._Sink, "write", full)
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.warns(EventWriterWarning, match="No space") as caught:
+        _fit(model, tmp_path, epochs=2, callbacks=[Fill()], update_freq=1)
+    assert len(_only(caught, EventWriterWarning)) == 1
+    assert _iterations(model) == 12
+    events = _read(tmp_path / "gradients")
+    assert _steps(events, "grad_variance/mlp/out/kernel") == list(range(12))
+
+
+def test_unwritable_forever_warns_and_training_goes_on(tmp_path, monkeypatch):
+    import errno
+
+    from keras_winit.monitoring import EventWriterWarning
+
+    def denied(sink, record):
+        raise OSError(errno.EACCES, "Permission denied")
+
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    logger = GradientVarianceLogger(tmp_path, update_freq=1)
+    model.fit(*_data(), batch_size=BATCH, verbose=0, epochs=0)
+    logger.set_model(model)
+
+    class Deny(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            monkeypatch.setattr(writer_module._Sink, "write", denied)
+
+    with pytest.warns(EventWriterWarning) as caught:
+        model.fit(
+            *_data(),
+            batch_size=BATCH,
+            verbose=0,
+            callbacks=[logger, Deny()],
+        )
+    messages = [str(w.message) for w in _only(caught, EventWriterWarning)]
+    assert len(messages) == 2, messages
+    assert "Permission denied" in messages[0]
+    assert "are lost" in messages[1]
+    assert _iterations(model) == 6
+
+
+def test_two_loggers_on_one_run_are_detected(tmp_path):
+    # Issue 13, item 8.
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = _data()
+    loggers = [GradientVarianceLogger(tmp_path) for _ in range(2)]
+    with pytest.raises(ValueError, match="Another GradientVarianceLogger"):
+        model.fit(x, y, batch_size=BATCH, verbose=0, callbacks=loggers)
+    assert _iterations(model) == 0
+    assert not _wrapped(model.optimizer)
+    # One run dir at a time, also for two models.
+    busy = GradientVarianceLogger(tmp_path)
+    busy.set_model(model)
+    busy.on_train_begin()
+    other = _model(seed=2)
+    other.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match="interleave their steps"):
+        _fit(other, tmp_path)
+    busy.on_train_end()
+    # After a fit, the next one on the same run is fine.
+    _fit(other, tmp_path, update_freq=1)
+    model.fit(x, y, batch_size=BATCH, verbose=0)
+    assert _iterations(other) == _iterations(model) == 6
+
+
+def test_weights_freq_emits_no_deprecation_warning(tmp_path):
+    # Issue 13, item 9.
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _fit(model, tmp_path, weights_freq=1, update_freq=3)
+    events = _read(tmp_path / "gradients")
+    assert _steps(events, "weight_variance/mlp/out/kernel") == list(range(7))
+
+
+# --------------------------------------- issue 14: one architecture
+
+
+def test_one_histogram_rule_for_a_constant_tensor():
+    from keras_winit.monitoring import histogram_buckets
+
+    values = np.full((4, 5), 0.25, "float32")
+    want = histogram_buckets(values, 30)
+    if BACKEND == "tensorflow":
+        from keras_winit.monitoring import tensorflow as hook_module
+
+        got = keras.ops.convert_to_numpy(hook_module.histogram(values))
+    elif BACKEND == "jax":
+        from keras_winit.monitoring import jax as hook_module
+
+        got = np.asarray(hook_module.histogram(values))
+    else:  # PyTorch writes the histograms of the host copy.
+        got = want
+    np.testing.assert_allclose(got, want)
+    spread = np.linspace(-1, 2, 50, dtype="float32")
+    if BACKEND != "torch":
+        got = keras.ops.convert_to_numpy(hook_module.histogram(spread))
+        np.testing.assert_allclose(
+            got, histogram_buckets(spread, 30), rtol=1e-5, atol=1e-6
+        )
+
+
+def _op_count(num_variables):
+    """Reductions traced by the fused statistics of `num_variables`."""
+    shapes = [(3, 4) if i % 2 else (4,) for i in range(num_variables)]
+    grads = [np.ones(s, "float32") for s in shapes]
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        from keras_winit.monitoring import tensorflow as hook_module
+
+        graph = (
+            tf.function(hook_module.fused_stats)
+            .get_concrete_function(grads, grads)
+            .graph
+        )
+        ops = [op.type for op in graph.get_operations()]
+        for op in graph.get_operations():
+            for attr in ("then_branch", "else_branch"):
+                if attr in op.node_def.attr:
+                    name = op.node_def.attr[attr].func.name
+                    fn = graph._functions.get(name)
+                    if fn is not None:
+                        ops += [o.type for o in fn.graph.get_operations()]
+        skip = {"Reshape", "Const", "Placeholder", "Identity", "NoOp"}
+    else:
+        import jax
+
+        from keras_winit.monitoring import jax as hook_module
+
+        jaxpr = jax.make_jaxpr(hook_module.fused_stats)(grads, grads)
+        ops = []
+
+        def walk(jp):
+            for eqn in jp.eqns:
+                ops.append(eqn.primitive.name)
+                for param in eqn.params.values():
+                    branches = param if isinstance(param, tuple) else (param,)
+                    for branch in branches:
+                        if hasattr(branch, "jaxpr") and hasattr(
+                            branch.jaxpr, "eqns"
+                        ):
+                            walk(branch.jaxpr)
+
+        walk(jaxpr.jaxpr)
+        skip = {"reshape"}
+    return sorted(op for op in ops if op not in skip)
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="eager: no traced graph")
+def test_fused_statistics_do_not_grow_with_the_number_of_variables():
+    # Issue 14, item 2: the same reductions for 3 and 30 variables; only
+    # the zero-copy reshapes feeding the one concatenation grow.
+    assert _op_count(3) == _op_count(30)
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_unrecorded_steps_run_keras_train_function(tmp_path, jit_compile):
+    # Issue 14, item 3: 12 steps, spe=2, update_freq=4 -> executions
+    # starting at steps 0, 4, 8 record; the other three run Keras' own.
+    model = _model()
+    model.compile(
+        optimizer="sgd",
+        loss="mse",
+        steps_per_execution=2,
+        jit_compile=jit_compile,
+    )
+    from keras_winit.monitoring import tensorflow as hook_module
+
+    calls = []
+    due = hook_module.Hook._due_now
+
+    def spy(hook):
+        calls.append(due(hook))
+        return calls[-1]
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(hook_module.Hook, "_due_now", spy):
+        _fit(model, tmp_path, epochs=2, update_freq=4)
+    assert calls == [True, False] * 3
+    events = _read(tmp_path / "gradients")
+    assert _steps(events, "grad_variance/mlp/out/kernel") == [0, 4, 8]

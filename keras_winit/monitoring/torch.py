@@ -1,0 +1,151 @@
+"""PyTorch statistics: eager, on recorded steps only.
+
+PyTorch trains eagerly: while the callback's train function runs,
+`optimizer.apply` is wrapped (and unwrapped after each call, whatever
+happens); on the optimizer steps that are recorded (a Python-level check
+of `optimizer.iterations`), the statistics are computed with fused torch
+ops and copied to the host in one transfer.
+"""
+
+import keras
+import numpy as np
+
+from keras_winit.monitoring import records as records_module
+from keras_winit.monitoring import writer as writer_module
+from keras_winit.monitoring.records import HISTOGRAM_BINS
+
+
+class Hook(records_module.Records):
+    """Wraps `optimizer.apply` during each step; statistics with torch ops."""
+
+    def __init__(self, callback, model, writer):
+        super().__init__(callback, model, writer)
+        self._segment_ids = {}
+
+    def install(self):
+        model = self.model
+        type(model).make_train_function(model, force=True)
+        inner = model.train_function
+        optimizer = self.optimizer
+        hook = self
+
+        def wrap(method):
+            def apply(grads, trainable_variables=None, *args, **kwargs):
+                hook.record(grads, trainable_variables)
+                return method(grads, trainable_variables, *args, **kwargs)
+
+            return apply
+
+        def train_function(data):
+            with records_module.patched(optimizer, "apply", wrap):
+                return inner(data)
+
+        return train_function
+
+    def sync_step(self):
+        pass
+
+    def record(self, grads, trainable_variables=None):
+        import torch
+
+        optimizer = self.optimizer
+        trainable_variables = self._applied_variables(trainable_variables)
+        # Decide cheaply, before touching the gradients, whether this call
+        # can be recorded: steps are known in Python (eager).
+        step = int(keras.ops.convert_to_tensor(optimizer.iterations))
+        k = self.inner.gradient_accumulation_steps
+        if k:
+            raw = int(keras.ops.convert_to_tensor(self.inner._iterations))
+            if (raw + 1) % k:
+                return
+        due = step % self.update_freq == 0
+        hist_due = bool(self.histogram_freq) and (
+            step % self.histogram_freq == 0
+        )
+        if not (due or hist_due or self.is_loss_scaled):
+            return
+        with torch.no_grad():
+            rows, variables, grads, _, _, finite = self.applied_gradients(
+                grads, trainable_variables
+            )
+            if not rows:
+                return
+            finite = True if finite is None else bool(finite)
+            weights = [v.value for v in variables]
+            if not finite:
+                stats = self.fused_stats(rows, grads, weights)
+                self.add_record(step, True, rows, stats)
+                return
+            if due:
+                stats = self.fused_stats(rows, grads, weights)
+                self.add_record(step, False, rows, stats)
+            if hist_due:
+                tables = np.stack(
+                    [
+                        writer_module.histogram_buckets(
+                            _finite(g.detach().cpu().numpy()), HISTOGRAM_BINS
+                        )
+                        for g in grads
+                    ]
+                )
+                self.add_histograms(step, rows, tables)
+
+    def fused_stats(self, rows, grads, weights):
+        """`[len(grads), 5]` NumPy array, as the other backends compute it.
+
+        One flattened buffer reduced per variable with `index_add_`
+        (segment sums): the number of reductions does not grow with the
+        number of variables. One transfer to the host. Non-finite entries
+        are counted only when some statistic is not finite.
+        """
+        import torch
+
+        key = tuple(rows)
+        n = len(grads)
+        flat = torch.cat([g.detach().reshape(-1) for g in grads])
+        ids = self._segment_ids.get(key)
+        if ids is None or ids.device != flat.device:
+            sizes = torch.tensor([g.numel() for g in grads], device=flat.device)
+            ids = torch.repeat_interleave(
+                torch.arange(n, device=flat.device), sizes
+            )
+            self._segment_ids[key] = ids
+        counts = torch.tensor(
+            [float(g.numel()) for g in grads], device=flat.device
+        )
+
+        def segment_sum(x):
+            return torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(
+                0, ids, x
+            )
+
+        means = segment_sum(flat) / counts
+        centered = flat - means[ids]
+        squares = segment_sum(centered * centered)
+        w = torch.cat([x.detach().reshape(-1).float() for x in weights])
+        stats = torch.stack(
+            [
+                squares / counts,
+                means,
+                torch.sqrt(squares + counts * means * means),
+                torch.zeros_like(means),
+                torch.sqrt(segment_sum(w * w)),
+            ],
+            dim=1,
+        )
+        stats = stats.cpu().numpy()
+        if not np.isfinite(stats[:, :3]).all():
+            stats[:, 3] = (
+                segment_sum((~torch.isfinite(flat)).float()).cpu().numpy()
+            )
+        return stats
+
+    def write_pending(self, force=False):
+        self.write_buffered()
+        if self.weights_freq:
+            self.write_weights()
+
+
+def _finite(values):
+    values = values.reshape(-1)
+    return values[np.isfinite(values)]
