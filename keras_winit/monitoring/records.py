@@ -90,6 +90,11 @@ def to_numpy(value):
 
         # `convert_to_numpy` of a `tf.Variable` warns (NumPy 2 `copy`).
         return np.asarray(tf.convert_to_tensor(value).numpy())
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if isinstance(value, torch.Tensor):  # Also warns through NumPy.
+            return value.detach().cpu().numpy()
     return np.asarray(keras.ops.convert_to_numpy(value))
 
 
