@@ -69,12 +69,14 @@ WARMUP_STEPS = 20
 
 def _configs(log_dir):
     def logger(update_freq, histogram_freq=0):
+        # One run per configuration: they train at the same time.
         return lambda: [
             GradientVarianceLogger(
                 log_dir,
                 update_freq=update_freq,
                 histogram_freq=histogram_freq,
                 warn_log10_ratio=None,
+                run_name=f"u{update_freq}_h{histogram_freq}",
             )
         ]
 

@@ -5,6 +5,7 @@ The statistics are computed by the backend modules of this package
 written by `writer.EventWriter`.
 """
 
+import atexit
 import math
 import numbers
 import os
@@ -26,6 +27,18 @@ _WRAPPED_METHODS = ("apply", "stateless_apply")
 _MAX_FREQ = 2**31 - 1
 # Run directories written by a logger during a `fit`.
 _active_runs = weakref.WeakValueDictionary()
+# Loggers between `on_train_begin` and their end, finished at exit.
+_active_loggers = weakref.WeakSet()
+
+
+@atexit.register
+def _finish_all():
+    """Writes what interrupted `fit`s left pending, at the process' exit."""
+    for logger in list(_active_loggers):
+        try:
+            logger._finish()
+        except Exception:  # noqa: BLE001 - never fail at exit
+            pass
 
 
 class GradientVarianceWarning(UserWarning):
@@ -99,6 +112,20 @@ def _check_backend():
             f"PyTorch backends. Received: backend={backend!r}. Set "
             "KERAS_BACKEND to one of tensorflow, jax, torch."
         )
+
+
+def _is_chief(model):
+    """Whether this process writes (the chief of a multi-worker cluster).
+
+    Under `tf.distribute.MultiWorkerMirroredStrategy`, every worker computes
+    the same (all-reduced) statistics; only the chief writes them, as
+    Keras' `ModelCheckpoint` saves from the chief only.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return True
+    strategy = getattr(model, "distribute_strategy", None)
+    extended = getattr(strategy, "extended", None)
+    return bool(getattr(extended, "should_checkpoint", True))
 
 
 def _hook_class():
@@ -215,6 +242,10 @@ class GradientVarianceLogger(keras.callbacks.Callback):
     without a logger) writes what is pending, closes the event file and
     restores Keras' own train function; the process' exit closes the file
     too.
+
+    Multi-worker: under `tf.distribute.MultiWorkerMirroredStrategy`, every
+    worker computes the statistics of the all-reduced (global-batch)
+    gradient; only the chief writes them.
 
     Backends: TensorFlow, JAX and PyTorch (`set_model` raises a
     `RuntimeError` on others). On JAX, a custom `train_step` must call
@@ -387,12 +418,17 @@ class GradientVarianceLogger(keras.callbacks.Callback):
                 f"log_dir={self.log_dir!r}, run_name={self.run_name!r}"
             )
         remove_stale_patches(model)
-        writer_module.check_writable(
-            self.run_dir, "GradientVarianceLogger", self.log_dir
-        )
-        self._claim_run_dir()
         self._model_ref = weakref.ref(model)
-        self._writer = writer_module.EventWriter(self.run_dir)
+        _active_loggers.add(self)
+        if _is_chief(model):
+            writer_module.check_writable(
+                self.run_dir, "GradientVarianceLogger", self.log_dir
+            )
+            self._claim_run_dir()
+            self._writer = writer_module.EventWriter(self.run_dir)
+        else:
+            # Another worker of the cluster writes the run.
+            self._writer = writer_module.NullWriter()
         self._install_guard(model)
         if not model.trainable_variables:
             # Built by its first step (e.g. no `Input`): that step runs
@@ -479,6 +515,7 @@ class GradientVarianceLogger(keras.callbacks.Callback):
 
     def _finish(self):
         """Writes what is pending and restores the model (idempotent)."""
+        _active_loggers.discard(self)
         hook, self._hook = self._hook, None
         writer, self._writer = self._writer, None
         model = self._model_ref() if self._model_ref is not None else None

@@ -532,6 +532,27 @@ def _payloads(data):
     return records
 
 
+class NullWriter:
+    """A writer that writes nothing (non-chief workers of a cluster)."""
+
+    paths = ()
+
+    def write_summary(self, summary, step):
+        pass
+
+    def scalars(self, step, tags_and_values):
+        pass
+
+    def histograms(self, step, tags_and_tables):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
 @atexit.register
 def _close_all():
     """Final flush of the writers left open (e.g. after an interrupt)."""
