@@ -162,6 +162,8 @@ def _check_step0_matches_reference(events, expected):
         ({"update_freq": None}, "Received: update_freq=None"),
         ({"warn_log10_ratio": float("inf")}, "warn_log10_ratio=inf"),
         ({"run_name": ".."}, "Received: run_name='..'"),
+        ({"signals": "grad_norm"}, "Received: signals='grad_norm'"),
+        ({"signals": ["grad_norm", "speed"]}, "Unknown: \\['speed'\\]"),
         ({"run_name": "."}, "Received: run_name='.'"),
         ({"run_name": ""}, "Received: run_name=''"),
     ],
@@ -1334,3 +1336,109 @@ def test_unrecorded_steps_run_keras_train_function(tmp_path, jit_compile):
     assert calls == [True, False] * 3
     events = _read(tmp_path / "gradients")
     assert _steps(events, "grad_variance/mlp/out/kernel") == [0, 4, 8]
+
+
+# ------------------------------------- issue 15: training-health signals
+
+
+def _weights(model):
+    return {
+        v.path: keras.ops.convert_to_numpy(v).astype("f8")
+        for v in model.trainable_variables
+    }
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        lambda: keras.optimizers.SGD(0.1),
+        lambda: keras.optimizers.AdamW(0.01, weight_decay=0.5),
+        lambda: keras.optimizers.SGD(0.1, clipnorm=0.01),
+    ],
+    ids=["sgd", "adamw", "sgd_clipnorm"],
+)
+def test_update_ratio_and_norms_match_numpy(tmp_path, optimizer):
+    model = _model()
+    model.compile(optimizer=optimizer(), loss="mse")
+    x, y = _data(n=BATCH)
+    before = _weights(model)
+    grads = _numpy_grads(model, x, y)
+    _fit_on(model, tmp_path, x, y, update_freq=1)
+    after = _weights(model)
+    events = _read(tmp_path / "gradients")
+    for path, w in before.items():
+        update = np.linalg.norm(after[path] - w)
+        got = _value(events, f"update_ratio/{path}", 0)
+        if np.linalg.norm(w) == 0:  # Biases start at zero.
+            assert got == np.inf and update > 0
+        else:
+            np.testing.assert_allclose(
+                got, update / np.linalg.norm(w), rtol=2e-3, err_msg=path
+            )
+            np.testing.assert_allclose(
+                _value(events, f"grad_weight_ratio/{path}", 0),
+                np.linalg.norm(grads[path]) / np.linalg.norm(w),
+                rtol=1e-4,
+                err_msg=path,
+            )
+    # Before clipping: what `clipnorm` / `global_clipnorm` see.
+    np.testing.assert_allclose(
+        _value(events, "grad_summary/global_norm", 0),
+        np.sqrt(sum(np.sum(g**2) for g in grads.values())),
+        rtol=1e-4,
+    )
+
+
+def _fit_on(model, log_dir, x, y, **logger_kwargs):
+    logger = GradientVarianceLogger(log_dir, **logger_kwargs)
+    model.fit(
+        x, y, batch_size=BATCH, shuffle=False, verbose=0, callbacks=[logger]
+    )
+    return logger
+
+
+class _NaNGradient(keras.layers.Layer):
+    """Adds `sqrt(0 * w**2) = 0`: its output is finite, the gradient of its
+    weight is `inf * 0 = NaN`, the gradient of its input is finite."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(1,), initializer="zeros", name="w")
+
+    def call(self, x):
+        return x + keras.ops.sqrt(0.0 * self.w * self.w)
+
+
+def test_first_nonfinite_layer_is_named(tmp_path):
+    from keras_winit.monitoring import NonFiniteGradientWarning
+
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(5, activation="tanh", name="hidden"),
+            _NaNGradient(name="mid"),
+            keras.layers.Dense(2, name="out"),
+        ],
+        name="mlp",
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = _data(n=BATCH)
+    with pytest.warns(NonFiniteGradientWarning, match="'mlp/mid'") as caught:
+        _fit_on(model, tmp_path, x, y, update_freq=1)
+    assert len(_only(caught, NonFiniteGradientWarning)) == 1
+    events = _read(tmp_path / "gradients")
+    # Layers in forward order: hidden 0, mid 1, out 2.
+    assert _value(events, "grad_summary/first_nonfinite_layer", 0) == 1
+    assert _value(events, "grad_nonfinite/mlp/mid/w", 0) == 1
+    assert _value(events, "grad_nonfinite/mlp/hidden/kernel", 0) == 0
+
+
+def test_each_signal_can_be_turned_off(tmp_path):
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = _data(n=BATCH)
+    _fit_on(model, tmp_path, x, y, signals=["grad_variance"])
+    tags = set(_read(tmp_path / "gradients"))
+    assert tags == {f"grad_variance/{p}" for p in PATHS} | {
+        "grad_summary/log10_variance_ratio"
+    }

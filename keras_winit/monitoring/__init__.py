@@ -12,6 +12,7 @@
 
 from keras_winit.monitoring.callback import GradientVarianceLogger
 from keras_winit.monitoring.callback import GradientVarianceWarning
+from keras_winit.monitoring.callback import NonFiniteGradientWarning
 from keras_winit.monitoring.probes import ActivationHistogramLogger
 from keras_winit.monitoring.records import VariableRecord
 from keras_winit.monitoring.writer import EventWriter
@@ -24,6 +25,7 @@ __all__ = [
     "EventWriterWarning",
     "GradientVarianceLogger",
     "GradientVarianceWarning",
+    "NonFiniteGradientWarning",
     "VariableRecord",
     "histogram_buckets",
 ]

@@ -45,6 +45,10 @@ class GradientVarianceWarning(UserWarning):
     """Warning raised once when gradient variances span too many decades."""
 
 
+class NonFiniteGradientWarning(UserWarning):
+    """Warning raised once when a layer's gradient is first not finite."""
+
+
 def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -187,6 +191,23 @@ class GradientVarianceLogger(keras.callbacks.Callback):
     explode across depth (Glorot & Bengio, 2010). When it first exceeds
     `warn_log10_ratio`, a `GradientVarianceWarning` names the two layers.
 
+    Training-health signals, at the same steps:
+
+    - `update_ratio/<variable path>`: `||w_after - w_before|| /
+      ||w_before||` of the update the optimizer really applied (after
+      clipping, weight decay; 0 on a step skipped by loss scaling); about
+      1e-3 per step in healthy training;
+    - `grad_weight_ratio/<variable path>`: `||g|| / ||w||`;
+    - `grad_summary/global_norm`: the norm of all the gradients together,
+      before clipping (what `clipnorm` / `global_clipnorm` see);
+    - `grad_summary/first_nonfinite_layer`: when a gradient is not finite,
+      the index (in forward order) of the first layer whose gradient is
+      not, and a `NonFiniteGradientWarning` (once) names that layer.
+
+    Each signal can be turned off with `signals`; `update_ratio` keeps one
+    copy of the weights (float32) during `fit` on TensorFlow and PyTorch
+    (the weights before the update, on recorded steps).
+
     Optionally, each at its own frequency: gradient histograms
     (`grad_histogram/<variable path>`, every `histogram_freq` steps) and the
     variance of the weights (`weight_variance/<variable path>`, every
@@ -295,6 +316,12 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         run_name: Name of the run, the subdirectory of `log_dir` that
             receives the summaries (not `.` or `..`). Defaults to
             `"gradients"`.
+        signals: Collection of the signals to log, names among
+            `"grad_variance"`, `"grad_mean"`, `"grad_norm"`,
+            `"grad_nonfinite"`, `"update_ratio"`, `"grad_weight_ratio"`,
+            `"global_norm"` and `"first_nonfinite_layer"`; `None` (default)
+            logs all. `grad_summary/log10_variance_ratio` (and the warning)
+            and `grad_summary/skipped_steps` are always logged.
 
     Reference:
         - [Glorot & Bengio, 2010](
@@ -310,6 +337,7 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         weights_freq=0,
         warn_log10_ratio=4.0,
         run_name="gradients",
+        signals=None,
     ):
         super().__init__()
         log_dir = check_log_dir(log_dir)
@@ -339,13 +367,16 @@ class GradientVarianceLogger(keras.callbacks.Callback):
                 f"None. Received: warn_log10_ratio={warn_log10_ratio!r}"
             )
         check_run_name(run_name)
+        signals = _check_signals(signals)
         self.log_dir = log_dir
         self.update_freq = int(update_freq)
         self.histogram_freq = int(histogram_freq)
         self.weights_freq = int(weights_freq)
         self.warn_log10_ratio = warn_log10_ratio
         self.run_name = run_name
+        self.signals = signals
         self._warned = False
+        self._warned_nonfinite = False
         self._hook = None
         self._writer = None
         self._model_ref = None
@@ -533,6 +564,20 @@ class GradientVarianceLogger(keras.callbacks.Callback):
             if writer is not None:
                 writer.close()
 
+    def _nonfinite(self, step, layer, path):
+        """Warns once, naming the first layer with a non-finite gradient."""
+        if self._warned_nonfinite:
+            return
+        self._warned_nonfinite = True
+        warnings.warn(
+            f"Non-finite gradient at optimizer step {step}: the first layer "
+            f"(in forward order) with a NaN or inf gradient is '{layer}' "
+            f"('{path}'). See grad_nonfinite/... and "
+            "grad_summary/first_nonfinite_layer.",
+            NonFiniteGradientWarning,
+            stacklevel=2,
+        )
+
     def _check_records(self, step, records):
         """Warns once, as decided by `variance_warning`."""
         if self.warn_log10_ratio is None or self._warned:
@@ -541,6 +586,29 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         if message is not None:
             self._warned = True
             warnings.warn(message, GradientVarianceWarning, stacklevel=2)
+
+
+def _check_signals(signals):
+    """`signals` as a tuple of names of `records.SIGNALS` (all if None)."""
+    if signals is None:
+        return records_module.SIGNALS
+    if isinstance(signals, (str, bytes)) or not hasattr(signals, "__iter__"):
+        raise ValueError(
+            "Argument `signals` must be a collection of names among "
+            f"{records_module.SIGNALS}, or None. Received: signals={signals!r}"
+        )
+    names = list(signals)
+    unknown = [
+        n
+        for n in names
+        if not isinstance(n, str) or n not in records_module.SIGNALS
+    ]
+    if unknown:
+        raise ValueError(
+            f"Invalid `signals` argument: {signals!r}. Unknown: {unknown!r}. "
+            f"Expected names among {records_module.SIGNALS}."
+        )
+    return tuple(n for n in records_module.SIGNALS if n in names)
 
 
 def _too_large(value):

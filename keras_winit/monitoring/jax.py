@@ -137,6 +137,15 @@ class Hook(records_module.Records):
         if not rows:
             return result
         weights = [values[id(v)] for v in logged]
+        new_values = {
+            id(v): value
+            for v, value in zip(
+                optimizer._trainable_variables, result[0], strict=True
+            )
+        }
+        new_weights = (
+            [new_values[id(v)] for v in logged] if self.update_ratio else None
+        )
         update = jnp.bool_(True) if is_update is None else is_update
         ok = update if finite is None else jnp.logical_and(update, finite)
         skipped = jnp.logical_and(update, jnp.logical_not(ok))
@@ -150,7 +159,7 @@ class Hook(records_module.Records):
         record = {
             "stats": jax.lax.cond(
                 kind > 0,
-                lambda: fused_stats(grads, weights),
+                lambda: fused_stats(grads, weights, new_weights),
                 lambda: jnp.zeros((len(rows), NUM_STATS), "float32"),
             )
         }
@@ -244,8 +253,10 @@ class Hook(records_module.Records):
             self.fetch()
 
 
-def fused_stats(grads, weights):
-    """`[len(grads), 5]`: variance, mean, L2 norm, non-finite, weight norm.
+def fused_stats(grads, weights, new_weights=None):
+    """`[len(grads), 6]`: variance, mean, L2 norm, non-finite, weight norm
+    and the norm of the update (`new_weights - weights`; 0 without
+    `new_weights`).
 
     Fused: one flattened buffer, reduced per variable with sorted segment
     sums (XLA fuses the flattening), so the number of reductions does not
@@ -258,7 +269,13 @@ def fused_stats(grads, weights):
     n = len(grads)
     sizes = np.array([int(np.prod(g.shape)) for g in grads])
     total = int(sizes.sum())
-    flat = jnp.concatenate([jnp.reshape(g, (-1,)) for g in grads])
+
+    def flatten(tensors):
+        return jnp.concatenate(
+            [jnp.reshape(jnp.asarray(t, "float32"), (-1,)) for t in tensors]
+        )
+
+    flat = flatten(grads)
     ids = jnp.repeat(jnp.arange(n), sizes, total_repeat_length=total)
     counts = jnp.asarray(sizes, "float32")
 
@@ -274,12 +291,16 @@ def fused_stats(grads, weights):
         lambda: jnp.zeros((n,), "float32"),
         lambda: segment_sum((~jnp.isfinite(flat)).astype("float32")),
     )
-    w = jnp.concatenate(
-        [jnp.reshape(jnp.asarray(x, "float32"), (-1,)) for x in weights]
-    )
+    w = flatten(weights)
     weight_norms = jnp.sqrt(segment_sum(w * w))
+    if new_weights is None:
+        update_norms = jnp.zeros((n,), "float32")
+    else:
+        delta = flatten(new_weights) - w
+        update_norms = jnp.sqrt(segment_sum(delta * delta))
     return jnp.stack(
-        [squares / counts, means, norms, nonfinite, weight_norms], axis=1
+        [squares / counts, means, norms, nonfinite, weight_norms, update_norms],
+        axis=1,
     )
 
 

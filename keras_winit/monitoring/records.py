@@ -23,8 +23,37 @@ from keras_winit.monitoring import writer as writer_module
 # Number of bins of the optional gradient histograms (TensorBoard's default).
 HISTOGRAM_BINS = writer_module.DEFAULT_BUCKETS
 # Columns of one record of per-variable statistics.
-VARIANCE, MEAN, NORM, NONFINITE, WEIGHT_NORM = range(5)
-NUM_STATS = 5
+VARIANCE, MEAN, NORM, NONFINITE, WEIGHT_NORM, UPDATE_NORM = range(6)
+NUM_STATS = 6
+#: Signals the logger can write (each can be turned off).
+SIGNALS = (
+    "grad_variance",
+    "grad_mean",
+    "grad_norm",
+    "grad_nonfinite",
+    "update_ratio",
+    "grad_weight_ratio",
+    "global_norm",
+    "first_nonfinite_layer",
+)
+# Per-variable signals: tag prefix and how the value is read from a row.
+_PER_VARIABLE = (
+    ("grad_variance", lambda row: row[VARIANCE]),
+    ("grad_mean", lambda row: row[MEAN]),
+    ("grad_norm", lambda row: row[NORM]),
+    ("grad_nonfinite", lambda row: row[NONFINITE]),
+    ("update_ratio", lambda row: _ratio(row[UPDATE_NORM], row[WEIGHT_NORM])),
+    ("grad_weight_ratio", lambda row: _ratio(row[NORM], row[WEIGHT_NORM])),
+)
+
+
+def _ratio(a, b):
+    """`a / b`; `inf` for `a > 0 = b`, `0` for `a = b = 0`."""
+    if b == 0:
+        return 0.0 if a == 0 else math.inf
+    return a / b
+
+
 # Kinds of record: statistics of an applied step, or a skipped step.
 KIND_APPLIED, KIND_SKIPPED = 0, 1
 # Largest number of records kept between two writes (ring buffer).
@@ -35,7 +64,15 @@ PATCH_MARK = "_keras_winit_original"
 #: Statistics of one trainable variable at one recorded step.
 VariableRecord = collections.namedtuple(
     "VariableRecord",
-    ["path", "shape", "variance", "norm", "weight_norm", "nonfinite"],
+    [
+        "path",
+        "shape",
+        "variance",
+        "norm",
+        "weight_norm",
+        "nonfinite",
+        "update_norm",
+    ],
 )
 
 
@@ -125,7 +162,20 @@ class Records:
         self.update_freq = callback.update_freq
         self.histogram_freq = callback.histogram_freq
         self.weights_freq = callback.weights_freq
+        self.signals = frozenset(callback.signals)
+        self.update_ratio = "update_ratio" in self.signals
         self.weights_written_at = None
+        # Layer of each variable (its path without the variable name), and
+        # the index of that layer in forward order.
+        layers = []
+        for path in self.paths:
+            layer = path.rsplit("/", 1)[0] if "/" in path else path
+            if layer not in layers:
+                layers.append(layer)
+        self.layer_of = [
+            (p.rsplit("/", 1)[0] if "/" in p else p) for p in self.paths
+        ]
+        self.layer_index = {layer: i for i, layer in enumerate(layers)}
         self.width = len(self.variables) * NUM_STATS + 3
         self.pending = []
         self.pending_histograms = []
@@ -259,25 +309,34 @@ class Records:
         step, kind, skipped_total = record[n * NUM_STATS :]
         step = int(step)
         present = sorted(self.present)
-        paths = self.paths
+        paths, signals = self.paths, self.signals
+        first = self._first_nonfinite(stats, present)
+        values = []
+        if first is not None and "first_nonfinite_layer" in signals:
+            values.append(
+                (
+                    "grad_summary/first_nonfinite_layer",
+                    self.layer_index[self.layer_of[first]],
+                )
+            )
         if kind == KIND_SKIPPED:
-            self.writer.scalars(
-                step,
-                [
+            if "grad_nonfinite" in signals:
+                values += [
                     (f"grad_nonfinite/{paths[i]}", stats[i, NONFINITE])
                     for i in present
                 ]
-                + [("grad_summary/skipped_steps", skipped_total)],
-            )
+            values.append(("grad_summary/skipped_steps", skipped_total))
+            self.writer.scalars(step, values)
+            if first is not None:
+                self.callback._nonfinite(
+                    step, self.layer_of[first], paths[first]
+                )
             return
-        values = []
         for i in present:
-            values += [
-                (f"grad_variance/{paths[i]}", stats[i, VARIANCE]),
-                (f"grad_mean/{paths[i]}", stats[i, MEAN]),
-                (f"grad_norm/{paths[i]}", stats[i, NORM]),
-                (f"grad_nonfinite/{paths[i]}", stats[i, NONFINITE]),
-            ]
+            row = stats[i]
+            for name, read in _PER_VARIABLE:
+                if name in signals:
+                    values.append((f"{name}/{paths[i]}", read(row)))
         variable_records = [
             VariableRecord(
                 paths[i],
@@ -286,13 +345,31 @@ class Records:
                 float(stats[i, NORM]),
                 float(stats[i, WEIGHT_NORM]),
                 float(stats[i, NONFINITE]),
+                float(stats[i, UPDATE_NORM]),
             )
             for i in present
         ]
         ratio = log10_variance_ratio(variable_records)[0]
         values.append(("grad_summary/log10_variance_ratio", ratio))
+        if "global_norm" in signals:
+            values.append(
+                (
+                    "grad_summary/global_norm",
+                    math.sqrt(sum(float(stats[i, NORM]) ** 2 for i in present)),
+                )
+            )
         self.writer.scalars(step, values)
+        if first is not None:
+            self.callback._nonfinite(step, self.layer_of[first], paths[first])
         self.callback._check_records(step, variable_records)
+
+    @staticmethod
+    def _first_nonfinite(stats, present):
+        """First row, in forward order, with a non-finite gradient."""
+        for i in present:
+            if stats[i, NONFINITE] > 0:
+                return i
+        return None
 
     def write_histograms(self, step, rows, tables):
         self.writer.histograms(

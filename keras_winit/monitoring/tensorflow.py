@@ -79,6 +79,16 @@ class Hook(records_module.Records):
                 name="winit_records",
                 **on_read,
             )
+            if self.update_ratio:
+                # The weights before the update, on recorded steps.
+                self.total_size = sum(
+                    int(np.prod(shape)) for shape in self.shapes
+                )
+                self.snapshot = tf.Variable(
+                    tf.zeros([self.total_size]),
+                    name="winit_weights_before",
+                    **on_read,
+                )
             if self.histogram_freq:
                 self.hist = tf.Variable(
                     tf.zeros([n, HISTOGRAM_BINS, 3]),
@@ -107,8 +117,11 @@ class Hook(records_module.Records):
         def wrap_apply(method):
             def apply(grads, trainable_variables=None, *args, **kwargs):
                 hook.traced_applies += 1
-                hook.record(grads, trainable_variables)
-                return method(grads, trainable_variables, *args, **kwargs)
+                after = hook.record(grads, trainable_variables)
+                out = method(grads, trainable_variables, *args, **kwargs)
+                if after is not None:
+                    after()
+                return out
 
             return apply
 
@@ -178,7 +191,15 @@ class Hook(records_module.Records):
         all_rows = rows == list(range(n))
 
         def store():
-            stats = fused_stats(grads, [v.value for v in variables])
+            weights = _flatten([v.value for v in variables])
+            stats = fused_stats(grads, None, flat_weights=weights)
+            if self.update_ratio:
+                size = weights.shape[0]
+                if size < self.total_size:
+                    weights = tf.concat(
+                        [weights, tf.zeros([self.total_size - size])], 0
+                    )
+                self.snapshot.assign(weights)
             if not all_rows:
                 stats = tf.scatter_nd(
                     tf.constant(rows)[:, None], stats, [n, NUM_STATS]
@@ -261,6 +282,42 @@ class Hook(records_module.Records):
                 step % self.histogram_freq == 0,
             )
             _cond(hist_due, store_histograms)
+
+        if not self.update_ratio:
+            return None
+
+        def after():
+            """After the update: `||w_after - w_before||` into the record."""
+
+            def update():
+                new = _flatten([v.value for v in variables])
+                old = self.snapshot.read_value()
+                if new.shape[0] < self.total_size:
+                    old = old[: new.shape[0]]
+                delta = new - old
+                ids = _segment_ids(variables)
+                norms = tf.sqrt(
+                    tf.math.unsorted_segment_sum(delta * delta, ids, len(rows))
+                )
+                buf = self.buf.read_value()
+                count = tf.cast(buf[0, 0], tf.int64)
+                slot = tf.cast((count - 1) % self.buffer_size + 1, tf.int32)
+                columns = tf.constant(
+                    [r * NUM_STATS + records_module.UPDATE_NORM for r in rows]
+                )
+                indices = tf.stack(
+                    [tf.fill([len(rows)], slot), columns], axis=1
+                )
+                self.buf.assign(
+                    tf.tensor_scatter_nd_update(
+                        buf, indices, tf.cast(norms, tf.float64)
+                    )
+                )
+                return tf.constant(True)
+
+            _cond(due, update)
+
+        return after
 
     # Between steps --------------------------------------------------------
 
@@ -360,22 +417,47 @@ def _cond(pred, true_fn):
     return out
 
 
-def fused_stats(grads, weights):
-    """`[len(grads), 5]`: variance, mean, L2 norm, non-finite, weight norm.
+def _flatten(tensors):
+    """One float32 buffer of the entries of `tensors`, in order."""
+    import tensorflow as tf
 
-    Fused: the gradients are flattened into one buffer and reduced per
-    variable with segment sums, so the number of reductions does not grow
-    with the number of variables (only the zero-copy reshapes feeding the
-    one concatenation do). Two passes: the sums, then the centred squares
-    (`sum(g**2) = sum((g - mean)**2) + n * mean**2`). Non-finite entries
-    are counted, in one `tf.cond`, only when some sum is not finite.
+    return tf.concat(
+        [tf.reshape(tf.cast(t, tf.float32), [-1]) for t in tensors], 0
+    )
+
+
+def _segment_ids(tensors):
+    """`[total]` int32: the index of the tensor each flat entry belongs to."""
+    import tensorflow as tf
+
+    sizes = [int(np.prod(t.shape)) for t in tensors]
+    return tf.repeat(tf.range(len(sizes)), sizes)
+
+
+def fused_stats(grads, weights, flat_weights=None):
+    """`[len(grads), 6]`: variance, mean, L2 norm, non-finite, weight norm.
+
+    The last column (the update's norm) is 0 here; it is filled after the
+    optimizer's update. Fused: the gradients (and the weights) are
+    flattened into one buffer and reduced per variable with segment sums,
+    so the number of reductions does not grow with the number of variables
+    (only the zero-copy reshapes feeding the one concatenation do). Two
+    passes: the sums, then the centred squares (`sum(g**2) = sum((g -
+    mean)**2) + n * mean**2`). Non-finite entries are counted, in one
+    `tf.cond`, only when some sum is not finite.
+
+    Args:
+        grads: The float32 gradients.
+        weights: The weights of the same variables, or `None` when
+            `flat_weights` (their `_flatten`) is given.
+        flat_weights: See `weights`.
     """
     import tensorflow as tf
 
     n = len(grads)
     sizes = [int(np.prod(g.shape)) for g in grads]
-    flat = tf.concat([tf.reshape(g, [-1]) for g in grads], 0)
-    ids = tf.repeat(tf.range(n), sizes)
+    flat = _flatten(grads)
+    ids = _segment_ids(grads)
     counts = tf.constant(sizes, tf.float32)
 
     def segment_sum(x):
@@ -391,12 +473,18 @@ def fused_stats(grads, weights):
         lambda: tf.zeros([n]),
         lambda: segment_sum(tf.cast(~tf.math.is_finite(flat), tf.float32)),
     )
-    w = tf.concat(
-        [tf.reshape(tf.cast(x, tf.float32), [-1]) for x in weights], 0
-    )
+    w = _flatten(weights) if flat_weights is None else flat_weights
     weight_norms = tf.sqrt(segment_sum(w * w))
     return tf.stack(
-        [squares / counts, means, norms, nonfinite, weight_norms], axis=1
+        [
+            squares / counts,
+            means,
+            norms,
+            nonfinite,
+            weight_norms,
+            tf.zeros([n]),
+        ],
+        axis=1,
     )
 
 

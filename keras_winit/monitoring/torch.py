@@ -13,6 +13,7 @@ import numpy as np
 from keras_winit.monitoring import records as records_module
 from keras_winit.monitoring import writer as writer_module
 from keras_winit.monitoring.records import HISTOGRAM_BINS
+from keras_winit.monitoring.records import NUM_STATS
 
 
 class Hook(records_module.Records):
@@ -32,7 +33,9 @@ class Hook(records_module.Records):
         def wrap(method):
             def apply(grads, trainable_variables=None, *args, **kwargs):
                 hook.record(grads, trainable_variables)
-                return method(grads, trainable_variables, *args, **kwargs)
+                out = method(grads, trainable_variables, *args, **kwargs)
+                hook.after_apply()
+                return out
 
             return apply
 
@@ -79,6 +82,14 @@ class Hook(records_module.Records):
             if due:
                 stats = self.fused_stats(rows, grads, weights)
                 self.add_record(step, False, rows, stats)
+                if self.update_ratio:
+                    # The weights before the update (a copy).
+                    self._before = (
+                        self.pending[-1],
+                        rows,
+                        variables,
+                        self._flat(weights),
+                    )
             if hist_due:
                 tables = np.stack(
                     [
@@ -90,8 +101,32 @@ class Hook(records_module.Records):
                 )
                 self.add_histograms(step, rows, tables)
 
+    @staticmethod
+    def _flat(tensors):
+        import torch
+
+        return torch.cat([t.detach().reshape(-1).float() for t in tensors])
+
+    def after_apply(self):
+        """After the update: `||w_after - w_before||` into the record."""
+        import torch
+
+        before, self._before = getattr(self, "_before", None), None
+        if before is None:
+            return
+        record, rows, variables, old = before
+        with torch.no_grad():
+            delta = self._flat([v.value for v in variables]) - old
+            ids = self._segment_ids[tuple(rows)]
+            norms = torch.zeros(len(rows), device=delta.device).index_add_(
+                0, ids, delta * delta
+            )
+            norms = torch.sqrt(norms).cpu().numpy()
+        table = record[: len(self.variables) * NUM_STATS].reshape(-1, NUM_STATS)
+        table[list(rows), records_module.UPDATE_NORM] = norms
+
     def fused_stats(self, rows, grads, weights):
-        """`[len(grads), 5]` NumPy array, as the other backends compute it.
+        """`[len(grads), 6]` NumPy array, as the other backends compute it.
 
         One flattened buffer reduced per variable with `index_add_`
         (segment sums): the number of reductions does not grow with the
@@ -130,6 +165,7 @@ class Hook(records_module.Records):
                 torch.sqrt(squares + counts * means * means),
                 torch.zeros_like(means),
                 torch.sqrt(segment_sum(w * w)),
+                torch.zeros_like(means),
             ],
             dim=1,
         )
