@@ -202,7 +202,9 @@ class GradientVarianceLogger(keras.callbacks.Callback):
       before clipping (what `clipnorm` / `global_clipnorm` see);
     - `grad_summary/first_nonfinite_layer`: when a gradient is not finite,
       the index (in forward order) of the first layer whose gradient is
-      not, and a `NonFiniteGradientWarning` (once) names that layer.
+      not, and a `NonFiniteGradientWarning` (once) names that layer
+      (not for the steps `LossScaleOptimizer` skips: skipping them is its
+      job).
 
     Each signal can be turned off with `signals`; `update_ratio` keeps one
     copy of the weights (float32) during `fit` on TensorFlow and PyTorch

@@ -326,11 +326,9 @@ class Records:
                     for i in present
                 ]
             values.append(("grad_summary/skipped_steps", skipped_total))
+            # No warning: loss scaling skips such steps by design (often
+            # at the start of training, while the scale settles).
             self.writer.scalars(step, values)
-            if first is not None:
-                self.callback._nonfinite(
-                    step, self.layer_of[first], paths[first]
-                )
             return
         for i in present:
             row = stats[i]
