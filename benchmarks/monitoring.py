@@ -111,7 +111,10 @@ def _mlp(depth, width):
 
 def _mobilenetv2():
     return keras.applications.MobileNetV2(
-        weights=None, input_shape=(32, 32, 3), classes=10
+        weights=None,
+        input_shape=(32, 32, 3),
+        classes=10,
+        classifier_activation=None,  # Logits, for the loss.
     )
 
 
