@@ -1302,6 +1302,35 @@ def _op_count(num_variables):
 
 
 @pytest.mark.skipif(BACKEND == "torch", reason="eager: no traced graph")
+def test_large_variables_statistics_match_numpy():
+    # Variables of at least `LARGE_VARIABLE` entries are reduced one by one,
+    # the others fused: both give NumPy's values, NaNs counted.
+    rng = np.random.default_rng(0)
+    grads = [
+        rng.normal(size=(130, 130)).astype("float32"),
+        rng.normal(size=(7,)).astype("float32"),
+        rng.normal(size=(128, 200)).astype("float32"),
+    ]
+    grads[2][3, 4] = np.nan
+    weights = [rng.normal(size=g.shape).astype("float32") for g in grads]
+    if BACKEND == "tensorflow":
+        from keras_winit.monitoring import tensorflow as hook_module
+    else:
+        from keras_winit.monitoring import jax as hook_module
+    got = keras.ops.convert_to_numpy(hook_module.fused_stats(grads, weights))
+    for i, (g, w) in enumerate(zip(grads, weights, strict=True)):
+        finite = np.isfinite(g).all()
+        expected = [
+            np.var(g, dtype="f8") if finite else np.nan,
+            np.mean(g, dtype="f8") if finite else np.nan,
+            np.linalg.norm(g.astype("f8")) if finite else np.nan,
+            np.sum(~np.isfinite(g)),
+            np.linalg.norm(w.astype("f8")),
+        ]
+        np.testing.assert_allclose(got[i, :5], expected, rtol=1e-4)
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="eager: no traced graph")
 def test_fused_statistics_do_not_grow_with_the_number_of_variables():
     # Issue 14, item 2: the same reductions for 3 and 30 variables; only
     # the zero-copy reshapes feeding the one concatenation grow.

@@ -258,11 +258,74 @@ def fused_stats(grads, weights, new_weights=None):
     and the norm of the update (`new_weights - weights`; 0 without
     `new_weights`).
 
-    Fused: one flattened buffer, reduced per variable with sorted segment
-    sums (XLA fuses the flattening), so the number of reductions does not
-    grow with the number of variables. Non-finite entries are counted, in a
-    `lax.cond`, only when some sum is not finite.
+    The variables smaller than `records.LARGE_VARIABLE` entries are
+    flattened into one buffer and reduced with sorted segment sums, so
+    their number costs nothing; larger ones one by one (a CPU scatter-add
+    is several times slower than a vectorized sum). Non-finite entries are
+    counted, in a `lax.cond`, only when some statistic is not finite.
     """
+    import jax
+    import jax.numpy as jnp
+
+    small = [
+        k
+        for k, g in enumerate(grads)
+        if int(np.prod(g.shape)) < records_module.LARGE_VARIABLE
+    ]
+    large = [k for k in range(len(grads)) if k not in small]
+
+    def pick(tensors, indices):
+        return None if tensors is None else [tensors[k] for k in indices]
+
+    parts = []
+    if small:
+        parts.append(
+            _segment_stats(
+                pick(grads, small),
+                pick(weights, small),
+                pick(new_weights, small),
+            )
+        )
+    for k in large:
+        g = jnp.reshape(grads[k], (-1,))
+        w = jnp.reshape(jnp.asarray(weights[k], "float32"), (-1,))
+        n = g.size
+        mean = jnp.sum(g) / n
+        squares = jnp.sum(jnp.square(g - mean))
+        if new_weights is None:
+            update = jnp.float32(0.0)
+        else:
+            delta = jnp.reshape(jnp.asarray(new_weights[k], "float32"), (-1,))
+            update = jnp.sqrt(jnp.sum(jnp.square(delta - w)))
+        parts.append(
+            jnp.stack(
+                [
+                    squares / n,
+                    mean,
+                    jnp.sqrt(squares + n * mean * mean),
+                    jnp.float32(0.0),
+                    jnp.sqrt(jnp.sum(w * w)),
+                    update,
+                ]
+            )[None]
+        )
+    order = small + large
+    stats = jnp.concatenate(parts)[np.argsort(order)]
+    if not large:
+        return stats
+
+    def count():
+        counts = jnp.stack(
+            [jnp.sum(~jnp.isfinite(grads[k])).astype("float32") for k in large]
+        )
+        return stats.at[np.array(large), records_module.NONFINITE].set(counts)
+
+    return jax.lax.cond(
+        jnp.all(jnp.isfinite(stats[:, :3])), lambda: stats, count
+    )
+
+
+def _segment_stats(grads, weights, new_weights):
     import jax
     import jax.numpy as jnp
 

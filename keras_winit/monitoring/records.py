@@ -58,6 +58,13 @@ def _ratio(a, b):
 KIND_APPLIED, KIND_SKIPPED = 0, 1
 # Largest number of records kept between two writes (ring buffer).
 MAX_BUFFERED_RECORDS = 4096
+# Variables with at least this many entries are reduced one by one (their
+# reductions are bound by memory traffic, so one launch each costs little,
+# and CPU scatter-adds are several times slower than vectorized sums); the
+# smaller ones are flattened into one buffer and reduced with segment sums,
+# so their number costs nothing. Such large variables number at most
+# (number of weights) / LARGE_VARIABLE.
+LARGE_VARIABLE = 2**14
 # Marks the methods keras_winit patched on an instance.
 PATCH_MARK = "_keras_winit_original"
 

@@ -13,6 +13,7 @@ import numpy as np
 from keras_winit.monitoring import records as records_module
 from keras_winit.monitoring import writer as writer_module
 from keras_winit.monitoring.records import HISTOGRAM_BINS
+from keras_winit.monitoring.records import NONFINITE
 from keras_winit.monitoring.records import NUM_STATS
 
 
@@ -117,25 +118,72 @@ class Hook(records_module.Records):
         record, rows, variables, old = before
         with torch.no_grad():
             delta = self._flat([v.value for v in variables]) - old
-            ids = self._segment_ids[tuple(rows)]
-            norms = torch.zeros(len(rows), device=delta.device).index_add_(
-                0, ids, delta * delta
+            sizes = [int(v.value.numel()) for v in variables]
+            norms = torch.stack(
+                [torch.linalg.vector_norm(d) for d in delta.split(sizes)]
             )
-            norms = torch.sqrt(norms).cpu().numpy()
+            norms = norms.cpu().numpy()
         table = record[: len(self.variables) * NUM_STATS].reshape(-1, NUM_STATS)
         table[list(rows), records_module.UPDATE_NORM] = norms
 
     def fused_stats(self, rows, grads, weights):
         """`[len(grads), 6]` NumPy array, as the other backends compute it.
 
-        One flattened buffer reduced per variable with `index_add_`
-        (segment sums): the number of reductions does not grow with the
-        number of variables. One transfer to the host. Non-finite entries
-        are counted only when some statistic is not finite.
+        The variables smaller than `records.LARGE_VARIABLE` entries are
+        flattened into one buffer and reduced with `index_add_` (segment
+        sums), so their number costs nothing; larger ones one by one
+        (vectorized sums beat a scatter-add). One transfer to the host.
+        Non-finite entries are counted only when some statistic is not
+        finite.
         """
         import torch
 
-        key = tuple(rows)
+        small = [
+            k
+            for k, g in enumerate(grads)
+            if g.numel() < records_module.LARGE_VARIABLE
+        ]
+        large = [k for k in range(len(grads)) if k not in small]
+        parts = []
+        if small:
+            parts.append(
+                self._segment_stats(
+                    tuple(rows[k] for k in small),
+                    [grads[k] for k in small],
+                    [weights[k] for k in small],
+                )
+            )
+        for k in large:
+            g = grads[k].detach().reshape(-1)
+            w = weights[k].detach().reshape(-1).float()
+            n = float(g.numel())
+            mean = g.mean()
+            centered = g - mean
+            squares = torch.dot(centered, centered)
+            zero = torch.zeros((), device=g.device)
+            parts.append(
+                torch.stack(
+                    [
+                        squares / n,
+                        mean,
+                        torch.sqrt(squares + n * mean * mean),
+                        zero,
+                        torch.sqrt(torch.dot(w, w)),
+                        zero,
+                    ]
+                )[None]
+            )
+        order = small + large
+        stats = torch.cat(parts).cpu().numpy()[np.argsort(order)]
+        if not np.isfinite(stats[:, :3]).all():
+            stats[:, NONFINITE] = [
+                int((~torch.isfinite(g)).sum()) for g in grads
+            ]
+        return stats
+
+    def _segment_stats(self, key, grads, weights):
+        import torch
+
         n = len(grads)
         flat = torch.cat([g.detach().reshape(-1) for g in grads])
         ids = self._segment_ids.get(key)
@@ -158,23 +206,18 @@ class Hook(records_module.Records):
         centered = flat - means[ids]
         squares = segment_sum(centered * centered)
         w = torch.cat([x.detach().reshape(-1).float() for x in weights])
-        stats = torch.stack(
+        zeros = torch.zeros_like(means)
+        return torch.stack(
             [
                 squares / counts,
                 means,
                 torch.sqrt(squares + counts * means * means),
-                torch.zeros_like(means),
+                zeros,
                 torch.sqrt(segment_sum(w * w)),
-                torch.zeros_like(means),
+                zeros,
             ],
             dim=1,
         )
-        stats = stats.cpu().numpy()
-        if not np.isfinite(stats[:, :3]).all():
-            stats[:, 3] = (
-                segment_sum((~torch.isfinite(flat)).float()).cpu().numpy()
-            )
-        return stats
 
     def write_pending(self, force=False):
         self.write_buffered()
