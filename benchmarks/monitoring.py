@@ -1,10 +1,18 @@
 """Cost of monitoring gradients during `fit`.
 
-Measures the time per training step of a 64 -> 5 x 256 tanh -> 10 MLP
-(batch 64, synthetic data) with no callback, with
-`keras_winit.callbacks.GradientVarianceLogger` at several frequencies, and
-with `keras.callbacks.TensorBoard(update_freq=1)` as a reference (when
-TensorFlow is installed: it writes with `tf.summary`).
+Measures the time per training step of a model with no callback, with
+`keras_winit.monitoring.GradientVarianceLogger` at several frequencies,
+and with `keras.callbacks.TensorBoard(update_freq=1)` as a reference (when
+TensorFlow is installed: it writes with `tf.summary`). Models (`--models`),
+with their number of trainable variables, so that a cost per variable
+shows:
+
+- `mlp`: the project's MLP, 64 -> 5 x 256 tanh -> 10, batch 64
+  (12 variables);
+- `mobilenetv2`: `keras.applications.MobileNetV2(weights=None)` on 32x32x3
+  inputs, 10 classes, batch 16 (158 variables), built as
+  `tests/_real_models.py` builds its nets (no download);
+- `mlp500`: 64 -> 249 x 32 tanh -> 10, batch 64 (500 variables).
 
 Configurations take turns: each trains in its own thread, one `fit` of
 `WARMUP_STEPS + repeats * steps` steps, and only the thread holding the
@@ -31,7 +39,7 @@ script once per backend to compare:
 
 Usage:
     python benchmarks/monitoring.py [--steps 100] [--repeats 15] [--threads 1]
-        [--json out]
+        [--models mlp,mobilenetv2,mlp500] [--json out]
 """
 
 import argparse
@@ -50,9 +58,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_winit.callbacks import GradientVarianceLogger  # noqa: E402
+from keras_winit.monitoring import GradientVarianceLogger  # noqa: E402
 
-BATCH = 64
+#: Names of the models the benchmark can train (see the module docstring).
+MODELS = ("mlp", "mobilenetv2", "mlp500")
 # Untimed first steps (tracing and compiling), under the configuration's
 # turn.
 WARMUP_STEPS = 20
@@ -60,12 +69,14 @@ WARMUP_STEPS = 20
 
 def _configs(log_dir):
     def logger(update_freq, histogram_freq=0):
+        # One run per configuration: they train at the same time.
         return lambda: [
             GradientVarianceLogger(
                 log_dir,
                 update_freq=update_freq,
                 histogram_freq=histogram_freq,
                 warn_log10_ratio=None,
+                run_name=f"u{update_freq}_h{histogram_freq}",
             )
         ]
 
@@ -89,12 +100,35 @@ def _configs(log_dir):
     return configs
 
 
-def _model():
-    keras.utils.set_random_seed(0)
+def _mlp(depth, width):
     layers = [keras.Input((64,))]
-    layers += [keras.layers.Dense(256, activation="tanh") for _ in range(5)]
+    layers += [
+        keras.layers.Dense(width, activation="tanh") for _ in range(depth)
+    ]
     layers += [keras.layers.Dense(10)]
-    model = keras.Sequential(layers)
+    return keras.Sequential(layers)
+
+
+def _mobilenetv2():
+    return keras.applications.MobileNetV2(
+        weights=None,
+        input_shape=(32, 32, 3),
+        classes=10,
+        classifier_activation=None,  # Logits, for the loss.
+    )
+
+
+# name: (build, batch size, input shape)
+_SPECS = {
+    "mlp": (lambda: _mlp(5, 256), 64, (64,)),
+    "mobilenetv2": (_mobilenetv2, 16, (32, 32, 3)),
+    "mlp500": (lambda: _mlp(249, 32), 64, (64,)),
+}
+
+
+def _model(name="mlp"):
+    keras.utils.set_random_seed(0)
+    model = _SPECS[name][0]()
     model.compile(
         optimizer="sgd",
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -175,7 +209,7 @@ class _Windows(keras.callbacks.Callback):
         self.start = (time.perf_counter(), time.process_time())
 
 
-def _time_configs(configs, x, y, warmup, steps, repeats):
+def _time_configs(configs, x, y, warmup, steps, repeats, model="mlp"):
     """`{name: [(wall, cpu) per step of each window]}`, taking turns."""
     turns = _Turns(len(configs))
     results, errors = {}, []
@@ -183,12 +217,12 @@ def _time_configs(configs, x, y, warmup, steps, repeats):
     def train(i, make_callbacks):
         try:
             turns.wait(i)
-            model = _model()
+            net = _model(model)
             timer = _Windows(turns, i, warmup, steps, repeats)
-            model.fit(
+            net.fit(
                 x,
                 y,
-                batch_size=BATCH,
+                batch_size=_SPECS[model][1],
                 verbose=0,
                 shuffle=False,
                 callbacks=[*make_callbacks(), timer],
@@ -243,62 +277,76 @@ def _paired_overhead(windows, plain, column):
     )
 
 
-def run(steps=100, repeats=15, threads=None):
+def run(steps=100, repeats=15, threads=None, models=("mlp",)):
     """Times every configuration; returns one dict per configuration.
 
-    Each configuration trains `WARMUP_STEPS + repeats * steps` steps;
-    `repeats` windows of `steps` steps are timed, taking turns with the
-    other configurations (see the module docstring). Keys: `name`,
-    `backend` (the Keras backend), `ms_per_step` and `cpu_ms_per_step`
-    (medians over the windows, wall and process CPU milliseconds),
-    `overhead` and `cpu_overhead` (median over the rounds of the ratio to
-    the plain fit's window of the same round, minus 1),
-    `samples_ms` and `cpu_samples_ms` (wall and CPU ms per step of each
-    window), `steps`, `repeats`,
-    `threads`. `threads` limits the backend's thread pools (TensorFlow's
-    intra- and inter-op pools, `torch.set_num_threads`, XLA's CPU Eigen
-    threads on JAX; it must be set before the backend runs any op; `None`
-    keeps the defaults): with one thread, CPU time counts work, not idle
-    pool threads spinning.
+    For each model of `models` (names of `MODELS`), each configuration
+    trains `WARMUP_STEPS + repeats * steps` steps; `repeats` windows of
+    `steps` steps are timed, taking turns with the other configurations
+    (see the module docstring). Keys: `name`, `model`, `variables` (its
+    number of trainable variables), `backend` (the Keras backend),
+    `ms_per_step` and `cpu_ms_per_step` (medians over the windows, wall
+    and process CPU milliseconds), `overhead` and `cpu_overhead` (median
+    over the rounds of the ratio to the plain fit's window of the same
+    round, minus 1), `samples_ms` and `cpu_samples_ms` (wall and CPU ms per
+    step of each window), `steps`, `repeats`, `threads`. `threads` limits
+    the backend's thread pools (TensorFlow's intra- and inter-op pools,
+    `torch.set_num_threads`, XLA's CPU Eigen threads on JAX; it must be
+    set before the backend runs any op; `None` keeps the defaults): with
+    one thread, CPU time counts work, not idle pool threads spinning.
     """
     if steps < 1 or repeats < 1:
         raise ValueError(
             "Arguments `steps` and `repeats` must be positive. "
             f"Received: steps={steps}, repeats={repeats}"
         )
+    unknown = [m for m in models if m not in _SPECS]
+    if unknown or not models:
+        raise ValueError(
+            f"Invalid `models` argument: {models!r}. Expected names among "
+            f"{MODELS}."
+        )
     backend = keras.backend.backend()
     if threads is not None:
         _limit_threads(backend, threads)
     warmup = WARMUP_STEPS
     total = warmup + repeats * steps
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(total * BATCH, 64)).astype("float32")
-    y = rng.integers(0, 10, size=(total * BATCH,))
-    with tempfile.TemporaryDirectory() as log_dir:
-        configs = _configs(log_dir)
-        samples = _time_configs(configs, x, y, warmup, steps, repeats)
-    plain = samples["plain fit"]
     rows = []
-    for name, _ in configs:
-        windows = samples[name]
-        rows.append(
-            {
-                "name": name,
-                "backend": backend,
-                "ms_per_step": 1e3 * statistics.median(w for w, _ in windows),
-                "cpu_ms_per_step": 1e3
-                * statistics.median(c for _, c in windows),
-                # Window k of every configuration ran in round k, within
-                # seconds of the others: compare within rounds.
-                "overhead": _paired_overhead(windows, plain, 0),
-                "cpu_overhead": _paired_overhead(windows, plain, 1),
-                "samples_ms": [1e3 * w for w, _ in windows],
-                "cpu_samples_ms": [1e3 * c for _, c in windows],
-                "steps": steps,
-                "repeats": repeats,
-                "threads": threads,
-            }
-        )
+    for model in models:
+        _, batch, shape = _SPECS[model]
+        variables = len(_model(model).trainable_variables)
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(total * batch, *shape)).astype("float32")
+        y = rng.integers(0, 10, size=(total * batch,))
+        with tempfile.TemporaryDirectory() as log_dir:
+            configs = _configs(log_dir)
+            samples = _time_configs(
+                configs, x, y, warmup, steps, repeats, model
+            )
+        plain = samples["plain fit"]
+        for name, _ in configs:
+            windows = samples[name]
+            rows.append(
+                {
+                    "name": name,
+                    "model": model,
+                    "variables": variables,
+                    "backend": backend,
+                    "ms_per_step": 1e3
+                    * statistics.median(w for w, _ in windows),
+                    "cpu_ms_per_step": 1e3
+                    * statistics.median(c for _, c in windows),
+                    # Window k of every configuration ran in round k,
+                    # within seconds of the others: compare within rounds.
+                    "overhead": _paired_overhead(windows, plain, 0),
+                    "cpu_overhead": _paired_overhead(windows, plain, 1),
+                    "samples_ms": [1e3 * w for w, _ in windows],
+                    "cpu_samples_ms": [1e3 * c for _, c in windows],
+                    "steps": steps,
+                    "repeats": repeats,
+                    "threads": threads,
+                }
+            )
     return rows
 
 
@@ -306,12 +354,13 @@ def _table(rows):
     width = max(len(r["name"]) for r in rows)
     lines = [
         f"Keras backend: {rows[0]['backend']}",
-        f"{'configuration':<{width}}  wall ms/step  overhead  "
-        "CPU ms/step  overhead",
-        "-" * (width + 46),
+        f"{'model':<11}  vars  {'configuration':<{width}}  wall ms/step  "
+        "overhead  CPU ms/step  overhead",
+        "-" * (width + 63),
     ]
     for r in rows:
         lines.append(
+            f"{r.get('model', 'mlp'):<11}  {r.get('variables', 12):4d}  "
             f"{r['name']:<{width}}  {r['ms_per_step']:12.3f}  "
             f"{100 * r['overhead']:+7.1f}%  {r['cpu_ms_per_step']:11.3f}  "
             f"{100 * r['cpu_overhead']:+7.1f}%"
@@ -331,10 +380,24 @@ def main(argv=None):
         default=1,
         help="backend compute threads; 0 keeps the backend's defaults",
     )
+    parser.add_argument(
+        "--models",
+        default=",".join(MODELS),
+        help=f"comma-separated models among {', '.join(MODELS)}",
+    )
     parser.add_argument("--json", default=None, help="write results here")
     args = parser.parse_args(argv)
+    models = tuple(m for m in args.models.split(",") if m)
+    if not models or any(m not in _SPECS for m in models):
+        parser.error(
+            f"argument --models: invalid value {args.models!r}; expected "
+            f"names among {', '.join(MODELS)}"
+        )
     rows = run(
-        steps=args.steps, repeats=args.repeats, threads=args.threads or None
+        steps=args.steps,
+        repeats=args.repeats,
+        threads=args.threads or None,
+        models=models,
     )
     print(_table(rows))
     if args.json:

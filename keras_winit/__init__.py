@@ -28,8 +28,6 @@ from keras_winit import initializers
 from keras_winit import layer_init
 from keras_winit import layouts
 from keras_winit import walker
-from keras_winit.callbacks import GradientVarianceLogger
-from keras_winit.callbacks import GradientVarianceWarning
 from keras_winit.diagnostics import Diagnosis
 from keras_winit.diagnostics import Flag
 from keras_winit.diagnostics import LayerStats
@@ -59,7 +57,9 @@ from keras_winit.layouts import compute_layout_fans
 from keras_winit.lsuv import LSUVResult
 from keras_winit.lsuv import LSUVWarning
 from keras_winit.lsuv import lsuv
-from keras_winit.probes import ActivationHistogramLogger
+from keras_winit.monitoring import ActivationHistogramLogger
+from keras_winit.monitoring import GradientVarianceLogger
+from keras_winit.monitoring import GradientVarianceWarning
 
 __version__ = "0.1.0"
 

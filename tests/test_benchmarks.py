@@ -206,3 +206,19 @@ def test_monitoring_overhead_is_paired_by_round():
     overhead = monitoring._paired_overhead(logged, plain, 0)
     assert overhead == pytest.approx(0.1)
     assert monitoring._paired_overhead(logged, plain, 1) == 0.0
+
+
+def test_monitoring_models_and_variables_column():
+    from benchmarks import monitoring
+
+    with pytest.raises(ValueError, match="Invalid `models` argument"):
+        monitoring.run(models=("resnet",))
+    assert monitoring.MODELS == ("mlp", "mobilenetv2", "mlp500")
+    rows = [
+        dict(row, model=model, variables=count, backend="tensorflow")
+        for model, count in (("mlp", 12), ("mobilenetv2", 158))
+        for row in MONITORING_ROWS
+    ]
+    table = monitoring._table(rows).splitlines()
+    assert table[1].split()[:3] == ["model", "vars", "configuration"]
+    assert table[5].split()[:2] == ["mobilenetv2", "158"]

@@ -18,9 +18,10 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
-from keras_winit import callbacks as callbacks_module
-from keras_winit.callbacks import GradientVarianceLogger
-from keras_winit.callbacks import GradientVarianceWarning
+from keras_winit.monitoring import GradientVarianceLogger
+from keras_winit.monitoring import GradientVarianceWarning
+from keras_winit.monitoring import records as records_module
+from keras_winit.monitoring import writer as writer_module
 
 BACKEND = keras.backend.backend()
 
@@ -154,6 +155,17 @@ def _check_step0_matches_reference(events, expected):
         ({"log_dir": ""}, "Received: log_dir=''"),
         ({"log_dir": None}, "Received: log_dir=None"),
         ({"run_name": "a/b"}, "Received: run_name='a/b'"),
+        # Issue 13, items 7 and 8.
+        ({"update_freq": 10**400}, "Received: update_freq=1000"),
+        ({"histogram_freq": 2**31}, "Received: histogram_freq=2147483648"),
+        ({"weights_freq": 2**63}, "Received: weights_freq=9223372036854"),
+        ({"update_freq": None}, "Received: update_freq=None"),
+        ({"warn_log10_ratio": float("inf")}, "warn_log10_ratio=inf"),
+        ({"run_name": ".."}, "Received: run_name='..'"),
+        ({"signals": "grad_norm"}, "Received: signals='grad_norm'"),
+        ({"signals": ["grad_norm", "speed"]}, "Unknown: \\['speed'\\]"),
+        ({"run_name": "."}, "Received: run_name='.'"),
+        ({"run_name": ""}, "Received: run_name=''"),
     ],
     ids=lambda v: str(v),
 )
@@ -189,13 +201,23 @@ def test_unsupported_backend_fails_in_set_model(tmp_path, monkeypatch):
         logger.set_model(model)
 
 
-def test_unbuilt_model_fails_before_first_step(tmp_path):
-    model = _CustomModel()
-    model.compile(optimizer="sgd")
-    logger = GradientVarianceLogger(tmp_path)
-    logger.set_model(model)
-    with pytest.raises(ValueError, match="no trainable variables"):
-        logger.on_train_begin()
+def test_unbuilt_model_trains_and_is_logged_from_its_second_step(tmp_path):
+    # Issue 13, item 9: plain Keras trains a Sequential without `Input`;
+    # adding the logger must not make `fit` fail.
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential(
+        [keras.layers.Dense(5, activation="tanh"), keras.layers.Dense(2)]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    assert not model.trainable_variables
+    _fit(model, tmp_path, update_freq=1)
+    assert _iterations(model) == 6
+    events = _read(tmp_path / "gradients")
+    tag = f"grad_variance/{model.trainable_variables[0].path}"
+    # Step 0 builds the model on TensorFlow and JAX (Keras' own train
+    # function); PyTorch's trainer builds it before `on_train_begin`.
+    assert _steps(events, tag) in ([1, 2, 3, 4, 5], list(range(6)))
+    assert not _wrapped(model.optimizer)
 
 
 def test_unwritable_log_dir_fails_before_first_step(tmp_path):
@@ -359,7 +381,7 @@ def test_writes_event_files_without_tensorflow(tmp_path, monkeypatch):
             opened.append(writer.name)
             super().__init__(writer)
 
-    monkeypatch.setattr(callbacks_module._tensorflow, "disabled", True)
+    monkeypatch.setattr(writer_module, "use_tensorflow", False)
     monkeypatch.setattr(record_writer, "RecordWriter", Spy)
     model = _model()
     model.compile(optimizer="sgd", loss="mse")
@@ -376,18 +398,16 @@ def test_writes_event_files_without_tensorflow(tmp_path, monkeypatch):
 
 def test_later_fit_without_the_callback_records_nothing(tmp_path, monkeypatch):
     # The wrapper must not stay in a cached trace (JAX) or graph (TF).
-    from keras_winit import _grad_hooks
-
     model = _model()
     model.compile(optimizer="sgd", loss="mse")
     x, y = _data()
     _fit(model, tmp_path, update_freq=1)
     calls = []
     monkeypatch.setattr(
-        _grad_hooks._HostHook, "add_record", lambda *a: calls.append(a)
+        records_module.Records, "add_record", lambda *a: calls.append(a)
     )
     monkeypatch.setattr(
-        callbacks_module._State, "record", lambda *a: calls.append(a)
+        records_module.Records, "write_record", lambda *a: calls.append(a)
     )
     model.fit(x, y, batch_size=BATCH, verbose=0)
     assert _iterations(model) == 12
@@ -544,22 +564,22 @@ def test_jax_custom_train_step_with_two_stateless_applies(tmp_path):
 
 @pytest.mark.skipif(BACKEND != "jax", reason="JAX fetches records in groups")
 def test_jax_records_are_fetched_during_the_epoch(tmp_path, monkeypatch):
-    from keras_winit import _grad_hooks
+    from keras_winit.monitoring import jax as jax_hook
 
-    monkeypatch.setattr(_grad_hooks._JaxHook, "fetch_every", 2)
+    monkeypatch.setattr(jax_hook.Hook, "fetch_every", 2)
     fetched = []  # (steps fetched, steps still in flight) of each fetch
-    fetch = _grad_hooks._JaxHook.fetch
+    fetch = jax_hook.Hook.fetch
 
     def spy(hook, keep=0):
         before = len(hook.in_flight)
         fetch(hook, keep=keep)
         fetched.append((before - len(hook.in_flight), len(hook.in_flight)))
 
-    monkeypatch.setattr(_grad_hooks._JaxHook, "fetch", spy)
+    monkeypatch.setattr(jax_hook.Hook, "fetch", spy)
     model = _model()
     model.compile(optimizer="sgd", loss="mse")
     _fit(model, tmp_path, epochs=2, update_freq=1, histogram_freq=3)
-    assert _grad_hooks._JaxHook.in_flight_kept == 2
+    assert jax_hook.Hook.in_flight_kept == 2
     # 6 steps per epoch: after steps 4 and 6, a fetch of 2 steps leaves the
     # newest 2 in flight; the end of the epoch fetches them (the end of
     # training finds nothing left).
@@ -762,6 +782,112 @@ def test_mirrored_strategy_sums_replica_gradients(tmp_path):
     _check_whole_batch_gradient(out)
 
 
+MULTI_WORKER_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    index, ports, log_dir = int(sys.argv[2]), sys.argv[3], sys.argv[1]
+    os.environ["TF_CONFIG"] = json.dumps({
+        "cluster": {"worker": [f"localhost:{p}" for p in ports.split(",")]},
+        "task": {"type": "worker", "index": index}})
+    import numpy as np
+    import tensorflow as tf
+    import keras
+    from tensorboard.backend.event_processing import event_accumulator as ea
+    from tensorboard.util import tensor_util
+    from keras_winit.monitoring import GradientVarianceLogger
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 6)).astype("float32")
+    y = rng.normal(size=(32, 2)).astype("float32")
+    with strategy.scope():
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([
+            keras.Input((6,)),
+            keras.layers.Dense(5, activation="tanh", name="hidden"),
+            keras.layers.Dense(2, name="out")], name="mlp")
+        model.compile(optimizer="sgd", loss="mse")
+    with tf.GradientTape() as tape:
+        loss = keras.losses.MeanSquaredError()(y[:8], model(x[:8]))
+    grads = tape.gradient(loss, model.trainable_variables)
+    expected = {v.path: float(np.var(g.numpy()))
+                for v, g in zip(model.trainable_variables, grads)}
+    # Keras 3.15: fit's `_maybe_symbolic_build` reduces the first batch
+    # with MEAN, which fails under MultiWorkerMirroredStrategy ("Attempt to
+    # convert a value (PerReplica...)"), with or without the logger. Build
+    # first instead.
+    with strategy.scope():
+        model._symbolic_build(data_batch=(x[:8], y[:8]))
+    model._maybe_symbolic_build = lambda *args, **kwargs: None
+    # And its `reduce_per_replica` reduces the scalar logs along axis 0 under
+    # the same strategy (a ValueError): reduce them locally (logs only).
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+    tf_trainer._collective_all_reduce_multi_worker = lambda strategy: False
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    model.fit(data, verbose=0,
+              callbacks=[GradientVarianceLogger(log_dir, update_freq=1)])
+    print(json.dumps({"replicas": strategy.num_replicas_in_sync,
+                      "index": index, "expected": expected}))
+    """
+)
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+@pytest.mark.tensorflow_only
+def test_multi_worker_only_the_chief_writes_the_global_gradient(tmp_path):
+    # Issue 14, item 4: two worker processes on localhost.
+    ports = ",".join(str(p) for p in _free_ports(2))
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                MULTI_WORKER_SCRIPT,
+                str(tmp_path),
+                str(index),
+                ports,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for index in range(2)
+    ]
+    outputs = []
+    try:
+        for worker in workers:
+            out, err = worker.communicate(timeout=240)
+            assert worker.returncode == 0, err[-3000:]
+            outputs.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    assert [o["replicas"] for o in outputs] == [2, 2]
+    # One event file: the chief's.
+    files = os.listdir(tmp_path / "gradients")
+    assert len(files) == 1, files
+    events = _read(tmp_path / "gradients")
+    for path, variance in outputs[0]["expected"].items():
+        tag = f"grad_variance/{path}"
+        assert _steps(events, tag) == [0, 1, 2, 3]
+        np.testing.assert_allclose(
+            _value(events, tag, 0), variance, rtol=1e-4, err_msg=path
+        )
+
+
 JAX_DATA_PARALLEL_SCRIPT = textwrap.dedent(
     """
     import json, os, sys
@@ -872,3 +998,476 @@ def test_tensorboard_server_shows_the_curves(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# ------------------------------------------- issue 13: reliability
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Raises `error` at the end of optimizer step `at` (another callback)."""
+
+    def __init__(self, error, at=2):
+        super().__init__()
+        self.error, self.at = error, at
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.at:
+            raise self.error
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_interrupted_fit_leaves_nothing_patched(tmp_path, error):
+    # Issue 13, item 1.
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = _data()
+    logger = GradientVarianceLogger(tmp_path, update_freq=1)
+    with pytest.raises(error):
+        model.fit(
+            x,
+            y,
+            batch_size=BATCH,
+            shuffle=False,
+            verbose=0,
+            callbacks=[logger, _Interrupt(error("stop"))],
+        )
+    assert not _wrapped(model.optimizer)
+    # Every step run so far is on disk already (flushed), before any
+    # clean-up; on JAX, records are fetched in groups: the clean-up
+    # writes them.
+    events = _read(tmp_path / "gradients")
+    on_disk = [s for s, _ in events.get("grad_variance/mlp/out/kernel", [])]
+    assert on_disk == ([] if BACKEND == "jax" else [0, 1, 2])
+    # A later plain fit removes what is left, logs nothing and trains as
+    # Keras does.
+    model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0)
+    assert "make_train_function" not in model.__dict__
+    assert logger._hook is None and logger._writer is None
+    assert _iterations(model) == 9
+    events = _read(tmp_path / "gradients")
+    assert _steps(events, "grad_variance/mlp/out/kernel") == [0, 1, 2]
+    assert not _wrapped(model.optimizer)
+
+
+def test_new_logger_after_an_interrupted_fit(tmp_path):
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = _data()
+    first = GradientVarianceLogger(tmp_path, update_freq=1)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(
+            x,
+            y,
+            batch_size=BATCH,
+            shuffle=False,
+            verbose=0,
+            callbacks=[first, _Interrupt(KeyboardInterrupt(), at=1)],
+        )
+    second = _fit(model, tmp_path, update_freq=2)
+    assert first._hook is None and first._writer is None
+    assert second._hook is None
+    events = _read(tmp_path / "gradients")
+    assert _steps(events, "grad_variance/mlp/out/kernel") == [0, 1, 2, 4, 6]
+    assert not _wrapped(model.optimizer)
+    assert "make_train_function" not in model.__dict__
+
+
+def test_train_on_batch_after_an_interrupted_fit(tmp_path):
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = _data()
+    logger = GradientVarianceLogger(tmp_path, update_freq=1)
+    with pytest.raises(RuntimeError):
+        model.fit(
+            x,
+            y,
+            batch_size=BATCH,
+            verbose=0,
+            callbacks=[logger, _Interrupt(RuntimeError("stop"), at=0)],
+        )
+    model.train_on_batch(x[:BATCH], y[:BATCH])
+    assert logger._hook is None
+    assert _iterations(model) == 2
+    assert "make_train_function" not in model.__dict__
+
+
+def _only(caught, category):
+    return [w for w in caught if issubclass(w.category, category)]
+
+
+class _RemoveLogDir(keras.callbacks.Callback):
+    def __init__(self, log_dir, at):
+        super().__init__()
+        self.log_dir, self.at, self.seen = log_dir, at, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        import shutil
+
+        self.seen += 1
+        if self.seen == self.at:
+            shutil.rmtree(self.log_dir)
+
+
+def test_log_dir_removed_mid_fit_warns_once_and_keeps_every_record(tmp_path):
+    # Issue 13, item 2.
+    from keras_winit.monitoring import EventWriterWarning
+
+    log_dir = tmp_path / "logs"
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.warns(EventWriterWarning, match="deleted") as caught:
+        _fit(
+            model,
+            log_dir,
+            epochs=2,
+            callbacks=[_RemoveLogDir(log_dir, at=4)],
+            update_freq=1,
+        )
+    assert len(_only(caught, EventWriterWarning)) == 1
+    assert _iterations(model) == 12
+    events = _read(log_dir / "gradients")
+    assert _steps(events, "grad_variance/mlp/out/kernel") == list(range(12))
+
+
+def test_disk_full_warns_once_and_writes_the_records_later(
+    tmp_path, monkeypatch
+):
+    import errno
+
+    from keras_winit.monitoring import EventWriterWarning
+
+    failing = {"on": False}
+    write = writer_module._Sink.write
+
+    def full(sink, record):
+        if failing["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(sink, record)
+
+    class Fill(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            failing["on"] = 2 <= _iterations(self.model) < 8
+
+    monkeypatch.setattr(writer_module._Sink, "write", full)
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.warns(EventWriterWarning, match="No space") as caught:
+        _fit(model, tmp_path, epochs=2, callbacks=[Fill()], update_freq=1)
+    assert len(_only(caught, EventWriterWarning)) == 1
+    assert _iterations(model) == 12
+    events = _read(tmp_path / "gradients")
+    assert _steps(events, "grad_variance/mlp/out/kernel") == list(range(12))
+
+
+def test_unwritable_forever_warns_and_training_goes_on(tmp_path, monkeypatch):
+    import errno
+
+    from keras_winit.monitoring import EventWriterWarning
+
+    def denied(sink, record):
+        raise OSError(errno.EACCES, "Permission denied")
+
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    logger = GradientVarianceLogger(tmp_path, update_freq=1)
+    model.fit(*_data(), batch_size=BATCH, verbose=0, epochs=0)
+    logger.set_model(model)
+
+    class Deny(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            monkeypatch.setattr(writer_module._Sink, "write", denied)
+
+    with pytest.warns(EventWriterWarning) as caught:
+        model.fit(
+            *_data(),
+            batch_size=BATCH,
+            verbose=0,
+            callbacks=[logger, Deny()],
+        )
+    messages = [str(w.message) for w in _only(caught, EventWriterWarning)]
+    assert len(messages) == 2, messages
+    assert "Permission denied" in messages[0]
+    assert "are lost" in messages[1]
+    assert _iterations(model) == 6
+
+
+def test_two_loggers_on_one_run_are_detected(tmp_path):
+    # Issue 13, item 8.
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = _data()
+    loggers = [GradientVarianceLogger(tmp_path) for _ in range(2)]
+    with pytest.raises(ValueError, match="Another GradientVarianceLogger"):
+        model.fit(x, y, batch_size=BATCH, verbose=0, callbacks=loggers)
+    assert _iterations(model) == 0
+    assert not _wrapped(model.optimizer)
+    # One run dir at a time, also for two models.
+    busy = GradientVarianceLogger(tmp_path)
+    busy.set_model(model)
+    busy.on_train_begin()
+    other = _model(seed=2)
+    other.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match="interleave their steps"):
+        _fit(other, tmp_path)
+    busy.on_train_end()
+    # After a fit, the next one on the same run is fine.
+    _fit(other, tmp_path, update_freq=1)
+    model.fit(x, y, batch_size=BATCH, verbose=0)
+    assert _iterations(other) == _iterations(model) == 6
+
+
+def test_weights_freq_emits_no_deprecation_warning(tmp_path):
+    # Issue 13, item 9.
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _fit(model, tmp_path, weights_freq=1, update_freq=3)
+    events = _read(tmp_path / "gradients")
+    assert _steps(events, "weight_variance/mlp/out/kernel") == list(range(7))
+
+
+# --------------------------------------- issue 14: one architecture
+
+
+def test_one_histogram_rule_for_a_constant_tensor():
+    from keras_winit.monitoring import histogram_buckets
+
+    values = np.full((4, 5), 0.25, "float32")
+    want = histogram_buckets(values, 30)
+    if BACKEND == "tensorflow":
+        from keras_winit.monitoring import tensorflow as hook_module
+
+        got = keras.ops.convert_to_numpy(hook_module.histogram(values))
+    elif BACKEND == "jax":
+        from keras_winit.monitoring import jax as hook_module
+
+        got = np.asarray(hook_module.histogram(values))
+    else:  # PyTorch writes the histograms of the host copy.
+        got = want
+    np.testing.assert_allclose(got, want)
+    spread = np.linspace(-1, 2, 50, dtype="float32")
+    if BACKEND != "torch":
+        got = keras.ops.convert_to_numpy(hook_module.histogram(spread))
+        np.testing.assert_allclose(
+            got, histogram_buckets(spread, 30), rtol=1e-5, atol=1e-6
+        )
+
+
+def _op_count(num_variables):
+    """Reductions traced by the fused statistics of `num_variables`."""
+    shapes = [(3, 4) if i % 2 else (4,) for i in range(num_variables)]
+    grads = [np.ones(s, "float32") for s in shapes]
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        from keras_winit.monitoring import tensorflow as hook_module
+
+        graph = (
+            tf.function(hook_module.fused_stats)
+            .get_concrete_function(grads, grads)
+            .graph
+        )
+        ops = [op.type for op in graph.get_operations()]
+        for op in graph.get_operations():
+            for attr in ("then_branch", "else_branch"):
+                if attr in op.node_def.attr:
+                    name = op.node_def.attr[attr].func.name
+                    fn = graph._functions.get(name)
+                    if fn is not None:
+                        ops += [o.type for o in fn.graph.get_operations()]
+        skip = {"Reshape", "Const", "Placeholder", "Identity", "NoOp"}
+    else:
+        import jax
+
+        from keras_winit.monitoring import jax as hook_module
+
+        jaxpr = jax.make_jaxpr(hook_module.fused_stats)(grads, grads)
+        ops = []
+
+        def walk(jp):
+            for eqn in jp.eqns:
+                ops.append(eqn.primitive.name)
+                for param in eqn.params.values():
+                    branches = param if isinstance(param, tuple) else (param,)
+                    for branch in branches:
+                        if hasattr(branch, "jaxpr") and hasattr(
+                            branch.jaxpr, "eqns"
+                        ):
+                            walk(branch.jaxpr)
+
+        walk(jaxpr.jaxpr)
+        skip = {"reshape"}
+    return sorted(op for op in ops if op not in skip)
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="eager: no traced graph")
+def test_large_variables_statistics_match_numpy():
+    # Variables of at least `LARGE_VARIABLE` entries are reduced one by one,
+    # the others fused: both give NumPy's values, NaNs counted.
+    rng = np.random.default_rng(0)
+    grads = [
+        rng.normal(size=(130, 130)).astype("float32"),
+        rng.normal(size=(7,)).astype("float32"),
+        rng.normal(size=(128, 200)).astype("float32"),
+    ]
+    grads[2][3, 4] = np.nan
+    weights = [rng.normal(size=g.shape).astype("float32") for g in grads]
+    if BACKEND == "tensorflow":
+        from keras_winit.monitoring import tensorflow as hook_module
+    else:
+        from keras_winit.monitoring import jax as hook_module
+    got = keras.ops.convert_to_numpy(hook_module.fused_stats(grads, weights))
+    for i, (g, w) in enumerate(zip(grads, weights, strict=True)):
+        finite = np.isfinite(g).all()
+        expected = [
+            np.var(g, dtype="f8") if finite else np.nan,
+            np.mean(g, dtype="f8") if finite else np.nan,
+            np.linalg.norm(g.astype("f8")) if finite else np.nan,
+            np.sum(~np.isfinite(g)),
+            np.linalg.norm(w.astype("f8")),
+        ]
+        np.testing.assert_allclose(got[i, :5], expected, rtol=1e-4)
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="eager: no traced graph")
+def test_fused_statistics_do_not_grow_with_the_number_of_variables():
+    # Issue 14, item 2: the same reductions for 3 and 30 variables; only
+    # the zero-copy reshapes feeding the one concatenation grow.
+    assert _op_count(3) == _op_count(30)
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_unrecorded_steps_run_keras_train_function(tmp_path, jit_compile):
+    # Issue 14, item 3: 12 steps, spe=2, update_freq=4 -> executions
+    # starting at steps 0, 4, 8 record; the other three run Keras' own.
+    model = _model()
+    model.compile(
+        optimizer="sgd",
+        loss="mse",
+        steps_per_execution=2,
+        jit_compile=jit_compile,
+    )
+    from keras_winit.monitoring import tensorflow as hook_module
+
+    calls = []
+    due = hook_module.Hook._due_now
+
+    def spy(hook):
+        calls.append(due(hook))
+        return calls[-1]
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(hook_module.Hook, "_due_now", spy):
+        _fit(model, tmp_path, epochs=2, update_freq=4)
+    assert calls == [True, False] * 3
+    events = _read(tmp_path / "gradients")
+    assert _steps(events, "grad_variance/mlp/out/kernel") == [0, 4, 8]
+
+
+# ------------------------------------- issue 15: training-health signals
+
+
+def _weights(model):
+    return {
+        v.path: keras.ops.convert_to_numpy(v).astype("f8")
+        for v in model.trainable_variables
+    }
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        lambda: keras.optimizers.SGD(0.1),
+        lambda: keras.optimizers.AdamW(0.01, weight_decay=0.5),
+        lambda: keras.optimizers.SGD(0.1, clipnorm=0.01),
+    ],
+    ids=["sgd", "adamw", "sgd_clipnorm"],
+)
+def test_update_ratio_and_norms_match_numpy(tmp_path, optimizer):
+    model = _model()
+    model.compile(optimizer=optimizer(), loss="mse")
+    x, y = _data(n=BATCH)
+    before = _weights(model)
+    grads = _numpy_grads(model, x, y)
+    _fit_on(model, tmp_path, x, y, update_freq=1)
+    after = _weights(model)
+    events = _read(tmp_path / "gradients")
+    for path, w in before.items():
+        update = np.linalg.norm(after[path] - w)
+        got = _value(events, f"update_ratio/{path}", 0)
+        if np.linalg.norm(w) == 0:  # Biases start at zero.
+            assert got == np.inf and update > 0
+        else:
+            np.testing.assert_allclose(
+                got, update / np.linalg.norm(w), rtol=2e-3, err_msg=path
+            )
+            np.testing.assert_allclose(
+                _value(events, f"grad_weight_ratio/{path}", 0),
+                np.linalg.norm(grads[path]) / np.linalg.norm(w),
+                rtol=1e-4,
+                err_msg=path,
+            )
+    # Before clipping: what `clipnorm` / `global_clipnorm` see.
+    np.testing.assert_allclose(
+        _value(events, "grad_summary/global_norm", 0),
+        np.sqrt(sum(np.sum(g**2) for g in grads.values())),
+        rtol=1e-4,
+    )
+
+
+def _fit_on(model, log_dir, x, y, **logger_kwargs):
+    logger = GradientVarianceLogger(log_dir, **logger_kwargs)
+    model.fit(
+        x, y, batch_size=BATCH, shuffle=False, verbose=0, callbacks=[logger]
+    )
+    return logger
+
+
+class _NaNGradient(keras.layers.Layer):
+    """Adds `sqrt(0 * w**2) = 0`: its output is finite, the gradient of its
+    weight is `inf * 0 = NaN`, the gradient of its input is finite."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(1,), initializer="zeros", name="w")
+
+    def call(self, x):
+        return x + keras.ops.sqrt(0.0 * self.w * self.w)
+
+
+def test_first_nonfinite_layer_is_named(tmp_path):
+    from keras_winit.monitoring import NonFiniteGradientWarning
+
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(5, activation="tanh", name="hidden"),
+            _NaNGradient(name="mid"),
+            keras.layers.Dense(2, name="out"),
+        ],
+        name="mlp",
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = _data(n=BATCH)
+    with pytest.warns(NonFiniteGradientWarning, match="'mlp/mid'") as caught:
+        _fit_on(model, tmp_path, x, y, update_freq=1)
+    assert len(_only(caught, NonFiniteGradientWarning)) == 1
+    events = _read(tmp_path / "gradients")
+    # Layers in forward order: hidden 0, mid 1, out 2.
+    assert _value(events, "grad_summary/first_nonfinite_layer", 0) == 1
+    assert _value(events, "grad_nonfinite/mlp/mid/w", 0) == 1
+    assert _value(events, "grad_nonfinite/mlp/hidden/kernel", 0) == 0
+
+
+def test_each_signal_can_be_turned_off(tmp_path):
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = _data(n=BATCH)
+    _fit_on(model, tmp_path, x, y, signals=["grad_variance"])
+    tags = set(_read(tmp_path / "gradients"))
+    assert tags == {f"grad_variance/{p}" for p in PATHS} | {
+        "grad_summary/log10_variance_ratio"
+    }

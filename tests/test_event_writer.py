@@ -1,4 +1,4 @@
-"""Tests for keras_winit._event_writer: event files without TensorFlow."""
+"""Tests for keras_winit.monitoring.writer, the one event writer."""
 
 import importlib.util
 import os
@@ -9,6 +9,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
 from keras_winit import _event_writer
+from keras_winit.monitoring import writer as writer_module
 
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
 
@@ -204,3 +205,158 @@ def test_same_as_tf_summary(tmp_path):
         for (_, a), (_, b) in zip(mine, reference, strict=True):
             assert a.dtype == b.dtype and a.shape == b.shape
             np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def _records(path):
+    """The payloads of the TFRecord file at `path`."""
+    import struct
+
+    with open(path, "rb") as f:
+        data = f.read()
+    out, offset = [], 0
+    while offset < len(data):
+        (length,) = struct.unpack("<Q", data[offset : offset + 8])
+        out.append(data[offset + 12 : offset + 12 + length])
+        offset += 16 + length
+    return data, out
+
+
+@pytest.mark.skipif(not HAS_TF, reason="the TensorFlow framing")
+def test_tensorflow_framing_is_byte_identical_to_tensorboard(tmp_path):
+    # The fast path (tf.io.TFRecordWriter) against TensorBoard's own
+    # RecordWriter, byte for byte.
+    import io
+
+    from tensorboard.summary.writer import record_writer
+
+    with writer_module.EventWriter(tmp_path) as writer:
+        for step in range(5):
+            writer.scalars(step, [(f"t{i}", i / (step + 1)) for i in range(50)])
+            writer.histogram("h", np.arange(10.0) * step, step=step)
+        path = writer.path
+    data, payloads = _records(path)
+    assert len(payloads) == 11
+    reference = io.BytesIO()
+    framing = record_writer.RecordWriter(reference)
+    for payload in payloads:
+        framing.write(payload)
+    assert data == reference.getvalue()
+
+
+def test_without_tensorflow_same_events(tmp_path, monkeypatch):
+    for name, use_tf in (("tf", True), ("tb", False)):
+        monkeypatch.setattr(writer_module, "use_tensorflow", use_tf)
+        with writer_module.EventWriter(tmp_path / name) as writer:
+            writer.scalar("a", 0.5, step=1)
+            writer.histogram("h", np.arange(5.0), step=2, buckets=3)
+    tf_acc, tb_acc = _read(tmp_path / "tf"), _read(tmp_path / "tb")
+    for tag in ("a", "h"):
+        assert _plugin(tf_acc, tag) == _plugin(tb_acc, tag)
+        (s1, v1), (s2, v2) = _events(tf_acc, tag)[0], _events(tb_acc, tag)[0]
+        assert s1 == s2
+        np.testing.assert_array_equal(v1, v2)
+
+
+def test_write_summary_writes_any_summary_proto(tmp_path):
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from tensorboard.plugins.custom_scalar import summary as cs_summary
+
+    layout = layout_pb2.Layout(
+        category=[
+            layout_pb2.Category(
+                title="gradients",
+                chart=[
+                    layout_pb2.Chart(
+                        title="variance",
+                        multiline=layout_pb2.MultilineChartContent(
+                            tag=[r"grad_variance/.*"]
+                        ),
+                    )
+                ],
+            )
+        ]
+    )
+    # TensorFlow's Summary class when TensorFlow is installed.
+    summary = cs_summary.pb(layout)
+    assert summary.DESCRIPTOR.full_name == "tensorflow.Summary"
+    with writer_module.EventWriter(tmp_path) as writer:
+        writer.write_summary(summary, step=0)
+        with pytest.raises(TypeError, match="`summary`"):
+            writer.write_summary("not a summary", step=0)
+        with pytest.raises(ValueError, match="`step`"):
+            writer.write_summary(summary, step=-1)
+    acc = _read(tmp_path)
+    from tensorboard.plugins.custom_scalar import metadata
+
+    tags = acc.Tags()["tensors"]
+    assert metadata.CONFIG_SUMMARY_TAG in tags
+    with writer_module.EventWriter(tmp_path / "tb") as writer:
+        writer.write_summary(
+            summary_pb2.Summary.FromString(summary.SerializeToString()), 3
+        )
+    assert _read(tmp_path / "tb").Tensors(metadata.CONFIG_SUMMARY_TAG)
+
+
+def test_deleted_file_is_recovered_and_reported_once(tmp_path):
+    import shutil
+
+    from keras_winit.monitoring import EventWriterWarning
+
+    logdir = tmp_path / "run"
+    writer = writer_module.EventWriter(logdir)
+    writer.scalar("a", 1.0, step=0)
+    writer.flush()
+    shutil.rmtree(logdir)
+    writer.scalar("a", 2.0, step=1)
+    with pytest.warns(EventWriterWarning, match="deleted"):
+        writer.flush()
+    writer.scalar("a", 3.0, step=2)
+    shutil.rmtree(logdir)
+    writer.flush()  # Reported once only.
+    writer.close()
+    assert [s for s, _ in _events(_read(logdir), "a")] == [0, 1, 2]
+
+
+def test_failing_writes_are_kept_and_written_later(tmp_path, monkeypatch):
+    import errno
+
+    from keras_winit.monitoring import EventWriterWarning
+
+    writer = writer_module.EventWriter(tmp_path)
+    write = writer_module._Sink.write
+
+    def full(sink, record):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer_module._Sink, "write", full)
+    with pytest.warns(EventWriterWarning, match="No space"):
+        writer.scalar("a", 1.0, step=0)
+    writer.scalar("a", 2.0, step=1)  # Kept; no second warning.
+    writer.flush()
+    monkeypatch.setattr(writer_module._Sink, "write", write)
+    writer.scalar("a", 3.0, step=2)
+    writer.close()
+    assert [s for s, _ in _events(_read(tmp_path), "a")] == [0, 1, 2]
+
+
+def test_backlog_is_bounded_and_the_loss_reported(tmp_path, monkeypatch):
+    import errno
+
+    from keras_winit.monitoring import EventWriterWarning
+
+    monkeypatch.setattr(writer_module, "MAX_BACKLOG_BYTES", 200)
+    writer = writer_module.EventWriter(tmp_path)
+
+    def denied(sink, record):
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(writer_module._Sink, "write", denied)
+    with pytest.warns(EventWriterWarning) as caught:
+        for step in range(20):
+            writer.scalar("a", 1.0, step=step)
+        writer.close()
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2
+    assert "Permission denied" in messages[0]
+    assert "20 event(s)" in messages[1]

@@ -1,4 +1,4 @@
-"""Tests of keras_winit.probes.ActivationHistogramLogger."""
+"""Tests of keras_winit.monitoring.ActivationHistogramLogger."""
 
 import os
 
@@ -8,7 +8,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
-from keras_winit.probes import ActivationHistogramLogger
+from keras_winit.monitoring import ActivationHistogramLogger
 
 L = keras.layers
 
@@ -111,7 +111,7 @@ def test_every_and_iteration_steps(tmp_path):
 
 
 def test_shares_the_run_with_gradient_logger_and_tensorboard(tmp_path):
-    from keras_winit.callbacks import GradientVarianceLogger
+    from keras_winit.monitoring import GradientVarianceLogger
 
     model = _model()
     x, _ = _data()
@@ -150,6 +150,8 @@ def test_default_is_every_epoch_and_custom_run_name(tmp_path):
         ({"num_examples": 0}, "num_examples"),
         ({"buckets": 1.5}, "buckets"),
         ({"run_name": "a/b"}, "run_name"),
+        ({"run_name": ".."}, "Received: run_name='..'"),
+        ({"run_name": "."}, "Received: run_name='.'"),
         ({"step_unit": "batch"}, "step_unit"),
         ({"training": "yes"}, "training"),
         ({"seed": -3}, "seed"),
@@ -170,3 +172,25 @@ def test_unbuilt_model_is_rejected(tmp_path):
     logger.set_model(keras.Sequential([L.Dense(2)]))
     with pytest.raises(ValueError, match="built"):
         logger.on_train_begin()
+
+
+def test_unwritable_log_dir_fails_before_the_first_step(tmp_path):
+    # Issue 13, item 8: it fails in `on_train_begin`, not after the epochs
+    # it was told to wait for, and names `log_dir`.
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    model = _model()
+    x, _ = _data()
+    logger = ActivationHistogramLogger(blocker / "logs", x_probe=x, epochs=(3,))
+    with pytest.raises(ValueError, match="cannot write to `log_dir`"):
+        _fit(model, [logger], epochs=3)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 0
+
+
+def test_shims_keep_the_public_names():
+    from keras_winit import callbacks
+    from keras_winit import monitoring
+    from keras_winit import probes
+
+    assert probes.ActivationHistogramLogger is ActivationHistogramLogger
+    assert callbacks.GradientVarianceLogger is monitoring.GradientVarianceLogger

@@ -1,0 +1,619 @@
+"""`GradientVarianceLogger`: lifecycle, options and warning.
+
+The statistics are computed by the backend modules of this package
+(`tensorflow.py`, `jax.py`, `torch.py`, behind `records.Records`) and
+written by `writer.EventWriter`.
+"""
+
+import atexit
+import math
+import numbers
+import os
+import warnings
+import weakref
+
+import keras
+
+from keras_winit import _checks
+from keras_winit.monitoring import records as records_module
+from keras_winit.monitoring import writer as writer_module
+
+_BACKENDS = ("tensorflow", "jax", "torch")
+# Optimizer methods that a train function may wrap (TensorFlow and PyTorch:
+# `apply`; JAX: `stateless_apply`).
+_WRAPPED_METHODS = ("apply", "stateless_apply")
+# Largest frequency: steps are int32 on JAX, and `step % freq` must stay
+# an integer operation on every backend.
+_MAX_FREQ = 2**31 - 1
+# Run directories written by a logger during a `fit`.
+_active_runs = weakref.WeakValueDictionary()
+# Loggers between `on_train_begin` and their end, finished at exit.
+_active_loggers = weakref.WeakSet()
+
+
+@atexit.register
+def _finish_all():
+    """Writes what interrupted `fit`s left pending, at the process' exit."""
+    for logger in list(_active_loggers):
+        try:
+            logger._finish()
+        except Exception:  # noqa: BLE001 - never fail at exit
+            pass
+
+
+class GradientVarianceWarning(UserWarning):
+    """Warning raised once when gradient variances span too many decades."""
+
+
+class NonFiniteGradientWarning(UserWarning):
+    """Warning raised once when a layer's gradient is first not finite."""
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _layer_path(variable_path):
+    return variable_path.rsplit("/", 1)[0] if "/" in variable_path else ""
+
+
+def check_run_name(value):
+    """`_checks.run_name`, and no `.` or `..` (they escape `log_dir`)."""
+    _checks.run_name(value)
+    if value in (".", ".."):
+        raise ValueError(
+            "Argument `run_name` must be a non-empty name without path "
+            "separators, and not '.' or '..' (the run must be a "
+            f"subdirectory of `log_dir`). Received: run_name={value!r}"
+        )
+    return value
+
+
+def check_log_dir(value):
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise ValueError(
+            "Argument `log_dir` must be a non-empty string or path. "
+            f"Received: log_dir={value!r}"
+        )
+    return os.fspath(value)
+
+
+def variance_warning(records, step, threshold):
+    """The warning message for the per-variable records of one step.
+
+    The one place where the logger decides whether to warn: `records` are
+    `keras_winit.monitoring.records.VariableRecord`s (path, shape,
+    gradient variance, gradient norm, weight norm, non-finite count), in
+    forward order, of the variables that received a gradient at optimizer
+    step `step`.
+
+    Current rule: `log10(max Var(g) / min Var(g))` over the kernels (rank
+    >= 2; every variable when there is none) above `threshold`.
+
+    Returns:
+        The message, or `None` when there is nothing to warn about.
+    """
+    ratio, high, low = records_module.log10_variance_ratio(records)
+    if math.isnan(ratio) or not ratio > threshold:
+        return None
+    return (
+        f"Gradient variances span 10^{ratio:.1f} across layers at "
+        f"optimizer step {step}: largest in layer "
+        f"'{_layer_path(high.path)}' ({high.variance:.3g} for "
+        f"'{high.path}'), smallest in layer "
+        f"'{_layer_path(low.path)}' ({low.variance:.3g} for "
+        f"'{low.path}'). Gradients may be vanishing or "
+        "exploding; check the initialization of these layers "
+        f"(threshold warn_log10_ratio={threshold})."
+    )
+
+
+def _check_backend():
+    backend = keras.backend.backend()
+    if backend not in _BACKENDS:
+        raise RuntimeError(
+            "GradientVarianceLogger supports the TensorFlow, JAX and "
+            f"PyTorch backends. Received: backend={backend!r}. Set "
+            "KERAS_BACKEND to one of tensorflow, jax, torch."
+        )
+
+
+def _is_chief(model):
+    """Whether this process writes (the chief of a multi-worker cluster).
+
+    Under `tf.distribute.MultiWorkerMirroredStrategy`, every worker computes
+    the same (all-reduced) statistics; only the chief writes them, as
+    Keras' `ModelCheckpoint` saves from the chief only.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return True
+    strategy = getattr(model, "distribute_strategy", None)
+    extended = getattr(strategy, "extended", None)
+    return bool(getattr(extended, "should_checkpoint", True))
+
+
+def _hook_class():
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        from keras_winit.monitoring import tensorflow as module
+    elif backend == "jax":
+        from keras_winit.monitoring import jax as module
+    else:
+        from keras_winit.monitoring import torch as module
+    return module.Hook
+
+
+def remove_stale_patches(model):
+    """Removes whatever an interrupted `fit` with a logger left on `model`.
+
+    Returns:
+        Whether something was removed.
+    """
+    removed = False
+    guard = model.__dict__.get("make_train_function")
+    owner = getattr(guard, "_keras_winit_owner", None)
+    if owner is not None:
+        logger = owner()
+        if logger is not None:
+            logger._finish()
+        removed = True
+    if records_module.unpatch(model, "make_train_function"):
+        removed = True
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None:
+        for name in _WRAPPED_METHODS:
+            removed = records_module.unpatch(optimizer, name) or removed
+    if removed:
+        model.train_function = None
+    return removed
+
+
+class GradientVarianceLogger(keras.callbacks.Callback):
+    """Logs per-layer statistics of the applied gradients to TensorBoard.
+
+    Keras' `TensorBoard` callback logs weights only (`write_grads` was
+    removed in TensorFlow 2). This callback logs, for every trainable
+    variable `w` of the model and every `update_freq`-th optimizer step, the
+    statistics of the gradient `g` that `fit` applies to `w`:
+
+    - `grad_variance/<variable path>`: `mean((g - mean(g)) ** 2)`,
+    - `grad_mean/<variable path>`: `mean(g)`,
+    - `grad_norm/<variable path>`: `sqrt(sum(g ** 2))`,
+    - `grad_nonfinite/<variable path>`: number of NaN and inf entries,
+
+    where the variable path is Keras' `variable.path`, e.g.
+    `sequential/dense/kernel` (so the tags of one statistic are grouped
+    together, one curve per layer and variable). The model-level scalar
+    `grad_summary/log10_variance_ratio` is
+    `log10(max_l Var(g_l) / min_l Var(g_l))` over the kernels (variables of
+    rank >= 2; all variables when there is no kernel): 0 when all layers
+    receive gradients of the same size, large when gradients vanish or
+    explode across depth (Glorot & Bengio, 2010). When it first exceeds
+    `warn_log10_ratio`, a `GradientVarianceWarning` names the two layers.
+
+    Training-health signals, at the same steps:
+
+    - `update_ratio/<variable path>`: `||w_after - w_before|| /
+      ||w_before||` of the update the optimizer really applied (after
+      clipping, weight decay; 0 on a step skipped by loss scaling); about
+      1e-3 per step in healthy training;
+    - `grad_weight_ratio/<variable path>`: `||g|| / ||w||`;
+    - `grad_summary/global_norm`: the norm of all the gradients together,
+      before clipping (what `clipnorm` / `global_clipnorm` see);
+    - `grad_summary/first_nonfinite_layer`: when a gradient is not finite,
+      the index (in forward order) of the first layer whose gradient is
+      not, and a `NonFiniteGradientWarning` (once) names that layer
+      (not for the steps `LossScaleOptimizer` skips: skipping them is its
+      job).
+
+    Each signal can be turned off with `signals`; `update_ratio` keeps one
+    copy of the weights (float32) during `fit` on TensorFlow and PyTorch
+    (the weights before the update, on recorded steps).
+
+    Optionally, each at its own frequency: gradient histograms
+    (`grad_histogram/<variable path>`, every `histogram_freq` steps) and the
+    variance of the weights (`weight_variance/<variable path>`, every
+    `weights_freq` steps and once before the first step, so the
+    initialization itself is logged).
+
+    Which gradient: the one handed to the optimizer, as the optimizer uses
+    it: divided by the loss scale under mixed precision
+    (`keras.optimizers.LossScaleOptimizer`); summed across replicas under
+    `tf.distribute`; with `gradient_accumulation_steps`, the accumulated
+    mean on the step that applies it. Clipping (`clipnorm`, `clipvalue`)
+    and weight decay, done inside the optimizer's update, are not included.
+    No extra forward or backward pass is run.
+
+    How: the statistics are computed inside the training step, fused (the
+    gradients are flattened into one buffer and reduced per variable with
+    segment sums, so the number of reductions does not grow with the
+    number of variables), only on recorded steps, by the module of
+    `keras_winit.monitoring` for the backend. The callback makes `fit`'s
+    train function: it wraps the optimizer's `apply` (TensorFlow,
+    PyTorch) or `stateless_apply` (JAX) only while that function runs, so
+    nothing stays patched when an exception or an interrupt ends `fit`. On
+    TensorFlow, the statistics are stored in non-trainable `tf.Variable`s
+    (not tracked by the model: saving is unaffected) and written from
+    Python between steps; no summary op is traced, so `jit_compile=True`
+    works and no `tf.summary.record_if` can drop them. With Keras' own
+    `train_step` (no loss scaling, no gradient accumulation), unrecorded
+    steps run Keras' unmodified train function. On JAX, the jitted step
+    returns the statistics next to the logs; they are fetched every 32
+    steps, without waiting for the step in flight, and at the end of each
+    epoch. On PyTorch, they are computed eagerly on recorded steps only.
+    Cost: `docs/gradient_monitoring.md`.
+
+    Steps are optimizer steps (`model.optimizer.iterations` before the
+    update, starting at 0), so they do not depend on `steps_per_execution`
+    or on gradient accumulation. A step skipped by `LossScaleOptimizer`
+    because its gradient is not finite is not logged as values: it adds one
+    to `grad_summary/skipped_steps` and logs `grad_nonfinite/...` at the
+    step number that was not applied.
+
+    Summaries are written to `log_dir/<run_name>` (default
+    `log_dir/gradients`), a run of its own: `keras.callbacks.TensorBoard`
+    can share the same `log_dir`. Each `fit` starts a new event file; events
+    are flushed after each write and the file is closed at the end of
+    training. Two loggers writing one run at once raise a `ValueError`.
+    A fault of the writer (disk full, directory deleted or made read-only)
+    does not stop training: it is reported once as a
+    `keras_winit.monitoring.EventWriterWarning` (see `EventWriter`).
+
+    Clean-up on every exit path: the optimizer is only wrapped while the
+    train function runs. If `fit` ends with an exception before
+    `on_train_end`, the next `fit` or `train_on_batch` of the model (with or
+    without a logger) writes what is pending, closes the event file and
+    restores Keras' own train function; the process' exit closes the file
+    too.
+
+    Multi-worker: under `tf.distribute.MultiWorkerMirroredStrategy`, every
+    worker computes the statistics of the all-reduced (global-batch)
+    gradient; only the chief writes them.
+
+    Backends: TensorFlow, JAX and PyTorch (`set_model` raises a
+    `RuntimeError` on others). On JAX, a custom `train_step` must call
+    `self.optimizer.stateless_apply`; elsewhere `self.optimizer.apply`. An
+    uncompiled model or an unwritable `log_dir` raise a `ValueError` in
+    `on_train_begin`, before the first step. A model without variables at
+    the start of `fit` (built by its first step) is logged from its second
+    step. Callbacks are not serialized, so this class is not registered as
+    a Keras serializable.
+
+    Examples:
+
+    >>> import tempfile
+    >>> import keras
+    >>> import numpy as np
+    >>> from keras_winit.monitoring import GradientVarianceLogger
+    >>> model = keras.Sequential([
+    ...     keras.Input((8,)),
+    ...     keras.layers.Dense(16, activation="tanh"),
+    ...     keras.layers.Dense(1),
+    ... ])
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> logger = GradientVarianceLogger(
+    ...     log_dir=tempfile.mkdtemp(), update_freq=2)
+    >>> x = np.random.rand(32, 8).astype("float32")
+    >>> y = np.random.rand(32, 1).astype("float32")
+    >>> history = model.fit(x, y, batch_size=8, callbacks=[logger], verbose=0)
+    >>> # Then: tensorboard --logdir <log_dir>
+
+    Args:
+        log_dir: Directory of the TensorBoard logs; created if needed.
+            Defaults to `"logs"`.
+        update_freq: Positive integer (at most `2**31 - 1`). Log the
+            gradient statistics every `update_freq` optimizer steps (steps
+            0, `update_freq`, ...). Defaults to `10`.
+        histogram_freq: Non-negative integer. Log gradient histograms every
+            `histogram_freq` optimizer steps; `0` (default) disables them.
+            Only the last histogram of one execution is kept on TensorFlow
+            when `steps_per_execution > histogram_freq`.
+        weights_freq: Non-negative integer. Log the variance of the weights
+            every `weights_freq` optimizer steps (read after the step's
+            update) and before the first step; `0` (default) disables it.
+        warn_log10_ratio: Positive number or `None`. Warn once when
+            `grad_summary/log10_variance_ratio` exceeds it. Defaults to `4.0`
+            (a factor of 10,000 between layers); `None` disables the
+            warning.
+        run_name: Name of the run, the subdirectory of `log_dir` that
+            receives the summaries (not `.` or `..`). Defaults to
+            `"gradients"`.
+        signals: Collection of the signals to log, names among
+            `"grad_variance"`, `"grad_mean"`, `"grad_norm"`,
+            `"grad_nonfinite"`, `"update_ratio"`, `"grad_weight_ratio"`,
+            `"global_norm"` and `"first_nonfinite_layer"`; `None` (default)
+            logs all. `grad_summary/log10_variance_ratio` (and the warning)
+            and `grad_summary/skipped_steps` are always logged.
+
+    Reference:
+        - [Glorot & Bengio, 2010](
+            https://proceedings.mlr.press/v9/glorot10a.html): Understanding
+            the difficulty of training deep feedforward neural networks.
+    """
+
+    def __init__(
+        self,
+        log_dir="logs",
+        update_freq=10,
+        histogram_freq=0,
+        weights_freq=0,
+        warn_log10_ratio=4.0,
+        run_name="gradients",
+        signals=None,
+    ):
+        super().__init__()
+        log_dir = check_log_dir(log_dir)
+        if not _is_int(update_freq) or not 1 <= update_freq <= _MAX_FREQ:
+            raise ValueError(
+                "Argument `update_freq` must be a positive integer. "
+                f"Received: update_freq={update_freq!r}"
+                + _too_large(update_freq)
+            )
+        for name, value in (
+            ("histogram_freq", histogram_freq),
+            ("weights_freq", weights_freq),
+        ):
+            if not _is_int(value) or not 0 <= value <= _MAX_FREQ:
+                raise ValueError(
+                    f"Argument `{name}` must be a non-negative integer. "
+                    f"Received: {name}={value!r}" + _too_large(value)
+                )
+        if warn_log10_ratio is not None and (
+            not isinstance(warn_log10_ratio, numbers.Real)
+            or isinstance(warn_log10_ratio, bool)
+            or not warn_log10_ratio > 0
+            or not math.isfinite(warn_log10_ratio)
+        ):
+            raise ValueError(
+                "Argument `warn_log10_ratio` must be a positive number or "
+                f"None. Received: warn_log10_ratio={warn_log10_ratio!r}"
+            )
+        check_run_name(run_name)
+        signals = _check_signals(signals)
+        self.log_dir = log_dir
+        self.update_freq = int(update_freq)
+        self.histogram_freq = int(histogram_freq)
+        self.weights_freq = int(weights_freq)
+        self.warn_log10_ratio = warn_log10_ratio
+        self.run_name = run_name
+        self.signals = signals
+        self._warned = False
+        self._warned_nonfinite = False
+        self._hook = None
+        self._writer = None
+        self._model_ref = None
+
+    @property
+    def async_safe(self):
+        """Whether Keras may run this callback's batch ends on a thread.
+
+        On JAX, the batch end does nothing (records are fetched by the
+        callback's train function, between steps), so it does not keep
+        Keras' JAX trainer from dispatching steps asynchronously.
+        """
+        return keras.backend.backend() == "jax"
+
+    @property
+    def run_dir(self):
+        """Directory that receives the event files."""
+        return os.path.join(self.log_dir, self.run_name)
+
+    # Checks before the first step -------------------------------------
+
+    def set_model(self, model):
+        _check_backend()
+        super().set_model(model)
+
+    def _check_model(self):
+        model = self.model
+        if model is None:
+            raise ValueError(
+                "GradientVarianceLogger has no model: call `set_model(model)` "
+                "or pass the callback to `model.fit`."
+            )
+        if not getattr(model, "compiled", False) or model.optimizer is None:
+            raise ValueError(
+                "GradientVarianceLogger needs a compiled model with an "
+                f"optimizer. Call `model.compile(optimizer=...)` before "
+                f"`fit`. Received: model={model.name!r} (not compiled)."
+            )
+
+    def _claim_run_dir(self):
+        key = os.path.realpath(self.run_dir)
+        other = _active_runs.get(key)
+        if other is not None and other is not self and other._hook is not None:
+            raise ValueError(
+                "Another GradientVarianceLogger is writing to "
+                f"{self.run_dir!r} during a `fit`: two loggers would "
+                "interleave their steps in one run. Give each its own "
+                f"`run_name`. Received: log_dir={self.log_dir!r}, "
+                f"run_name={self.run_name!r}"
+            )
+        _active_runs[key] = self
+
+    # Training hooks -----------------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        _check_backend()
+        self._check_model()
+        model = self.model
+        # Left over by a `fit` that ended with an exception.
+        self._finish()
+        guard = model.__dict__.get("make_train_function")
+        other = getattr(guard, "_keras_winit_owner", lambda: None)()
+        if other is not None and other is not self:
+            # Both are in this `fit`, which this error ends.
+            other._finish()
+            raise ValueError(
+                "Another GradientVarianceLogger already monitors this `fit` "
+                f"of model {model.name!r} (writing to {other.run_dir!r}): "
+                "pass one GradientVarianceLogger per `fit`. Received: "
+                f"log_dir={self.log_dir!r}, run_name={self.run_name!r}"
+            )
+        remove_stale_patches(model)
+        self._model_ref = weakref.ref(model)
+        _active_loggers.add(self)
+        if _is_chief(model):
+            writer_module.check_writable(
+                self.run_dir, "GradientVarianceLogger", self.log_dir
+            )
+            self._claim_run_dir()
+            self._writer = writer_module.EventWriter(self.run_dir)
+        else:
+            # Another worker of the cluster writes the run.
+            self._writer = writer_module.NullWriter()
+        self._install_guard(model)
+        if not model.trainable_variables:
+            # Built by its first step (e.g. no `Input`): that step runs
+            # Keras' own train function, the next ones are logged.
+            self._defer(model)
+            return
+        self._start(model)
+
+    def _start(self, model):
+        if not model.trainable_variables:
+            raise ValueError(
+                "GradientVarianceLogger found no trainable variables in "
+                f"model {model.name!r}: there is no gradient to log. Give "
+                "the model trainable weights."
+            )
+        hook = _hook_class()(self, model, self._writer)
+        self._hook = hook
+        train_function = hook.install()
+        hook.sync_step()
+        owner = weakref.ref(self)
+
+        def guarded(*args, **kwargs):
+            logger = owner()
+            if logger is None or logger._hook is not hook:
+                # Left by a `fit` that ended without `on_train_end`.
+                remove_stale_patches(model)
+                model.make_train_function()
+                return model.train_function(*args, **kwargs)
+            return train_function(*args, **kwargs)
+
+        model.train_function = guarded
+        if self.weights_freq:
+            hook.write_weights(force=True)
+
+    def _defer(self, model):
+        type(model).make_train_function(model, force=True)
+        keras_function = model.train_function
+        owner = weakref.ref(self)
+
+        def first_step(*args, **kwargs):
+            out = keras_function(*args, **kwargs)
+            logger = owner()
+            if logger is not None and logger._writer is not None:
+                logger._start(model)
+            return out
+
+        model.train_function = first_step
+
+    def _install_guard(self, model):
+        """Detects a new `fit` after one that ended with an exception.
+
+        Every `fit` (and `train_on_batch`) calls `model.make_train_function`
+        before anything else. While this logger's `fit` runs, that call
+        means the `fit` ended without `on_train_end`: the guard finishes
+        the logger (writes, closes) and restores Keras' train function.
+        """
+        original = type(model).make_train_function
+        owner = weakref.ref(self)
+
+        def make_train_function(force=False):
+            logger = owner()
+            if logger is not None:
+                logger._finish()
+            remove_stale_patches(model)
+            return original(model, force=True)
+
+        make_train_function._keras_winit_owner = owner
+        make_train_function._keras_winit_original = None
+        model.__dict__["make_train_function"] = make_train_function
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._hook is not None:
+            self._hook.write_pending()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._hook is not None:
+            self._hook.write_pending(force=True)
+            self._hook.sync_step()
+        if self._writer is not None:
+            self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        self._finish()
+
+    def _finish(self):
+        """Writes what is pending and restores the model (idempotent)."""
+        _active_loggers.discard(self)
+        hook, self._hook = self._hook, None
+        writer, self._writer = self._writer, None
+        model = self._model_ref() if self._model_ref is not None else None
+        try:
+            if hook is not None:
+                hook.close()
+        finally:
+            if model is not None:
+                guard = model.__dict__.get("make_train_function")
+                if getattr(guard, "_keras_winit_owner", None) is not None:
+                    if guard._keras_winit_owner() is self:
+                        del model.__dict__["make_train_function"]
+                        # The next `fit` re-makes Keras' own.
+                        model.train_function = None
+            if writer is not None:
+                writer.close()
+
+    def _nonfinite(self, step, layer, path):
+        """Warns once, naming the first layer with a non-finite gradient."""
+        if self._warned_nonfinite:
+            return
+        self._warned_nonfinite = True
+        warnings.warn(
+            f"Non-finite gradient at optimizer step {step}: the first layer "
+            f"(in forward order) with a NaN or inf gradient is '{layer}' "
+            f"('{path}'). See grad_nonfinite/... and "
+            "grad_summary/first_nonfinite_layer.",
+            NonFiniteGradientWarning,
+            stacklevel=2,
+        )
+
+    def _check_records(self, step, records):
+        """Warns once, as decided by `variance_warning`."""
+        if self.warn_log10_ratio is None or self._warned:
+            return
+        message = variance_warning(records, step, self.warn_log10_ratio)
+        if message is not None:
+            self._warned = True
+            warnings.warn(message, GradientVarianceWarning, stacklevel=2)
+
+
+def _check_signals(signals):
+    """`signals` as a tuple of names of `records.SIGNALS` (all if None)."""
+    if signals is None:
+        return records_module.SIGNALS
+    if isinstance(signals, (str, bytes)) or not hasattr(signals, "__iter__"):
+        raise ValueError(
+            "Argument `signals` must be a collection of names among "
+            f"{records_module.SIGNALS}, or None. Received: signals={signals!r}"
+        )
+    names = list(signals)
+    unknown = [
+        n
+        for n in names
+        if not isinstance(n, str) or n not in records_module.SIGNALS
+    ]
+    if unknown:
+        raise ValueError(
+            f"Invalid `signals` argument: {signals!r}. Unknown: {unknown!r}. "
+            f"Expected names among {records_module.SIGNALS}."
+        )
+    return tuple(n for n in records_module.SIGNALS if n in names)
+
+
+def _too_large(value):
+    if _is_int(value) and value > _MAX_FREQ:
+        return f" (at most {_MAX_FREQ})"
+    return ""

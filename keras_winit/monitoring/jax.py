@@ -1,0 +1,395 @@
+"""JAX statistics: computed in the jitted train step and returned by it.
+
+JAX's train step is a pure function, traced once and jitted: the trainer
+calls `optimizer.stateless_apply(optimizer_variables, grads,
+trainable_variables)`, which is wrapped (only while the callback's train
+function runs, so nothing stays patched) so that the trace computes the
+statistics inside a `jax.lax.cond` taken only on recorded steps. The
+callback's own train function returns them as extra outputs of the jitted
+step (next to the logs, not in the donated state), and fetches them in
+groups of steps, between steps, without waiting for the step in flight. No
+host callback is traced into the step: a step that contains one costs more
+on every call, whether the callback fires or not.
+"""
+
+import keras
+import numpy as np
+
+from keras_winit.monitoring import records as records_module
+from keras_winit.monitoring.records import HISTOGRAM_BINS
+from keras_winit.monitoring.records import NUM_STATS
+
+
+class Hook(records_module.Records):
+    """Statistics computed in the jitted train step and returned by it.
+
+    Makes this `fit`'s train function around `type(model).train_step`,
+    jitted as `JAXTrainer.make_train_function` jits it, returning the
+    records next to the logs. The records' arrays are fetched in groups,
+    from the main thread, between steps.
+    """
+
+    # Steps whose records are fetched together. The newest `in_flight_kept`
+    # are left for the next fetch, so that a fetch does not wait for a step
+    # still running (JAX dispatches steps asynchronously).
+    fetch_every = 32
+    in_flight_kept = 2
+
+    def __init__(self, callback, model, writer):
+        super().__init__(callback, model, writer)
+        # While a step is traced: a list of (record, layout) pairs, one per
+        # `stateless_apply` call; the layout holds the static rows of the
+        # gradients and of the weights that the record's arrays hold.
+        self.traced = None
+        self.layouts = []
+        # Records (device arrays) of the steps run since the last fetch.
+        self.in_flight = []
+
+    def install(self):
+        """Makes this `fit`'s train function and returns it.
+
+        Traced afresh by every `fit` with the callback: a later `fit`
+        without it re-makes Keras' own.
+        """
+        import jax
+
+        model = self.model
+        train_step = type(model).train_step
+        hook = self
+        optimizer = self.optimizer
+
+        def step_and_records(state, data):
+            hook.traced = []
+            try:
+                logs, state = train_step(model, state, data)
+                traced = hook.traced
+            finally:
+                hook.traced = None
+            hook.layouts = [layout for _, layout in traced]
+            return (logs, tuple(record for record, _ in traced)), state
+
+        if not model.run_eagerly and model.jit_compile:
+            out_shardings = None
+            if keras.distribution.distribution() is not None:
+                out_shardings = (None, model._get_state_sharding_spec())
+            step_and_records = jax.jit(
+                step_and_records, donate_argnums=0, out_shardings=out_shardings
+            )
+
+        def wrap(method):
+            def stateless_apply(*args, **kwargs):
+                return hook.record(method, *args, **kwargs)
+
+            return stateless_apply
+
+        def one_step(state, data):
+            with records_module.patched(optimizer, "stateless_apply", wrap):
+                (logs, records), state = step_and_records(state, data)
+            if records:
+                hook.in_flight.append(records)
+                if (
+                    len(hook.in_flight)
+                    >= hook.fetch_every + hook.in_flight_kept
+                ):
+                    hook.fetch(keep=hook.in_flight_kept)
+            return logs, state
+
+        steps_per_execution = model.steps_per_execution
+
+        def train_function(state, iterator):
+            # As `JAXTrainer._make_function`: `steps_per_execution` steps,
+            # fewer at the end of the data.
+            logs, state = one_step(state, next(iterator))
+            try:
+                for _ in range(steps_per_execution - 1):
+                    logs, state = one_step(state, next(iterator))
+            except StopIteration:
+                pass
+            return logs, state
+
+        return train_function
+
+    def sync_step(self):
+        pass
+
+    def record(self, stateless_apply, optimizer_variables, grads, variables):
+        """Traced: `stateless_apply`, and this step's record."""
+        import jax
+        import jax.numpy as jnp
+
+        result = stateless_apply(optimizer_variables, grads, variables)
+        if self.traced is None:  # Not called from this `fit`'s train step.
+            return result
+        optimizer = self.optimizer
+        mapping = list(
+            zip(optimizer.variables, optimizer_variables, strict=True)
+        )
+        values = {
+            id(v): value
+            for v, value in zip(
+                optimizer._trainable_variables, variables, strict=True
+            )
+        }
+        with keras.StatelessScope(state_mapping=mapping):
+            rows, logged, grads, step, is_update, finite = (
+                self.applied_gradients(grads, optimizer._trainable_variables)
+            )
+        if not rows:
+            return result
+        weights = [values[id(v)] for v in logged]
+        new_values = {
+            id(v): value
+            for v, value in zip(
+                optimizer._trainable_variables, result[0], strict=True
+            )
+        }
+        new_weights = (
+            [new_values[id(v)] for v in logged] if self.update_ratio else None
+        )
+        update = jnp.bool_(True) if is_update is None else is_update
+        ok = update if finite is None else jnp.logical_and(update, finite)
+        skipped = jnp.logical_and(update, jnp.logical_not(ok))
+        due = jnp.logical_and(ok, step % self.update_freq == 0)
+        # 0: nothing to log; else 1 + the kind of record.
+        kind = jnp.where(
+            skipped,
+            1 + records_module.KIND_SKIPPED,
+            jnp.where(due, 1 + records_module.KIND_APPLIED, 0),
+        )
+        record = {
+            "stats": jax.lax.cond(
+                kind > 0,
+                lambda: fused_stats(grads, weights, new_weights),
+                lambda: jnp.zeros((len(rows), NUM_STATS), "float32"),
+            )
+        }
+        hist_due = weights_due = jnp.bool_(False)
+        if self.histogram_freq:
+            hist_due = jnp.logical_and(ok, step % self.histogram_freq == 0)
+            record["histograms"] = jax.lax.cond(
+                hist_due,
+                lambda: jnp.stack([histogram(g) for g in grads]),
+                lambda: jnp.zeros((len(rows), HISTOGRAM_BINS, 3), "float32"),
+            )
+        weight_rows, new_weights = [], []
+        if self.weights_freq:
+            # Variance of the updated weights, logged at the step count
+            # after the update (what `optimizer.iterations` then reads).
+            for v, value in zip(
+                optimizer._trainable_variables, result[0], strict=True
+            ):
+                i = self._row(v)
+                if i is not None:
+                    weight_rows.append(i)
+                    new_weights.append(value)
+            weights_due = jnp.logical_and(
+                ok, (step + 1) % self.weights_freq == 0
+            )
+            record["weights"] = jax.lax.cond(
+                weights_due,
+                lambda: jnp.stack(
+                    [jnp.var(jnp.asarray(w, "float32")) for w in new_weights]
+                ),
+                lambda: jnp.zeros((len(new_weights),), "float32"),
+            )
+        record["flags"] = jnp.stack(
+            [
+                jnp.asarray(kind, "int32"),
+                jnp.asarray(step, "int32"),
+                jnp.asarray(hist_due, "int32"),
+                jnp.asarray(weights_due, "int32"),
+            ]
+        )
+        self.traced.append((record, (tuple(rows), tuple(weight_rows))))
+        return result
+
+    def fetch(self, keep=0):
+        """Writes the records of the steps run, but the newest `keep`."""
+        import jax
+
+        count = len(self.in_flight) - keep
+        if count <= 0:
+            return
+        steps = self.in_flight[:count]
+        del self.in_flight[:count]
+        layouts = self.layouts
+        # One transfer for the flags, one for the arrays that are due.
+        flags = jax.device_get([[r["flags"] for r in rs] for rs in steps])
+        due = []
+        for records, step_flags in zip(steps, flags, strict=True):
+            for record, layout, (kind, step, hist, weights) in zip(
+                records, layouts, step_flags, strict=True
+            ):
+                if kind:
+                    due.append(("stats", kind - 1, step, layout[0], record))
+                if hist:
+                    due.append(("histograms", 0, step, layout[0], record))
+                if weights:
+                    due.append(("weights", 0, step + 1, layout[1], record))
+        if not due:
+            return
+        values = jax.device_get([record[key] for key, *_, record in due])
+        for (key, kind, step, rows, _), value in zip(due, values, strict=True):
+            if key == "stats":
+                skipped = kind == records_module.KIND_SKIPPED
+                self.add_record(int(step), skipped, rows, value)
+            elif key == "histograms":
+                self.add_histograms(int(step), rows, np.asarray(value))
+            else:
+                self.write_buffered()
+                self.writer.scalars(
+                    int(step),
+                    [
+                        (f"weight_variance/{self.paths[i]}", v)
+                        for i, v in zip(rows, value, strict=True)
+                    ],
+                )
+        self.write_buffered()
+
+    def write_pending(self, force=False):
+        # At batch ends, nothing: records are fetched between steps (and
+        # this may run on Keras' callback thread, see `async_safe`).
+        if force:
+            self.fetch()
+
+
+def fused_stats(grads, weights, new_weights=None):
+    """`[len(grads), 6]`: variance, mean, L2 norm, non-finite, weight norm
+    and the norm of the update (`new_weights - weights`; 0 without
+    `new_weights`).
+
+    The variables smaller than `records.LARGE_VARIABLE` entries are
+    flattened into one buffer and reduced with sorted segment sums, so
+    their number costs nothing; larger ones one by one (a CPU scatter-add
+    is several times slower than a vectorized sum). Non-finite entries are
+    counted, in a `lax.cond`, only when some statistic is not finite.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    small = [
+        k
+        for k, g in enumerate(grads)
+        if int(np.prod(g.shape)) < records_module.LARGE_VARIABLE
+    ]
+    large = [k for k in range(len(grads)) if k not in small]
+
+    def pick(tensors, indices):
+        return None if tensors is None else [tensors[k] for k in indices]
+
+    parts = []
+    if small:
+        parts.append(
+            _segment_stats(
+                pick(grads, small),
+                pick(weights, small),
+                pick(new_weights, small),
+            )
+        )
+    for k in large:
+        g = jnp.reshape(grads[k], (-1,))
+        w = jnp.reshape(jnp.asarray(weights[k], "float32"), (-1,))
+        n = g.size
+        mean = jnp.sum(g) / n
+        squares = jnp.sum(jnp.square(g - mean))
+        if new_weights is None:
+            update = jnp.float32(0.0)
+        else:
+            delta = jnp.reshape(jnp.asarray(new_weights[k], "float32"), (-1,))
+            update = jnp.sqrt(jnp.sum(jnp.square(delta - w)))
+        parts.append(
+            jnp.stack(
+                [
+                    squares / n,
+                    mean,
+                    jnp.sqrt(squares + n * mean * mean),
+                    jnp.float32(0.0),
+                    jnp.sqrt(jnp.sum(w * w)),
+                    update,
+                ]
+            )[None]
+        )
+    order = small + large
+    stats = jnp.concatenate(parts)[np.argsort(order)]
+    if not large:
+        return stats
+
+    def count():
+        counts = jnp.stack(
+            [jnp.sum(~jnp.isfinite(grads[k])).astype("float32") for k in large]
+        )
+        return stats.at[np.array(large), records_module.NONFINITE].set(counts)
+
+    return jax.lax.cond(
+        jnp.all(jnp.isfinite(stats[:, :3])), lambda: stats, count
+    )
+
+
+def _segment_stats(grads, weights, new_weights):
+    import jax
+    import jax.numpy as jnp
+
+    n = len(grads)
+    sizes = np.array([int(np.prod(g.shape)) for g in grads])
+    total = int(sizes.sum())
+
+    def flatten(tensors):
+        return jnp.concatenate(
+            [jnp.reshape(jnp.asarray(t, "float32"), (-1,)) for t in tensors]
+        )
+
+    flat = flatten(grads)
+    ids = jnp.repeat(jnp.arange(n), sizes, total_repeat_length=total)
+    counts = jnp.asarray(sizes, "float32")
+
+    def segment_sum(x):
+        return jax.ops.segment_sum(x, ids, n, indices_are_sorted=True)
+
+    means = segment_sum(flat) / counts
+    centered = flat - means[ids]
+    squares = segment_sum(centered * centered)
+    norms = jnp.sqrt(squares + counts * means * means)
+    nonfinite = jax.lax.cond(
+        jnp.all(jnp.isfinite(means + squares)),
+        lambda: jnp.zeros((n,), "float32"),
+        lambda: segment_sum((~jnp.isfinite(flat)).astype("float32")),
+    )
+    w = flatten(weights)
+    weight_norms = jnp.sqrt(segment_sum(w * w))
+    if new_weights is None:
+        update_norms = jnp.zeros((n,), "float32")
+    else:
+        delta = flatten(new_weights) - w
+        update_norms = jnp.sqrt(segment_sum(delta * delta))
+    return jnp.stack(
+        [squares / counts, means, norms, nonfinite, weight_norms, update_norms],
+        axis=1,
+    )
+
+
+def histogram(g):
+    """`[bins, 3]` histogram of the finite entries, TensorBoard's rule.
+
+    As `keras_winit.monitoring.writer.histogram_buckets` and the
+    TensorFlow implementation.
+    """
+    import jax.numpy as jnp
+
+    bins = HISTOGRAM_BINS
+    g = jnp.reshape(g, (-1,))
+    finite = jnp.isfinite(g)
+    any_finite = jnp.any(finite)
+    low = jnp.where(any_finite, jnp.min(jnp.where(finite, g, jnp.inf)), 0.0)
+    high = jnp.where(any_finite, jnp.max(jnp.where(finite, g, -jnp.inf)), 0.0)
+    spread = high - low
+    constant = spread <= 0.0
+    width = jnp.where(constant, 1.0, spread / bins)
+    index = jnp.floor((jnp.where(finite, g, low) - low) / width)
+    index = jnp.clip(index.astype("int32"), 0, bins - 1)
+    index = jnp.where(constant, bins - 1, index)
+    counts = (
+        jnp.zeros((bins,), "float32").at[index].add(finite.astype("float32"))
+    )
+    edges = low + (spread / bins) * jnp.arange(bins + 1, dtype="float32")
+    edges = edges.at[-1].set(high)
+    return jnp.stack([edges[:-1], edges[1:], counts], axis=1)

@@ -1,0 +1,438 @@
+"""Records of gradient statistics: the interface between the backends and
+the callback.
+
+A record is a flat float64 array: `n x (variance, mean, norm, nonfinite,
+weight_norm)` for the `n` trainable variables (zeros for variables without
+a gradient), then the optimizer step, the kind of record and the number of
+skipped steps so far. The backend modules (`tensorflow.py`, `jax.py`,
+`torch.py`) compute the statistics inside the training step and hand the
+records to `Records`, which writes them with the run's `EventWriter` and
+gives the callback the per-variable values its warning needs
+(`VariableRecord`, in forward order).
+"""
+
+import collections
+import contextlib
+import math
+
+import keras
+import numpy as np
+
+from keras_winit.monitoring import writer as writer_module
+
+# Number of bins of the optional gradient histograms (TensorBoard's default).
+HISTOGRAM_BINS = writer_module.DEFAULT_BUCKETS
+# Columns of one record of per-variable statistics.
+VARIANCE, MEAN, NORM, NONFINITE, WEIGHT_NORM, UPDATE_NORM = range(6)
+NUM_STATS = 6
+#: Signals the logger can write (each can be turned off).
+SIGNALS = (
+    "grad_variance",
+    "grad_mean",
+    "grad_norm",
+    "grad_nonfinite",
+    "update_ratio",
+    "grad_weight_ratio",
+    "global_norm",
+    "first_nonfinite_layer",
+)
+# Per-variable signals: tag prefix and how the value is read from a row.
+_PER_VARIABLE = (
+    ("grad_variance", lambda row: row[VARIANCE]),
+    ("grad_mean", lambda row: row[MEAN]),
+    ("grad_norm", lambda row: row[NORM]),
+    ("grad_nonfinite", lambda row: row[NONFINITE]),
+    ("update_ratio", lambda row: _ratio(row[UPDATE_NORM], row[WEIGHT_NORM])),
+    ("grad_weight_ratio", lambda row: _ratio(row[NORM], row[WEIGHT_NORM])),
+)
+
+
+def _ratio(a, b):
+    """`a / b`; `inf` for `a > 0 = b`, `0` for `a = b = 0`."""
+    if b == 0:
+        return 0.0 if a == 0 else math.inf
+    return a / b
+
+
+# Kinds of record: statistics of an applied step, or a skipped step.
+KIND_APPLIED, KIND_SKIPPED = 0, 1
+# Largest number of records kept between two writes (ring buffer).
+MAX_BUFFERED_RECORDS = 4096
+# Variables with at least this many entries are reduced one by one (their
+# reductions are bound by memory traffic, so one launch each costs little,
+# and CPU scatter-adds are several times slower than vectorized sums); the
+# smaller ones are flattened into one buffer and reduced with segment sums,
+# so their number costs nothing. Such large variables number at most
+# (number of weights) / LARGE_VARIABLE.
+LARGE_VARIABLE = 2**14
+# Marks the methods keras_winit patched on an instance.
+PATCH_MARK = "_keras_winit_original"
+
+#: Statistics of one trainable variable at one recorded step.
+VariableRecord = collections.namedtuple(
+    "VariableRecord",
+    [
+        "path",
+        "shape",
+        "variance",
+        "norm",
+        "weight_norm",
+        "nonfinite",
+        "update_norm",
+    ],
+)
+
+
+@contextlib.contextmanager
+def patched(obj, name, make_wrapper):
+    """Sets `obj.<name> = make_wrapper(method)` for the `with` block only.
+
+    Restored on every exit path (exceptions and interrupts included); the
+    wrapper carries `PATCH_MARK` so that a left-over one can be found.
+    """
+    original = obj.__dict__.get(name)
+    method = original if original is not None else getattr(obj, name)
+    wrapper = make_wrapper(method)
+    setattr(wrapper, PATCH_MARK, original)
+    obj.__dict__[name] = wrapper
+    try:
+        yield
+    finally:
+        unpatch(obj, name)
+
+
+def unpatch(obj, name):
+    """Removes keras_winit's wrapper of `obj.<name>`, if there is one.
+
+    Returns:
+        Whether a wrapper was removed.
+    """
+    wrapper = obj.__dict__.get(name)
+    if wrapper is None or not hasattr(wrapper, PATCH_MARK):
+        return False
+    original = getattr(wrapper, PATCH_MARK)
+    if original is None:
+        del obj.__dict__[name]
+    else:
+        obj.__dict__[name] = original
+    return True
+
+
+def float32(x):
+    """`x` as float32 (a Keras op only when it is not float32 already)."""
+    if keras.backend.standardize_dtype(x.dtype) == "float32":
+        return x
+    return keras.ops.cast(x, "float32")
+
+
+def to_numpy(value):
+    """NumPy value of a variable or tensor of any backend."""
+    if isinstance(value, keras.Variable):
+        value = value.value
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # `convert_to_numpy` of a `tf.Variable` warns (NumPy 2 `copy`).
+        return np.asarray(tf.convert_to_tensor(value).numpy())
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if isinstance(value, torch.Tensor):  # Also warns through NumPy.
+            return value.detach().cpu().numpy()
+    return np.asarray(keras.ops.convert_to_numpy(value))
+
+
+class Records:
+    """Host side of one `fit` call: tags, and writing records as events.
+
+    The base of each backend's hook. Subclasses implement `install`
+    (returns the train function of this `fit`) and `write_pending`.
+    """
+
+    def __init__(self, callback, model, writer):
+        self.callback = callback
+        self.model = model
+        self.writer = writer
+        self.optimizer = model.optimizer
+        self.inner = getattr(self.optimizer, "inner_optimizer", None)
+        self.is_loss_scaled = isinstance(
+            self.optimizer, keras.optimizers.LossScaleOptimizer
+        )
+        if self.inner is None:
+            self.inner = self.optimizer
+        self.variables = list(model.trainable_variables)
+        self.paths = [v.path for v in self.variables]
+        self.shapes = [tuple(v.shape) for v in self.variables]
+        self.index = {id(v): i for i, v in enumerate(self.variables)}
+        self.index_by_path = {p: i for i, p in enumerate(self.paths)}
+        self.present = set()
+        self.update_freq = callback.update_freq
+        self.histogram_freq = callback.histogram_freq
+        self.weights_freq = callback.weights_freq
+        self.signals = frozenset(callback.signals)
+        self.update_ratio = "update_ratio" in self.signals
+        self.weights_written_at = None
+        # Layer of each variable (its path without the variable name), and
+        # the index of that layer in forward order.
+        layers = []
+        for path in self.paths:
+            layer = path.rsplit("/", 1)[0] if "/" in path else path
+            if layer not in layers:
+                layers.append(layer)
+        self.layer_of = [
+            (p.rsplit("/", 1)[0] if "/" in p else p) for p in self.paths
+        ]
+        self.layer_index = {layer: i for i, layer in enumerate(layers)}
+        self.width = len(self.variables) * NUM_STATS + 3
+        self.pending = []
+        self.pending_histograms = []
+        self.skipped_total = 0
+
+    # Gradients as the optimizer applies them ----------------------------
+
+    def _row(self, variable):
+        i = self.index.get(id(variable))
+        if i is None:
+            i = self.index_by_path.get(getattr(variable, "path", None))
+        return i
+
+    def _applied_variables(self, trainable_variables):
+        """The variables an `optimizer.apply` call updates.
+
+        Builds the optimizer first if needed, as `apply` does, so that its
+        state can be read.
+        """
+        optimizer = self.optimizer
+        if not optimizer.built and trainable_variables is not None:
+            with keras.name_scope(optimizer.name, caller=optimizer):
+                optimizer.build(list(trainable_variables))
+            optimizer.built = True
+        if trainable_variables is None:
+            return self.inner._trainable_variables
+        return trainable_variables
+
+    def _logged(self, grads, variables):
+        """`(rows, variables, grads)` of the gradients that are logged.
+
+        Those of the model's trainable variables that receive a gradient,
+        except `overwrite_with_gradient` ones (not a gradient step). Marks
+        their rows as present.
+        """
+        rows, kept_variables, kept_grads = [], [], []
+        for g, v in zip(grads, list(variables), strict=False):
+            i = self._row(v)
+            if g is None or i is None:
+                continue
+            if getattr(v, "overwrite_with_gradient", False):
+                continue
+            rows.append(i)
+            kept_variables.append(v)
+            kept_grads.append(g)
+        self.present.update(rows)
+        return rows, kept_variables, kept_grads
+
+    def applied_gradients(self, grads, trainable_variables):
+        """The gradients as the optimizer applies them.
+
+        Returns `(rows, variables, grads, step, is_update, finite)`: the
+        rows of the variables that receive a gradient, those variables,
+        their float32 gradients (unscaled, accumulated mean on the applying
+        step), the optimizer step before the update, whether this call
+        updates the variables (gradient accumulation), and whether the
+        gradients are finite (`LossScaleOptimizer` skips the step
+        otherwise). Keras ops on the optimizer's state through its Keras
+        variables: traced into the training graph (TensorFlow), inside
+        `stateless_apply` under a `StatelessScope` of its variables (JAX),
+        or eagerly (PyTorch).
+        """
+        ops = keras.ops
+        optimizer, inner = self.optimizer, self.inner
+        rows, variables, grads = self._logged(grads, trainable_variables)
+        if not rows:
+            return rows, [], [], None, None, None
+        grads = [float32(g) for g in grads]
+        finite = None
+        if self.is_loss_scaled:
+            finite = ops.all(
+                ops.stack([ops.all(ops.isfinite(g)) for g in grads])
+            )
+            scale = ops.cast(optimizer.dynamic_scale, "float32")
+            grads = [g / scale for g in grads]
+        if inner.loss_scale_factor is not None:
+            grads = [g / inner.loss_scale_factor for g in grads]
+        k = inner.gradient_accumulation_steps
+        is_update = None
+        if k:
+            raw_iterations = ops.convert_to_tensor(inner._iterations)
+            is_update = ops.equal((raw_iterations + 1) % k, 0)
+            accumulators = [
+                inner._accumulated_gradients[inner._get_variable_index(v)]
+                for v in variables
+            ]
+            grads = [
+                (g + ops.cast(ops.convert_to_tensor(a), "float32")) / k
+                for g, a in zip(grads, accumulators, strict=True)
+            ]
+        step = ops.convert_to_tensor(optimizer.iterations)
+        return rows, variables, grads, step, is_update, finite
+
+    # Records arriving on the host ---------------------------------------
+
+    def add_record(self, step, skipped, rows, stats):
+        """Stores the statistics (`[len(rows), NUM_STATS]`) of one step."""
+        record = np.zeros(self.width, np.float64)
+        stats = np.asarray(stats, np.float64).reshape(len(rows), NUM_STATS)
+        table = record[: len(self.variables) * NUM_STATS].reshape(-1, NUM_STATS)
+        table[list(rows)] = stats
+        if skipped:
+            self.skipped_total += 1
+        record[-3:] = (
+            int(step),
+            KIND_SKIPPED if skipped else KIND_APPLIED,
+            self.skipped_total,
+        )
+        self.pending.append(record)
+
+    def add_histograms(self, step, rows, tables):
+        """Stores `[len(rows), bins, 3]` histogram tables of one step."""
+        self.pending_histograms.append((int(step), list(rows), tables))
+
+    def write_buffered(self):
+        """Writes the records and histograms added since the last call."""
+        records, self.pending = self.pending, []
+        histograms, self.pending_histograms = self.pending_histograms, []
+        for record in records:
+            self.write_record(record)
+        for step, rows, tables in histograms:
+            self.write_histograms(step, rows, tables)
+        if records or histograms:
+            self.writer.flush()
+
+    # Writing, between steps ---------------------------------------------
+
+    def write_record(self, record):
+        n = len(self.variables)
+        stats = record[: n * NUM_STATS].reshape(n, NUM_STATS)
+        step, kind, skipped_total = record[n * NUM_STATS :]
+        step = int(step)
+        present = sorted(self.present)
+        paths, signals = self.paths, self.signals
+        first = self._first_nonfinite(stats, present)
+        values = []
+        if first is not None and "first_nonfinite_layer" in signals:
+            values.append(
+                (
+                    "grad_summary/first_nonfinite_layer",
+                    self.layer_index[self.layer_of[first]],
+                )
+            )
+        if kind == KIND_SKIPPED:
+            if "grad_nonfinite" in signals:
+                values += [
+                    (f"grad_nonfinite/{paths[i]}", stats[i, NONFINITE])
+                    for i in present
+                ]
+            values.append(("grad_summary/skipped_steps", skipped_total))
+            # No warning: loss scaling skips such steps by design (often
+            # at the start of training, while the scale settles).
+            self.writer.scalars(step, values)
+            return
+        for i in present:
+            row = stats[i]
+            for name, read in _PER_VARIABLE:
+                if name in signals:
+                    values.append((f"{name}/{paths[i]}", read(row)))
+        variable_records = [
+            VariableRecord(
+                paths[i],
+                self.shapes[i],
+                float(stats[i, VARIANCE]),
+                float(stats[i, NORM]),
+                float(stats[i, WEIGHT_NORM]),
+                float(stats[i, NONFINITE]),
+                float(stats[i, UPDATE_NORM]),
+            )
+            for i in present
+        ]
+        ratio = log10_variance_ratio(variable_records)[0]
+        values.append(("grad_summary/log10_variance_ratio", ratio))
+        if "global_norm" in signals:
+            values.append(
+                (
+                    "grad_summary/global_norm",
+                    math.sqrt(sum(float(stats[i, NORM]) ** 2 for i in present)),
+                )
+            )
+        self.writer.scalars(step, values)
+        if first is not None:
+            self.callback._nonfinite(step, self.layer_of[first], paths[first])
+        self.callback._check_records(step, variable_records)
+
+    @staticmethod
+    def _first_nonfinite(stats, present):
+        """First row, in forward order, with a non-finite gradient."""
+        for i in present:
+            if stats[i, NONFINITE] > 0:
+                return i
+        return None
+
+    def write_histograms(self, step, rows, tables):
+        self.writer.histograms(
+            step,
+            [
+                (f"grad_histogram/{self.paths[i]}", table)
+                for i, table in zip(rows, tables, strict=True)
+            ],
+        )
+
+    def current_step(self):
+        return int(to_numpy(self.optimizer.iterations))
+
+    def write_weights(self, force=False):
+        step = self.current_step()
+        # Logged at the first batch end at or after each multiple of freq.
+        mark = step // self.weights_freq
+        if not force and mark == self.weights_written_at:
+            return
+        self.weights_written_at = mark
+        self.writer.scalars(
+            step,
+            [
+                (
+                    f"weight_variance/{p}",
+                    np.var(np.asarray(to_numpy(w)).astype("float64")),
+                )
+                for w, p in zip(self.variables, self.paths, strict=True)
+            ],
+        )
+
+    def close(self):
+        """Writes what is pending (called on every exit path)."""
+        self.write_pending(force=True)
+
+
+# Floor of the variance in the log10 ratio, so that a layer whose gradient
+# is exactly zero gives a large finite ratio instead of infinity.
+VARIANCE_FLOOR = 1e-30
+
+
+def log10_variance_ratio(records):
+    """`(ratio, largest, smallest)` over the kernels of `records`.
+
+    `log10(max Var(g) / min Var(g))` over the variables of rank >= 2 (all
+    variables when there is none); `largest` and `smallest` are the
+    `VariableRecord`s reaching the extremes. NaN (and `None`s) when a
+    variance is not finite.
+    """
+    kernels = [r for r in records if len(r.shape) >= 2] or list(records)
+    if not kernels:
+        return math.nan, None, None
+    floored = [max(r.variance, VARIANCE_FLOOR) for r in kernels]
+    high, low = max(floored), min(floored)
+    if not (math.isfinite(high) and math.isfinite(low)):
+        return math.nan, None, None
+    return (
+        math.log10(high / low),
+        kernels[floored.index(high)],
+        kernels[floored.index(low)],
+    )

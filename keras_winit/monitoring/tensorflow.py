@@ -1,0 +1,616 @@
+"""TensorFlow statistics: in the training graph, fused, kept in variables.
+
+The callback's train function wraps `model.optimizer.apply` while a
+recording train function is traced, so that the trace computes the
+statistics of the applied gradients (gated by a functional `tf.cond`) and
+stores them in non-trainable `tf.Variable`s (not tracked by the model:
+saving is unaffected). No summary op is traced into `train_step`, which is
+why `jit_compile=True` works. Between steps, one read of the record buffer
+tells what is new; new records are written from Python.
+
+Unrecorded steps cost nothing: when the optimizer step of each call is
+known in Python (Keras' own `train_step`, no loss scaling, no gradient
+accumulation), two train functions are made, Keras' unmodified one and a
+recording one, and each call of `fit`'s train function runs the recording
+one only if one of its `steps_per_execution` steps is due.
+"""
+
+import math
+import warnings
+
+import numpy as np
+
+from keras_winit.monitoring import records as records_module
+from keras_winit.monitoring.records import HISTOGRAM_BINS
+from keras_winit.monitoring.records import NUM_STATS
+
+
+def _is_keras_train_step(model):
+    step = getattr(type(model), "train_step", None)
+    return getattr(step, "__qualname__", "") == "TensorFlowTrainer.train_step"
+
+
+class Hook(records_module.Records):
+    """In-graph statistics of one `fit` call on TensorFlow."""
+
+    def __init__(self, callback, model, writer):
+        import tensorflow as tf
+
+        super().__init__(callback, model, writer)
+        spe = int(getattr(model, "steps_per_execution", 1) or 1)
+        self.steps_per_execution = spe
+        # Room for the records of several executions.
+        self.buffer_size = min(
+            max(2 * spe, 16), records_module.MAX_BUFFERED_RECORDS
+        )
+        self.batch_ends = 0
+        self.next_read = 1
+        self.last_seen = None
+        self.written = 0
+        self.hist_written = 0
+        self.lost_warned = False
+        self.split = (
+            _is_keras_train_step(model)
+            and not self.is_loss_scaled
+            and not self.inner.gradient_accumulation_steps
+        )
+        self.recorded_since_read = True
+        self.next_step = None
+        self.traced_applies = 0
+        n = len(self.variables)
+        on_read = dict(
+            trainable=False,
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+        # Created in the model's strategy scope so that each replica writes
+        # its (identical, all-reduced) copy without a merge call.
+        with model.distribute_strategy.scope():
+            # Row 0 is a header: number of records, of histograms, of
+            # skipped steps so far, and the latest step seen. Rows 1.. are a
+            # ring buffer of records. One variable, so that one read per
+            # batch end tells what is new.
+            self.buf = tf.Variable(
+                tf.tensor_scatter_nd_update(
+                    tf.zeros([self.buffer_size + 1, self.width], tf.float64),
+                    [[0, 3]],
+                    tf.constant([-1.0], tf.float64),
+                ),
+                name="winit_records",
+                **on_read,
+            )
+            if self.update_ratio:
+                # The weights before the update, on recorded steps.
+                self.total_size = sum(
+                    int(np.prod(shape)) for shape in self.shapes
+                )
+                self.snapshot = tf.Variable(
+                    tf.zeros([self.total_size]),
+                    name="winit_weights_before",
+                    **on_read,
+                )
+            if self.histogram_freq:
+                self.hist = tf.Variable(
+                    tf.zeros([n, HISTOGRAM_BINS, 3]),
+                    name="winit_histograms",
+                    **on_read,
+                )
+                self.hist_step = tf.Variable(
+                    tf.constant(0, tf.int64), name="winit_hist_step", **on_read
+                )
+
+    # Train functions ------------------------------------------------------
+
+    def install(self):
+        """Makes this `fit`'s train function(s); returns the one to call."""
+        model = self.model
+        make = type(model).make_train_function
+        make(model, force=True)
+        recording = model.train_function
+        plain = None
+        if self.split:
+            make(model, force=True)
+            plain = model.train_function
+        hook = self
+        optimizer = self.optimizer
+
+        def wrap_apply(method):
+            def apply(grads, trainable_variables=None, *args, **kwargs):
+                hook.traced_applies += 1
+                after = hook.record(grads, trainable_variables)
+                out = method(grads, trainable_variables, *args, **kwargs)
+                if after is not None:
+                    after()
+                return out
+
+            return apply
+
+        def train_function(iterator):
+            if plain is not None and not hook._due_now():
+                if hook.next_step is not None:
+                    hook.next_step += hook.steps_per_execution
+                return plain(iterator)
+            # The wrapper is seen by a trace (inside this call); it never
+            # stays on the optimizer after the call, whatever happens.
+            with records_module.patched(optimizer, "apply", wrap_apply):
+                logs = recording(iterator)
+            hook.recorded_since_read = True
+            if hook.next_step is not None:
+                hook.next_step += hook.steps_per_execution
+            return logs
+
+        return train_function
+
+    def sync_step(self):
+        """Re-reads the optimizer step (start of `fit`, end of each epoch)."""
+        if self.split:
+            self.next_step = self.current_step()
+
+    def _due_now(self):
+        """Whether the next call's steps hold a recorded one."""
+        s = self.next_step
+        if s is None:
+            return True
+        last = s + self.steps_per_execution - 1
+        for f in (self.update_freq, self.histogram_freq):
+            if f and (last // f) * f >= s:
+                return True
+        return False
+
+    # In the training graph ----------------------------------------------
+
+    def record(self, grads, trainable_variables):
+        """Computes and stores the statistics (traced into `train_step`)."""
+        import tensorflow as tf
+
+        grads = [None if g is None else tf.convert_to_tensor(g) for g in grads]
+        rows, variables, grads, step, is_update, finite = (
+            self.applied_gradients(
+                grads, self._applied_variables(trainable_variables)
+            )
+        )
+        if not rows:
+            return
+        if finite is None:
+            finite = tf.constant(True)
+        if is_update is None:
+            is_update = tf.constant(True)
+
+        # tf.distribute: each replica holds its share of the gradient; sum
+        # them (outside any tf.cond: an all-reduce may need a merge call).
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+
+        step = tf.cast(step, tf.int64)
+        skipped = tf.logical_and(is_update, tf.logical_not(finite))
+        due = tf.logical_and(is_update, finite)
+        if self.update_freq > 1:
+            due = tf.logical_and(due, step % self.update_freq == 0)
+        n = len(self.variables)
+        all_rows = rows == list(range(n))
+
+        def store():
+            values = [v.value for v in variables]
+            stats = fused_stats(grads, values)
+            if self.update_ratio:
+                weights = _flatten(values)
+                size = weights.shape[0]
+                if size < self.total_size:
+                    weights = tf.concat(
+                        [weights, tf.zeros([self.total_size - size])], 0
+                    )
+                self.snapshot.assign(weights)
+            if not all_rows:
+                stats = tf.scatter_nd(
+                    tf.constant(rows)[:, None], stats, [n, NUM_STATS]
+                )
+            buf = self.buf.read_value()
+            count = tf.cast(buf[0, 0], tf.int64)
+            skipped_total = buf[0, 2] + tf.cast(skipped, tf.float64)
+            kind = tf.where(
+                skipped,
+                records_module.KIND_SKIPPED,
+                records_module.KIND_APPLIED,
+            )
+            record = tf.concat(
+                [
+                    tf.cast(tf.reshape(stats, [-1]), tf.float64),
+                    tf.cast(
+                        tf.stack([step, tf.cast(kind, tf.int64)]), tf.float64
+                    ),
+                    skipped_total[None],
+                ],
+                0,
+            )
+            header = tf.concat(
+                [
+                    tf.stack([buf[0, 0] + 1.0, buf[0, 1], skipped_total]),
+                    buf[0, 3:],
+                ],
+                0,
+            )
+            slot = tf.cast(count % self.buffer_size + 1, tf.int32)
+            self.buf.assign(
+                tf.tensor_scatter_nd_update(
+                    buf, tf.stack([[0], slot[None]]), tf.stack([header, record])
+                )
+            )
+            return tf.constant(True)
+
+        if (
+            self.update_freq == 1
+            and not self.is_loss_scaled
+            and not self.inner.gradient_accumulation_steps
+        ):
+            store()  # Every call is recorded: no tf.cond.
+        else:
+            _cond(tf.logical_or(due, skipped), store)
+        if self.update_freq > 1 and not self.split:
+            # The latest step seen: lets the Python side skip reading the
+            # variables on batch ends that cannot hold a record.
+            self.buf.assign(
+                tf.tensor_scatter_nd_update(
+                    self.buf.read_value(),
+                    [[0, 3]],
+                    tf.cast(step, tf.float64)[None],
+                )
+            )
+
+        if self.histogram_freq:
+
+            def store_histograms():
+                hist = tf.stack([histogram(g) for g in grads])
+                if not all_rows:
+                    hist = tf.scatter_nd(
+                        tf.constant(rows)[:, None],
+                        hist,
+                        [n, HISTOGRAM_BINS, 3],
+                    )
+                self.hist.assign(hist)
+                self.hist_step.assign(step)
+                self.buf.assign(
+                    tf.tensor_scatter_nd_add(
+                        self.buf.read_value(),
+                        [[0, 1]],
+                        tf.constant([1.0], tf.float64),
+                    )
+                )
+                return tf.constant(True)
+
+            hist_due = tf.logical_and(
+                tf.logical_and(is_update, finite),
+                step % self.histogram_freq == 0,
+            )
+            _cond(hist_due, store_histograms)
+
+        if not self.update_ratio:
+            return None
+
+        def after():
+            """After the update: `||w_after - w_before||` into the record."""
+
+            def update():
+                new = [v.value for v in variables]
+                sizes = [int(np.prod(v.shape)) for v in variables]
+                old = tf.split(self.snapshot.read_value()[: sum(sizes)], sizes)
+                norms = difference_norms(new, old)
+                buf = self.buf.read_value()
+                count = tf.cast(buf[0, 0], tf.int64)
+                slot = tf.cast((count - 1) % self.buffer_size + 1, tf.int32)
+                columns = tf.constant(
+                    [r * NUM_STATS + records_module.UPDATE_NORM for r in rows]
+                )
+                indices = tf.stack(
+                    [tf.fill([len(rows)], slot), columns], axis=1
+                )
+                self.buf.assign(
+                    tf.tensor_scatter_nd_update(
+                        buf, indices, tf.cast(norms, tf.float64)
+                    )
+                )
+                return tf.constant(True)
+
+            _cond(due, update)
+
+        return after
+
+    # Between steps --------------------------------------------------------
+
+    def write_pending(self, force=False):
+        """Writes the records and histograms stored since the last read.
+
+        Reading the variables costs more than the rest of a batch end, so
+        it is skipped on batch ends that cannot hold a new record, unless
+        `force`.
+        """
+        if not force:
+            self.batch_ends += 1
+            if self.split:
+                if not self.recorded_since_read:
+                    self._write_weights_if_due()
+                    return
+            elif self.batch_ends < self.next_read:
+                return
+        self.recorded_since_read = False
+        buf = self.buf.numpy()
+        count = int(buf[0, 0])
+        if count > self.written:
+            start = max(self.written, count - self.buffer_size)
+            if start > self.written and not self.lost_warned:
+                self.lost_warned = True
+                warnings.warn(
+                    f"GradientVarianceLogger dropped {start - self.written} "
+                    "records stored between two batch ends.",
+                    stacklevel=3,
+                )
+            for i in range(start, count):
+                self.pending.append(buf[i % self.buffer_size + 1])
+            self.written = count
+        if self.histogram_freq and int(buf[0, 1]) > self.hist_written:
+            self.hist_written = int(buf[0, 1])
+            rows = sorted(self.present)
+            table = self.hist.numpy().astype("float64")
+            self.add_histograms(int(self.hist_step.numpy()), rows, table[rows])
+        self.write_buffered()
+        self._write_weights_if_due()
+        if not self.split:
+            self._schedule(int(buf[0, 3]))
+
+    def _write_weights_if_due(self):
+        if self.weights_freq:
+            self.write_weights()
+
+    def _schedule(self, latest):
+        """Sets the next batch end that may hold a record after `latest`.
+
+        `latest` is the last optimizer step seen (-1: none yet). Loss-scaled
+        training records skipped steps at any time: read every batch end.
+        Otherwise, at most `rate` optimizer steps pass per batch end:
+        `steps_per_execution`, or more if observed (several `apply` calls
+        per step in a custom `train_step`).
+        """
+        if self.is_loss_scaled or latest < 0:
+            self.next_read = self.batch_ends + 1
+            return
+        rate = self.steps_per_execution
+        if self.last_seen is not None:
+            seen_step, seen_batch = self.last_seen
+            if self.batch_ends > seen_batch:
+                rate = max(
+                    rate, (latest - seen_step) / (self.batch_ends - seen_batch)
+                )
+        self.last_seen = (latest, self.batch_ends)
+        due = min(
+            (latest // f + 1) * f
+            for f in (self.update_freq, self.histogram_freq, self.weights_freq)
+            if f
+        )
+        skip = int((due - latest - 1) // rate)
+        self.next_read = self.batch_ends + max(1, skip)
+
+
+def _cond(pred, true_fn):
+    """`tf.cond(pred, true_fn, no-op)` that costs ~nothing when not taken.
+
+    Inside a `tf.function`, TensorFlow lowers `tf.cond` to Switch/Merge ops,
+    so the executor visits every op of the branch not taken, on every
+    step. Keeping the functional `If` op runs only the taken branch.
+    """
+    import tensorflow as tf
+
+    out = tf.cond(pred, true_fn, lambda: tf.constant(False))
+    if not tf.executing_eagerly():
+        from tensorflow.core.framework import attr_value_pb2
+
+        op = out.op
+        while op.type not in ("If", "StatelessIf") and op.inputs:
+            op = op.inputs[0].op
+        if op.type in ("If", "StatelessIf"):
+            op._set_attr(
+                "_lower_using_switch_merge", attr_value_pb2.AttrValue(b=False)
+            )
+    return out
+
+
+def _flatten(tensors):
+    """One float32 buffer of the entries of `tensors`, in order."""
+    import tensorflow as tf
+
+    return tf.concat(
+        [tf.reshape(tf.cast(t, tf.float32), [-1]) for t in tensors], 0
+    )
+
+
+def _segment_ids(tensors):
+    """`[total]` int32: the index of the tensor each flat entry belongs to."""
+    import tensorflow as tf
+
+    sizes = [int(np.prod(t.shape)) for t in tensors]
+    return tf.repeat(tf.range(len(sizes)), sizes)
+
+
+def _groups(tensors):
+    """`(small, large)` indices: fused, and reduced one by one."""
+    small, large = [], []
+    for i, t in enumerate(tensors):
+        size = int(np.prod(t.shape))
+        (large if size >= records_module.LARGE_VARIABLE else small).append(i)
+    return small, large
+
+
+def _in_order(parts, order):
+    """`parts` (rows in `order`) concatenated, rows put back in index order."""
+    import tensorflow as tf
+
+    out = tf.concat(parts, 0)
+    if order == sorted(order):
+        return out
+    return tf.gather(out, np.argsort(order))
+
+
+def _dot(x):
+    """`sum(x * x)` of a flat tensor (a matmul: vectorized, threaded)."""
+    import tensorflow as tf
+
+    row = tf.reshape(x, [1, -1])
+    return tf.reshape(tf.matmul(row, row, transpose_b=True), [])
+
+
+def fused_stats(grads, weights):
+    """`[len(grads), 6]`: variance, mean, L2 norm, non-finite, weight norm.
+
+    The last column (the update's norm) is 0 here; it is filled after the
+    optimizer's update. Fused: the variables smaller than
+    `records.LARGE_VARIABLE` entries are flattened into one buffer and
+    reduced with segment sums, so the number of ops does not grow with
+    their number; larger ones are reduced one by one (vectorized sums are
+    several times faster than a CPU scatter-add, and their launch is
+    negligible next to their work). Two passes: the sums, then the centred
+    squares (`sum(g**2) = sum((g - mean)**2) + n * mean**2`). Non-finite
+    entries are counted, in one `tf.cond`, only when some sum is not
+    finite.
+    """
+    import tensorflow as tf
+
+    small, large = _groups(grads)
+    parts = []
+    if small:
+        parts.append(
+            _segment_stats(
+                [grads[i] for i in small], [weights[i] for i in small]
+            )
+        )
+    for i in large:
+        g = tf.reshape(grads[i], [-1])
+        w = tf.reshape(tf.cast(weights[i], tf.float32), [-1])
+        n = float(int(np.prod(grads[i].shape)))
+        mean = tf.reduce_sum(g) / n
+        squares = _dot(g - mean)
+        parts.append(
+            tf.stack(
+                [
+                    squares / n,
+                    mean,
+                    tf.sqrt(squares + n * mean * mean),
+                    tf.constant(0.0),
+                    tf.sqrt(_dot(w)),
+                    tf.constant(0.0),
+                ]
+            )[None]
+        )
+    stats = _in_order(parts, small + large)
+    if not large:
+        return stats
+
+    def count():
+        counts = [
+            tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32))
+            for g in (grads[i] for i in large)
+        ]
+        return tf.tensor_scatter_nd_update(
+            stats,
+            [[i, records_module.NONFINITE] for i in large],
+            tf.stack(counts),
+        )
+
+    # Non-finite entries of the large ones are counted (one `tf.cond`)
+    # only when some statistic is not finite.
+    return tf.cond(
+        tf.reduce_all(tf.math.is_finite(stats[:, :3])), lambda: stats, count
+    )
+
+
+def _segment_stats(grads, weights):
+    import tensorflow as tf
+
+    n = len(grads)
+    sizes = [int(np.prod(g.shape)) for g in grads]
+    flat = _flatten(grads)
+    ids = _segment_ids(grads)
+    counts = tf.constant(sizes, tf.float32)
+
+    def segment_sum(x):
+        # Unsorted: XLA has no kernel for the sorted `SegmentSum`.
+        return tf.math.unsorted_segment_sum(x, ids, n)
+
+    means = segment_sum(flat) / counts
+    centered = flat - tf.gather(means, ids)
+    squares = segment_sum(centered * centered)
+    norms = tf.sqrt(squares + counts * means * means)
+    nonfinite = tf.cond(
+        tf.reduce_all(tf.math.is_finite(means + squares)),
+        lambda: tf.zeros([n]),
+        lambda: segment_sum(tf.cast(~tf.math.is_finite(flat), tf.float32)),
+    )
+    w = _flatten(weights)
+    weight_norms = tf.sqrt(segment_sum(w * w))
+    return tf.stack(
+        [
+            squares / counts,
+            means,
+            norms,
+            nonfinite,
+            weight_norms,
+            tf.zeros([n]),
+        ],
+        axis=1,
+    )
+
+
+def difference_norms(new, old):
+    """`[len(new)]`: `||new_i - old_i||`, fused as `fused_stats`."""
+    import tensorflow as tf
+
+    small, large = _groups(new)
+    parts = []
+    if small:
+        delta = _flatten([new[i] for i in small]) - _flatten(
+            [old[i] for i in small]
+        )
+        ids = _segment_ids([new[i] for i in small])
+        parts.append(
+            tf.sqrt(
+                tf.math.unsorted_segment_sum(delta * delta, ids, len(small))
+            )
+        )
+    for i in large:
+        delta = tf.reshape(tf.cast(new[i], tf.float32), [-1]) - tf.reshape(
+            old[i], [-1]
+        )
+        parts.append(tf.sqrt(_dot(delta))[None])
+    return _in_order(parts, small + large)
+
+
+def histogram(g):
+    """`[bins, 3]` histogram of the finite entries, TensorBoard's rule.
+
+    As `keras_winit.monitoring.writer.histogram_buckets`: equal-width
+    buckets over `[min, max]`, the maximum in the last one; a constant
+    tensor puts every entry in the last bucket, with both edges at the
+    value.
+    """
+    import tensorflow as tf
+
+    bins = HISTOGRAM_BINS
+    g = tf.reshape(g, [-1])
+    finite = tf.math.is_finite(g)
+    any_finite = tf.reduce_any(finite)
+    low = tf.where(
+        any_finite, tf.reduce_min(tf.where(finite, g, math.inf)), 0.0
+    )
+    high = tf.where(
+        any_finite, tf.reduce_max(tf.where(finite, g, -math.inf)), 0.0
+    )
+    spread = high - low
+    constant = spread <= 0.0
+    width = tf.where(constant, 1.0, spread / bins)
+    index = tf.floor((tf.where(finite, g, low) - low) / width)
+    index = tf.cast(index, tf.int32)
+    index = tf.where(constant, bins - 1, tf.clip_by_value(index, 0, bins - 1))
+    counts = tf.math.unsorted_segment_sum(
+        tf.cast(finite, tf.float32), index, bins
+    )
+    edges = low + (spread / bins) * tf.range(bins + 1, dtype=tf.float32)
+    edges = tf.concat([edges[:-1], high[None]], 0)
+    return tf.stack([edges[:-1], edges[1:], counts], axis=1)

@@ -1,0 +1,230 @@
+"""PyTorch statistics: eager, on recorded steps only.
+
+PyTorch trains eagerly: while the callback's train function runs,
+`optimizer.apply` is wrapped (and unwrapped after each call, whatever
+happens); on the optimizer steps that are recorded (a Python-level check
+of `optimizer.iterations`), the statistics are computed with fused torch
+ops and copied to the host in one transfer.
+"""
+
+import keras
+import numpy as np
+
+from keras_winit.monitoring import records as records_module
+from keras_winit.monitoring import writer as writer_module
+from keras_winit.monitoring.records import HISTOGRAM_BINS
+from keras_winit.monitoring.records import NONFINITE
+from keras_winit.monitoring.records import NUM_STATS
+
+
+class Hook(records_module.Records):
+    """Wraps `optimizer.apply` during each step; statistics with torch ops."""
+
+    def __init__(self, callback, model, writer):
+        super().__init__(callback, model, writer)
+        self._segment_ids = {}
+
+    def install(self):
+        model = self.model
+        type(model).make_train_function(model, force=True)
+        inner = model.train_function
+        optimizer = self.optimizer
+        hook = self
+
+        def wrap(method):
+            def apply(grads, trainable_variables=None, *args, **kwargs):
+                hook.record(grads, trainable_variables)
+                out = method(grads, trainable_variables, *args, **kwargs)
+                hook.after_apply()
+                return out
+
+            return apply
+
+        def train_function(data):
+            with records_module.patched(optimizer, "apply", wrap):
+                return inner(data)
+
+        return train_function
+
+    def sync_step(self):
+        pass
+
+    def record(self, grads, trainable_variables=None):
+        import torch
+
+        optimizer = self.optimizer
+        trainable_variables = self._applied_variables(trainable_variables)
+        # Decide cheaply, before touching the gradients, whether this call
+        # can be recorded: steps are known in Python (eager).
+        step = int(keras.ops.convert_to_tensor(optimizer.iterations))
+        k = self.inner.gradient_accumulation_steps
+        if k:
+            raw = int(keras.ops.convert_to_tensor(self.inner._iterations))
+            if (raw + 1) % k:
+                return
+        due = step % self.update_freq == 0
+        hist_due = bool(self.histogram_freq) and (
+            step % self.histogram_freq == 0
+        )
+        if not (due or hist_due or self.is_loss_scaled):
+            return
+        with torch.no_grad():
+            rows, variables, grads, _, _, finite = self.applied_gradients(
+                grads, trainable_variables
+            )
+            if not rows:
+                return
+            finite = True if finite is None else bool(finite)
+            weights = [v.value for v in variables]
+            if not finite:
+                stats = self.fused_stats(rows, grads, weights)
+                self.add_record(step, True, rows, stats)
+                return
+            if due:
+                stats = self.fused_stats(rows, grads, weights)
+                self.add_record(step, False, rows, stats)
+                if self.update_ratio:
+                    # The weights before the update (a copy).
+                    self._before = (
+                        self.pending[-1],
+                        rows,
+                        variables,
+                        self._flat(weights),
+                    )
+            if hist_due:
+                tables = np.stack(
+                    [
+                        writer_module.histogram_buckets(
+                            _finite(g.detach().cpu().numpy()), HISTOGRAM_BINS
+                        )
+                        for g in grads
+                    ]
+                )
+                self.add_histograms(step, rows, tables)
+
+    @staticmethod
+    def _flat(tensors):
+        import torch
+
+        return torch.cat([t.detach().reshape(-1).float() for t in tensors])
+
+    def after_apply(self):
+        """After the update: `||w_after - w_before||` into the record."""
+        import torch
+
+        before, self._before = getattr(self, "_before", None), None
+        if before is None:
+            return
+        record, rows, variables, old = before
+        with torch.no_grad():
+            delta = self._flat([v.value for v in variables]) - old
+            sizes = [int(v.value.numel()) for v in variables]
+            norms = torch.stack(
+                [torch.linalg.vector_norm(d) for d in delta.split(sizes)]
+            )
+            norms = norms.cpu().numpy()
+        table = record[: len(self.variables) * NUM_STATS].reshape(-1, NUM_STATS)
+        table[list(rows), records_module.UPDATE_NORM] = norms
+
+    def fused_stats(self, rows, grads, weights):
+        """`[len(grads), 6]` NumPy array, as the other backends compute it.
+
+        The variables smaller than `records.LARGE_VARIABLE` entries are
+        flattened into one buffer and reduced with `index_add_` (segment
+        sums), so their number costs nothing; larger ones one by one
+        (vectorized sums beat a scatter-add). One transfer to the host.
+        Non-finite entries are counted only when some statistic is not
+        finite.
+        """
+        import torch
+
+        small = [
+            k
+            for k, g in enumerate(grads)
+            if g.numel() < records_module.LARGE_VARIABLE
+        ]
+        large = [k for k in range(len(grads)) if k not in small]
+        parts = []
+        if small:
+            parts.append(
+                self._segment_stats(
+                    tuple(rows[k] for k in small),
+                    [grads[k] for k in small],
+                    [weights[k] for k in small],
+                )
+            )
+        for k in large:
+            g = grads[k].detach().reshape(-1)
+            w = weights[k].detach().reshape(-1).float()
+            n = float(g.numel())
+            mean = g.mean()
+            centered = g - mean
+            squares = torch.dot(centered, centered)
+            zero = torch.zeros((), device=g.device)
+            parts.append(
+                torch.stack(
+                    [
+                        squares / n,
+                        mean,
+                        torch.sqrt(squares + n * mean * mean),
+                        zero,
+                        torch.sqrt(torch.dot(w, w)),
+                        zero,
+                    ]
+                )[None]
+            )
+        order = small + large
+        stats = torch.cat(parts).cpu().numpy()[np.argsort(order)]
+        if not np.isfinite(stats[:, :3]).all():
+            stats[:, NONFINITE] = [
+                int((~torch.isfinite(g)).sum()) for g in grads
+            ]
+        return stats
+
+    def _segment_stats(self, key, grads, weights):
+        import torch
+
+        n = len(grads)
+        flat = torch.cat([g.detach().reshape(-1) for g in grads])
+        ids = self._segment_ids.get(key)
+        if ids is None or ids.device != flat.device:
+            sizes = torch.tensor([g.numel() for g in grads], device=flat.device)
+            ids = torch.repeat_interleave(
+                torch.arange(n, device=flat.device), sizes
+            )
+            self._segment_ids[key] = ids
+        counts = torch.tensor(
+            [float(g.numel()) for g in grads], device=flat.device
+        )
+
+        def segment_sum(x):
+            return torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(
+                0, ids, x
+            )
+
+        means = segment_sum(flat) / counts
+        centered = flat - means[ids]
+        squares = segment_sum(centered * centered)
+        w = torch.cat([x.detach().reshape(-1).float() for x in weights])
+        zeros = torch.zeros_like(means)
+        return torch.stack(
+            [
+                squares / counts,
+                means,
+                torch.sqrt(squares + counts * means * means),
+                zeros,
+                torch.sqrt(segment_sum(w * w)),
+                zeros,
+            ],
+            dim=1,
+        )
+
+    def write_pending(self, force=False):
+        self.write_buffered()
+        if self.weights_freq:
+            self.write_weights()
+
+
+def _finite(values):
+    values = values.reshape(-1)
+    return values[np.isfinite(values)]
