@@ -410,7 +410,7 @@ def _check_server(server, port, tmp_path, log_dir):
     y = rng.normal(size=(32, 2)).astype("float32")
     staging = tmp_path / "staging"
     logger = GradientVarianceLogger(
-        str(staging), update_freq=2, weights_freq=2, warn_log10_ratio=None
+        str(staging), update_freq=2, weights_freq=2, warn=False
     )
     model.fit(x, y, batch_size=8, callbacks=[logger], verbose=0)
     paths = [v.path for v in model.trainable_variables]
