@@ -75,7 +75,7 @@ def _configs(log_dir):
                 log_dir,
                 update_freq=update_freq,
                 histogram_freq=histogram_freq,
-                warn_log10_ratio=None,
+                warn=False,
                 run_name=f"u{update_freq}_h{histogram_freq}",
             )
         ]

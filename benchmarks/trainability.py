@@ -427,6 +427,7 @@ def variable_records(model, x, y, result):
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     grads = _gradients(model, x, y, loss_fn)
     normed = {s.name for s in result.layers if s.norm_after}
+    kinds = walker.variable_kinds(model)
     owner = {}
     for layer in model._flatten_layers():
         for v in layer._trainable_variables:
@@ -439,7 +440,7 @@ def variable_records(model, x, y, result):
         records.append(
             {
                 "path": v.path,
-                "kind": _variable_kind(layer, v, walker),
+                "kind": kinds.get(v.path, "other"),
                 "grad_var": float(np.var(g)),
                 "grad_norm": float(np.linalg.norm(g)),
                 "weight_norm": float(np.linalg.norm(w)),
@@ -448,22 +449,6 @@ def variable_records(model, x, y, result):
             }
         )
     return records
-
-
-def _variable_kind(layer, v, walker):
-    name = v.path.rsplit("/", 1)[-1]
-    if layer is None:
-        return "other"
-    kind = walker.kind_of(layer)
-    if kind == "norm":
-        return "norm_scale" if name in ("gamma", "scale") else "norm_bias"
-    if kind == "embedding":
-        return "embedding"
-    if "bias" in name:
-        return "bias"
-    if "kernel" in name:
-        return "kernel"
-    return "other"
 
 
 def _gradients(model, x, y, loss_fn):

@@ -74,7 +74,7 @@ def write_logs(log_dir, out_dir):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     logger = GradientVarianceLogger(
-        log_dir, update_freq=5, weights_freq=5, warn_log10_ratio=None
+        log_dir, update_freq=5, weights_freq=5, warn=False
     )
     model.fit(x, y, batch_size=32, epochs=4, verbose=0, callbacks=[logger])
 

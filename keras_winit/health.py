@@ -261,7 +261,8 @@ def gradient_warnings(records, *, min_step=1e-4, max_step=1e3):
     construction, e.g. attention's key bias):
 
     - any non-finite gradient;
-    - every kernel zero (an all-zero init: nothing breaks the symmetry);
+    - every kernel zero (an all-zero init: nothing breaks the symmetry),
+      or zero kernels that get exactly zero gradient (they stay zero);
     - kernels with an exactly-zero gradient while no kernel is zero (a
       zero-initialized layer after them, as in Fixup's branch ends, is
       healthy and exempts them);
@@ -322,6 +323,19 @@ def gradient_warnings(records, *, min_step=1e-4, max_step=1e3):
         )
         return messages
     zero_kernels = any(r["weight_norm"] == 0 for r in kernels)
+    # A zero kernel that gets no gradient stays zero forever (a
+    # zero-initialized branch end of Fixup/SkipInit gets one and learns).
+    frozen = [
+        r for r in kernels if r["weight_norm"] == 0 and r["grad_norm"] == 0
+    ]
+    if frozen:
+        messages.append(
+            f"{len(frozen)} kernel(s) are zero and get exactly zero "
+            f"gradient, first {frozen[0]['path']}: they stay zero forever "
+            "and nothing breaks the symmetry between their units. Use a "
+            "random initializer."
+        )
+        return messages
     live = [
         r
         for r in kernels

@@ -188,6 +188,55 @@ def _sublayers(layer):
         return []
 
 
+def variable_kinds(model):
+    """Path -> kind of each trainable variable, as `health` judges them.
+
+    The kind (one of `keras_winit.health.VARIABLE_KINDS`) comes from the
+    deepest layer that owns the variable: `"kernel"` and `"bias"` of
+    kernel layers (and of any layer, by the variable's name),
+    `"norm_scale"` / `"norm_bias"` of normalization layers,
+    `"embedding"` of embedding tables; `"other"` for the rest. No forward
+    pass is needed.
+
+    Examples:
+
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2),
+    ...                           keras.layers.LayerNormalization()])
+    >>> sorted(keras_winit.walker.variable_kinds(model).values())
+    ['bias', 'kernel', 'norm_bias', 'norm_scale']
+    """
+    owner = {}
+    # Parents come before their sublayers: the last owner is the deepest.
+    for layer in [model, *_all_sublayers(model)]:
+        for variable in layer.trainable_weights:
+            owner[id(variable)] = layer
+    kinds = {}
+    for variable in model.trainable_weights:
+        layer = owner.get(id(variable))
+        name = variable.path.rsplit("/", 1)[-1]
+        kind = kind_of(layer) if layer is not None else "other"
+        if kind == "norm":
+            kinds[variable.path] = (
+                "norm_scale" if name in ("gamma", "scale") else "norm_bias"
+            )
+        elif kind == "embedding":
+            kinds[variable.path] = "embedding"
+        elif "bias" in name:
+            kinds[variable.path] = "bias"
+        elif "kernel" in name:
+            kinds[variable.path] = "kernel"
+        else:
+            kinds[variable.path] = "other"
+    return kinds
+
+
+def _all_sublayers(layer):
+    try:
+        return list(layer._flatten_layers(include_self=False, recursive=True))
+    except AttributeError:
+        return []
+
+
 @dataclasses.dataclass
 class Call:
     """One recorded leaf-layer call.

@@ -410,7 +410,7 @@ def _check_server(server, port, tmp_path, log_dir):
     y = rng.normal(size=(32, 2)).astype("float32")
     staging = tmp_path / "staging"
     logger = GradientVarianceLogger(
-        str(staging), update_freq=2, weights_freq=2, warn_log10_ratio=None
+        str(staging), update_freq=2, weights_freq=2, warn=False
     )
     model.fit(x, y, batch_size=8, callbacks=[logger], verbose=0)
     paths = [v.path for v in model.trainable_variables]
@@ -466,15 +466,10 @@ def _check_server(server, port, tmp_path, log_dir):
         query = urllib.parse.urlencode({"run": "gradients", "tag": joined})
         answer = _get_json(f"{base}/custom_scalars/scalars?{query}")
         assert answer["regex_valid"]
-        logged = chart["title"] in {
-            "grad_variance",
-            "grad_mean",
-            "grad_norm",
-            "grad_nonfinite",
-            "weight_variance",
-        }
+        # The logger writes every statistic of the layout (all signals on,
+        # weights_freq > 0).
         expected = {f"{chart['title']}/{p}" for p in paths}
-        assert set(answer["tag_to_events"]) == (expected if logged else set())
+        assert set(answer["tag_to_events"]) == expected
     assert "depth_profile/grad_norm" in image_tags["gradients"]
     query = urllib.parse.urlencode(
         {"run": "gradients", "tag": "depth_profile/grad_norm"}
@@ -484,3 +479,62 @@ def _check_server(server, port, tmp_path, log_dir):
     for entry in entries:
         png = _get(f"{base}/images/individualImage?{entry['query']}")
         assert png == images[entry["step"]]
+
+
+def test_logger_writes_the_overview(tmp_path):
+    # The logger writes the layout once (one chart per logged statistic,
+    # every variable in forward order) and a depth profile per statistic
+    # every `histogram_freq` steps.
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.plugins.custom_scalar import metadata as cs_metadata
+
+    import keras_winit
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((6,))]
+        + [keras.layers.Dense(8, activation="tanh") for _ in range(3)]
+        + [keras.layers.Dense(2)]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.random.default_rng(0).normal(size=(32, 6)).astype("float32")
+    y = np.zeros((32, 2), "float32")
+    logger = keras_winit.GradientVarianceLogger(
+        str(tmp_path),
+        update_freq=1,
+        histogram_freq=2,
+        signals=["grad_variance", "grad_norm", "grad_weight_ratio"],
+    )
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[logger])
+    acc = event_accumulator.EventAccumulator(
+        str(tmp_path / "gradients"),
+        size_guidance={
+            event_accumulator.TENSORS: 0,
+            event_accumulator.IMAGES: 0,
+        },
+    )
+    acc.Reload()
+    layouts = acc.PluginTagToContent(cs_metadata.PLUGIN_NAME)
+    assert len(layouts) == 1
+    layout = overview.layout_pb2.Layout()
+    layout.ParseFromString(
+        acc.Tensors(next(iter(layouts)))[0].tensor_proto.string_val[0]
+    )
+    charts = layout.category[0].chart
+    assert [c.title for c in charts] == [
+        "grad_variance",
+        "grad_norm",
+        "grad_weight_ratio",
+    ]
+    paths = [v.path for v in model.trainable_variables]
+    assert list(charts[0].multiline.tag) == [
+        overview.tag_regex(f"grad_variance/{p}") for p in paths
+    ]
+    images = acc.PluginTagToContent("images")
+    assert sorted(images) == [
+        "depth_profile/grad_norm",
+        "depth_profile/grad_variance",
+        "depth_profile/grad_weight_ratio",
+    ]
+    steps = [e.step for e in acc.Tensors("depth_profile/grad_norm")]
+    assert steps == [0, 2]

@@ -6,7 +6,6 @@ written by `writer.EventWriter`.
 """
 
 import atexit
-import math
 import numbers
 import os
 import warnings
@@ -15,6 +14,8 @@ import weakref
 import keras
 
 from keras_winit import _checks
+from keras_winit import health
+from keras_winit import walker
 from keras_winit.monitoring import records as records_module
 from keras_winit.monitoring import writer as writer_module
 
@@ -78,34 +79,41 @@ def check_log_dir(value):
     return os.fspath(value)
 
 
-def variance_warning(records, step, threshold):
+def health_warning(records, kinds, step):
     """The warning message for the per-variable records of one step.
 
     The one place where the logger decides whether to warn: `records` are
     `keras_winit.monitoring.records.VariableRecord`s (path, shape,
     gradient variance, gradient norm, weight norm, non-finite count), in
     forward order, of the variables that received a gradient at optimizer
-    step `step`.
-
-    Current rule: `log10(max Var(g) / min Var(g))` over the kernels (rank
-    >= 2; every variable when there is none) above `threshold`.
+    step `step`; `kinds` maps variable paths to their kind
+    (`keras_winit.walker.variable_kinds`). The rule is `diagnose`'s
+    (`keras_winit.health.gradient_warnings`): kernels judged by their
+    effective step `||g|| / ||w||` (also behind normalization), biases
+    never (attention's key bias has an exactly-zero gradient by
+    construction), an all-zero init reported, zero-initialized branch ends
+    exempt.
 
     Returns:
         The message, or `None` when there is nothing to warn about.
     """
-    ratio, high, low = records_module.log10_variance_ratio(records)
-    if math.isnan(ratio) or not ratio > threshold:
-        return None
-    return (
-        f"Gradient variances span 10^{ratio:.1f} across layers at "
-        f"optimizer step {step}: largest in layer "
-        f"'{_layer_path(high.path)}' ({high.variance:.3g} for "
-        f"'{high.path}'), smallest in layer "
-        f"'{_layer_path(low.path)}' ({low.variance:.3g} for "
-        f"'{low.path}'). Gradients may be vanishing or "
-        "exploding; check the initialization of these layers "
-        f"(threshold warn_log10_ratio={threshold})."
+    messages = health.gradient_warnings(
+        [
+            {
+                "path": r.path,
+                "kind": kinds.get(r.path, "other"),
+                "grad_var": r.variance,
+                "grad_norm": r.norm,
+                "weight_norm": r.weight_norm,
+                "nonfinite": r.nonfinite,
+                "norm_follows": False,
+            }
+            for r in records
+        ]
     )
+    if not messages:
+        return None
+    return f"At optimizer step {step}: " + " ".join(messages)
 
 
 def _check_backend():
@@ -187,9 +195,17 @@ class GradientVarianceLogger(keras.callbacks.Callback):
     `grad_summary/log10_variance_ratio` is
     `log10(max_l Var(g_l) / min_l Var(g_l))` over the kernels (variables of
     rank >= 2; all variables when there is no kernel): 0 when all layers
-    receive gradients of the same size, large when gradients vanish or
-    explode across depth (Glorot & Bengio, 2010). When it first exceeds
-    `warn_log10_ratio`, a `GradientVarianceWarning` names the two layers.
+    receive gradients of the same size (Glorot & Bengio, 2010).
+
+    With `warn=True`, the first recorded step (the initialization) is
+    judged by `diagnose`'s rule (`keras_winit.health.gradient_warnings`):
+    a `GradientVarianceWarning` says when the kernels' effective step
+    `||g|| / ||w||` is so small that they will not learn or so large that
+    they explode, when every kernel is zero, or when some get exactly no
+    gradient. Biases and normalization parameters are not judged, and a
+    kernel followed by normalization is judged by its effective step, not
+    by its raw gradient, so stock `keras.applications` and keras_hub models
+    do not warn.
 
     Training-health signals, at the same steps:
 
@@ -311,10 +327,8 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         weights_freq: Non-negative integer. Log the variance of the weights
             every `weights_freq` optimizer steps (read after the step's
             update) and before the first step; `0` (default) disables it.
-        warn_log10_ratio: Positive number or `None`. Warn once when
-            `grad_summary/log10_variance_ratio` exceeds it. Defaults to `4.0`
-            (a factor of 10,000 between layers); `None` disables the
-            warning.
+        warn: Boolean. Judge the first recorded step and warn (once) when
+            the model will not train, as above. Defaults to `True`.
         run_name: Name of the run, the subdirectory of `log_dir` that
             receives the summaries (not `.` or `..`). Defaults to
             `"gradients"`.
@@ -337,7 +351,7 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         update_freq=10,
         histogram_freq=0,
         weights_freq=0,
-        warn_log10_ratio=4.0,
+        warn=True,
         run_name="gradients",
         signals=None,
     ):
@@ -358,15 +372,9 @@ class GradientVarianceLogger(keras.callbacks.Callback):
                     f"Argument `{name}` must be a non-negative integer. "
                     f"Received: {name}={value!r}" + _too_large(value)
                 )
-        if warn_log10_ratio is not None and (
-            not isinstance(warn_log10_ratio, numbers.Real)
-            or isinstance(warn_log10_ratio, bool)
-            or not warn_log10_ratio > 0
-            or not math.isfinite(warn_log10_ratio)
-        ):
+        if not isinstance(warn, bool):
             raise ValueError(
-                "Argument `warn_log10_ratio` must be a positive number or "
-                f"None. Received: warn_log10_ratio={warn_log10_ratio!r}"
+                f"Argument `warn` must be a boolean. Received: warn={warn!r}"
             )
         check_run_name(run_name)
         signals = _check_signals(signals)
@@ -374,10 +382,11 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         self.update_freq = int(update_freq)
         self.histogram_freq = int(histogram_freq)
         self.weights_freq = int(weights_freq)
-        self.warn_log10_ratio = warn_log10_ratio
+        self.warn = warn
+        self._judged = False
+        self._kinds = None
         self.run_name = run_name
         self.signals = signals
-        self._warned = False
         self._warned_nonfinite = False
         self._hook = None
         self._writer = None
@@ -581,12 +590,18 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         )
 
     def _check_records(self, step, records):
-        """Warns once, as decided by `variance_warning`."""
-        if self.warn_log10_ratio is None or self._warned:
+        """Judges the first recorded step, as decided by `health_warning`.
+
+        Only the initialization is judged: late in training, small
+        gradients mean convergence, not a broken init.
+        """
+        if not self.warn or self._judged or not records:
             return
-        message = variance_warning(records, step, self.warn_log10_ratio)
+        self._judged = True
+        if self._kinds is None:
+            self._kinds = walker.variable_kinds(self.model)
+        message = health_warning(records, self._kinds, step)
         if message is not None:
-            self._warned = True
             warnings.warn(message, GradientVarianceWarning, stacklevel=2)
 
 

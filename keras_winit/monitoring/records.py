@@ -36,6 +36,14 @@ SIGNALS = (
     "global_norm",
     "first_nonfinite_layer",
 )
+# Statistics drawn against depth (`depth_profile/<name>` images) every
+# `histogram_freq` steps, when logged.
+DEPTH_PROFILES = (
+    "grad_variance",
+    "grad_norm",
+    "grad_weight_ratio",
+    "update_ratio",
+)
 # Per-variable signals: tag prefix and how the value is read from a row.
 _PER_VARIABLE = (
     ("grad_variance", lambda row: row[VARIANCE]),
@@ -169,6 +177,7 @@ class Records:
         self.update_freq = callback.update_freq
         self.histogram_freq = callback.histogram_freq
         self.weights_freq = callback.weights_freq
+        self.layout_written = False
         self.signals = frozenset(callback.signals)
         self.update_ratio = "update_ratio" in self.signals
         self.weights_written_at = None
@@ -364,9 +373,47 @@ class Records:
                 )
             )
         self.writer.scalars(step, values)
+        self._write_overview(step, stats, present)
         if first is not None:
             self.callback._nonfinite(step, self.layer_of[first], paths[first])
         self.callback._check_records(step, variable_records)
+
+    def _write_overview(self, step, stats, present):
+        """The all-layers overview (`keras_winit.monitoring.overview`).
+
+        The custom-scalars layout (one chart per logged statistic, every
+        variable on it in forward order) once per run, with the first
+        record; depth profiles (each statistic against depth, an image)
+        every `histogram_freq` steps.
+        """
+        # Imported here: its PNG encoder and protos are not needed by
+        # `import keras_winit`.
+        from keras_winit.monitoring import overview
+
+        logged = [name for name, _ in _PER_VARIABLE if name in self.signals]
+        if not self.layout_written:
+            self.layout_written = True
+            charts = logged + (["weight_variance"] if self.weights_freq else [])
+            if charts:
+                self.writer.write_summary(
+                    overview.layout_summary(charts, self.paths), step
+                )
+        if not self.histogram_freq or step % self.histogram_freq:
+            return
+        profiled = [n for n in DEPTH_PROFILES if n in logged]
+        if not profiled or not present:
+            return
+        read = dict(_PER_VARIABLE)
+        values = {
+            name: [float(read[name](stats[i])) for i in present]
+            for name in profiled
+        }
+        self.writer.write_summary(
+            overview.depth_profile_summary(
+                values, [self.paths[i] for i in present], step=step
+            ),
+            step,
+        )
 
     @staticmethod
     def _first_nonfinite(stats, present):
