@@ -28,3 +28,16 @@ def test_readme_examples_run():
             assert runner.failures == 0, block
         else:
             exec(compile(block, "README.md", "exec"), namespace)
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    commands = re.findall(r"```bash\n(.*?)\n```", README.read_text(), re.S)
+    assert len(commands) >= 2
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert commands[1] in ci.splitlines()
+
+
+def test_readme_stays_short():
+    # Guides live in docs/; the README keeps the commands, one example per
+    # tool, the API table and links (issue 17: at most 12 KB).
+    assert len(README.read_bytes()) <= 12 * 1024
