@@ -157,6 +157,9 @@ class VarianceScaling(keras.initializers.VarianceScaling):
             output_axes=output_axes,
         )
         self.mode = _checks.choice("mode", mode, fans_lib.MODES)
+        # The seed as given, for `get_config` (Keras keeps the same value in
+        # its private `_init_seed`; ours does not depend on it).
+        self._init_seed = seed
         self._draws = 0
 
     def fans(self, shape):
@@ -845,7 +848,7 @@ ALIASES = {
 }
 
 
-def register_aliases():
+def register_aliases() -> None:
     """Makes the `ALIASES` names resolvable by `keras.initializers.get`."""
     custom_objects = keras.saving.get_custom_objects()
     for alias, cls in ALIASES.items():

@@ -117,3 +117,55 @@ def test_only_compat_imports_keras_src():
         if path.name != "_compat.py" and "keras.src" in path.read_text()
     ]
     assert offenders == []
+
+
+def _residual_model():
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(4, name="branch")(inputs)
+    added = keras.layers.Add(name="add_layer")([inputs, h])
+    outputs = added + keras.layers.Dense(4, name="second")(added)
+    return keras.Model(inputs, outputs), h, added, outputs
+
+
+def test_is_functional():
+    model = _residual_model()[0]
+    assert _compat.is_functional(model)
+    assert not _compat.is_functional(
+        keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    )
+    assert not _compat.is_functional(keras.layers.Dense(2))
+
+
+def test_is_add_operation():
+    model = _residual_model()[0]
+    adds = [op for op in model.operations if _compat.is_add_operation(op)]
+    assert len(adds) == 2
+    assert isinstance(adds[0], keras.layers.Add)
+    assert not isinstance(adds[1], keras.layers.Layer)  # `x + y`
+    assert not _compat.is_add_operation(model.get_layer("branch"))
+
+
+def test_tensor_history():
+    model, h, added, _ = _residual_model()
+    operation, node_index = _compat.tensor_history(h)
+    assert operation is model.get_layer("branch") and node_index == 0
+    assert _compat.tensor_history(added)[0] is model.get_layer("add_layer")
+    assert _compat.tensor_history(np.zeros(2)) is None
+
+
+def test_node_input_tensors():
+    model, h, _, _ = _residual_model()
+    (inputs,) = _compat.node_input_tensors(model.get_layer("add_layer"))
+    assert len(inputs) == 2
+    assert inputs[0] is model.inputs[0] and inputs[1] is h
+    shared = keras.layers.Dense(4)
+    x = keras.Input((4,))
+    shared(shared(x))
+    assert len(_compat.node_input_tensors(shared)) == 2
+
+
+def test_layer_call_class():
+    layer_class = _compat.layer_call_class()
+    assert layer_class is keras.layers.Layer
+    for cls in (keras.layers.Conv2D, keras.layers.MultiHeadAttention):
+        assert cls.__call__ is layer_class.__call__
