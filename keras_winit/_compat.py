@@ -194,3 +194,66 @@ def layer_call_class() -> type:
                 TypeError(f"{cls.__name__} defines its own `__call__`"),
             )
     return layer
+
+
+# keras_hub transformer blocks (layers that call sublayers, no graph
+# inside), by class name: for each residual branch, `(branch name, the
+# attribute of its normalization, *the attributes of its layers)`, in
+# order. The normalization is inside the branch only when
+# `normalize_first` (pre-LN). All but ViT's are private attributes.
+TRANSFORMER_BLOCKS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "TransformerEncoder": (
+        (
+            "self_attention",
+            "_self_attention_layer_norm",
+            "_self_attention_layer",
+        ),
+        (
+            "feedforward",
+            "_feedforward_layer_norm",
+            "_feedforward_intermediate_dense",
+            "_feedforward_output_dense",
+        ),
+    ),
+    "TransformerDecoder": (
+        (
+            "self_attention",
+            "_self_attention_layer_norm",
+            "_self_attention_layer",
+        ),
+        (
+            "cross_attention",
+            "_cross_attention_layer_norm",
+            "_cross_attention_layer",
+        ),
+        (
+            "feedforward",
+            "_feedforward_layer_norm",
+            "_feedforward_intermediate_dense",
+            "_feedforward_output_dense",
+        ),
+    ),
+    # ViT's blocks are always pre-LN.
+    "ViTEncoderBlock": (
+        ("attention", "layer_norm_1", "mha"),
+        ("mlp", "layer_norm_2", "mlp"),
+    ),
+}
+
+
+def block_sublayer(block: Any, name: str) -> Any:
+    """The sublayer `name` of a `TRANSFORMER_BLOCKS` block, or `None`.
+
+    keras_hub keeps a transformer block's sublayers in private attributes
+    (`TransformerEncoder._self_attention_layer`, ...), set in `build`.
+    `None` where the block has none (a decoder without cross-attention)
+    or is not built yet.
+    """
+    if not getattr(block, "built", False):
+        return getattr(block, name, None)
+    try:
+        return getattr(block, name)
+    except AttributeError as error:
+        raise _missing(
+            f"`{type(block).__name__}.{name}` (keras_hub)", error
+        ) from error

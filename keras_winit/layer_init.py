@@ -1186,48 +1186,7 @@ class _Writer:
 #: Residual rules of `initialize`.
 RESIDUAL_RULES = ("none", "gpt2", "fixup", "zero")
 
-# keras_hub transformer blocks (layers that call sublayers, no graph
-# inside): for each, the residual branches as attribute names, in order.
-# `None` stands for the block's normalization of that branch, which is
-# inside the branch only when `normalize_first` (pre-LN).
-_TRANSFORMER_BLOCKS = {
-    "TransformerEncoder": (
-        (
-            "self_attention",
-            "_self_attention_layer_norm",
-            "_self_attention_layer",
-        ),
-        (
-            "feedforward",
-            "_feedforward_layer_norm",
-            "_feedforward_intermediate_dense",
-            "_feedforward_output_dense",
-        ),
-    ),
-    "TransformerDecoder": (
-        (
-            "self_attention",
-            "_self_attention_layer_norm",
-            "_self_attention_layer",
-        ),
-        (
-            "cross_attention",
-            "_cross_attention_layer_norm",
-            "_cross_attention_layer",
-        ),
-        (
-            "feedforward",
-            "_feedforward_layer_norm",
-            "_feedforward_intermediate_dense",
-            "_feedforward_output_dense",
-        ),
-    ),
-    # ViT's blocks are always pre-LN.
-    "ViTEncoderBlock": (
-        ("attention", "layer_norm_1", "mha"),
-        ("mlp", "layer_norm_2", "mlp"),
-    ),
-}
+_TRANSFORMER_BLOCKS = _compat.TRANSFORMER_BLOCKS
 
 
 class ResidualBranch:
@@ -1376,10 +1335,10 @@ def _transformer_branches(block, spec):
     pre_norm = getattr(block, "normalize_first", True)
     branches = []
     for name, norm_name, *names in spec:
-        layers = [getattr(block, n, None) for n in names]
+        layers = [_compat.block_sublayer(block, n) for n in names]
         if any(layer is None or not layer.built for layer in layers):
             continue  # e.g. no cross-attention in a decoder-only model
-        norm = getattr(block, norm_name, None) if pre_norm else None
+        norm = _compat.block_sublayer(block, norm_name) if pre_norm else None
         if norm is not None:
             layers.insert(0, norm)
         stages = [s for layer in layers for s in _stages_of(layer)]

@@ -169,3 +169,39 @@ def test_layer_call_class():
     assert layer_class is keras.layers.Layer
     for cls in (keras.layers.Conv2D, keras.layers.MultiHeadAttention):
         assert cls.__call__ is layer_class.__call__
+
+
+def _hub_blocks():
+    keras_hub = pytest.importorskip("keras_hub")
+    encoder = keras_hub.layers.TransformerEncoder(16, 2)
+    encoder.build((1, 4, 8))
+    decoder = keras_hub.layers.TransformerDecoder(16, 2)
+    decoder.build((1, 4, 8), (1, 4, 8))  # with cross-attention
+    vit = keras_hub.models.ViTBackbone(
+        image_shape=(8, 8, 3),
+        patch_size=4,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        mlp_dim=16,
+    )
+    blocks = [encoder, decoder]
+    blocks += [
+        layer
+        for layer in _compat.sublayers(vit, recursive=True)
+        if type(layer).__name__ == "ViTEncoderBlock"
+    ]
+    return blocks
+
+
+def test_block_sublayer():
+    blocks = _hub_blocks()
+    assert {type(b).__name__ for b in blocks} == set(_compat.TRANSFORMER_BLOCKS)
+    for block in blocks:
+        for _, *names in _compat.TRANSFORMER_BLOCKS[type(block).__name__]:
+            for name in names:
+                sub = _compat.block_sublayer(block, name)
+                assert isinstance(sub, keras.layers.Layer), (block, name)
+                assert sub.built, (block, name)
+    with pytest.raises(RuntimeError, match="keras_hub"):
+        _compat.block_sublayer(blocks[0], "_no_such_layer")
