@@ -2,11 +2,13 @@
 
 Keras 3 has no public API for a few things the tools need: the sublayers
 a layer tracks, running a Functional graph with a replacement for each
-operation, the optimizer's raw step counter and gradient accumulators,
-and the state sharding of JAX's train step. Every such use goes through
-this module, and `tests/test_compat.py` tests each function against the
-installed Keras, so a Keras release that moves one of them fails one named
-test (and a clear `RuntimeError` here) instead of a tool far away.
+operation, the graph's nodes and their `Add`s, the optimizer's raw step
+counter and gradient accumulators, and the state sharding of JAX's train
+step; keras_hub has none for the sublayers of its transformer blocks.
+Every such use goes through this module, and `tests/test_compat.py` tests
+each function against the installed Keras, so a Keras release that moves
+one of them fails one named test (and a clear `RuntimeError` here)
+instead of a tool far away.
 
 Public Keras classes are used everywhere else; nothing outside this module
 imports `keras.src`.
