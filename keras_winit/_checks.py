@@ -50,7 +50,7 @@ def positive_int(name, value, limit=MAX_FAN):
     if (
         isinstance(value, bool)
         or not isinstance(value, numbers.Integral)
-        or not 0 < value <= limit
+        or not 0 < int(value) <= limit
     ):
         raise ValueError(
             f"Argument `{name}` must be a positive integer no larger than "
@@ -77,7 +77,7 @@ def axes(name, value):
         or not all(
             isinstance(a, numbers.Integral)
             and not isinstance(a, bool)
-            and -MAX_FAN <= a <= MAX_FAN
+            and -MAX_FAN <= int(a) <= MAX_FAN
             for a in items
         )
         or isinstance(value, bool)
@@ -109,7 +109,7 @@ def shape(value, allow_zero=True):
         or not all(
             isinstance(d, numbers.Integral)
             and not isinstance(d, bool)
-            and smallest <= d <= MAX_FAN
+            and smallest <= int(d) <= MAX_FAN
             for d in dims
         )
     ):

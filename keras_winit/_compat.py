@@ -2,22 +2,27 @@
 
 Keras 3 has no public API for a few things the tools need: the sublayers
 a layer tracks, running a Functional graph with a replacement for each
-operation, the optimizer's raw step counter and gradient accumulators,
-and the state sharding of JAX's train step. Every such use goes through
-this module, and `tests/test_compat.py` tests each function against the
-installed Keras, so a Keras release that moves one of them fails one named
-test (and a clear `RuntimeError` here) instead of a tool far away.
+operation, the graph's nodes and their `Add`s, the optimizer's raw step
+counter and gradient accumulators, and the state sharding of JAX's train
+step; keras_hub has none for the sublayers of its transformer blocks.
+Every such use goes through this module, and `tests/test_compat.py` tests
+each function against the installed Keras, so a Keras release that moves
+one of them fails one named test (and a clear `RuntimeError` here)
+instead of a tool far away.
 
 Public Keras classes are used everywhere else; nothing outside this module
 imports `keras.src`.
 """
+
+from collections.abc import Callable
+from typing import Any
 
 import keras
 
 _KERAS = f"Keras {keras.__version__}"
 
 
-def _missing(what, error):
+def _missing(what: str, error: Exception) -> RuntimeError:
     return RuntimeError(
         f"keras_winit needs {what}, which {_KERAS} does not provide "
         f"({type(error).__name__}: {error}). Please report this with your "
@@ -25,7 +30,7 @@ def _missing(what, error):
     )
 
 
-def sublayers(layer, recursive=False):
+def sublayers(layer: Any, recursive: bool = False) -> list[Any]:
     """The layers `layer` tracks (not `layer` itself), in creation order.
 
     `Layer._flatten_layers`: Keras' own traversal, which sees layers held
@@ -39,7 +44,7 @@ def sublayers(layer, recursive=False):
         raise _missing("`Layer._flatten_layers`", error) from error
 
 
-def call_has_training_arg(layer):
+def call_has_training_arg(layer: Any) -> bool:
     """Whether `layer.call` takes a `training` argument."""
     try:
         return bool(layer._call_has_training_arg)
@@ -49,7 +54,9 @@ def call_has_training_arg(layer):
         raise _missing("`Layer._call_has_training_arg`", error) from error
 
 
-def run_functional(model, inputs, operation_fn):
+def run_functional(
+    model: Any, inputs: Any, operation_fn: Callable[[Any], Callable[..., Any]]
+) -> Any:
     """Runs a Functional `model`'s graph with `operation_fn(op)` per node.
 
     `operation_fn(op)` returns the callable used in place of `op` (a layer
@@ -66,7 +73,7 @@ def run_functional(model, inputs, operation_fn):
     return run(flat, operation_fn=operation_fn)
 
 
-def raw_iterations(optimizer):
+def raw_iterations(optimizer: Any) -> Any:
     """The optimizer's step counter, counting accumulation micro-steps.
 
     `optimizer.iterations` counts applied updates; with
@@ -79,7 +86,7 @@ def raw_iterations(optimizer):
         raise _missing("`Optimizer._iterations`", error) from error
 
 
-def accumulated_gradient(optimizer, variable):
+def accumulated_gradient(optimizer: Any, variable: Any) -> Any:
     """The accumulator of `variable` under `gradient_accumulation_steps`."""
     try:
         index = optimizer._get_variable_index(variable)
@@ -88,7 +95,7 @@ def accumulated_gradient(optimizer, variable):
         raise _missing("`Optimizer._accumulated_gradients`", error) from error
 
 
-def optimizer_variables_order(optimizer):
+def optimizer_variables_order(optimizer: Any) -> list[Any]:
     """The trainable variables the optimizer was built with, in its order.
 
     `stateless_apply` (JAX) takes gradients in this order.
@@ -99,7 +106,7 @@ def optimizer_variables_order(optimizer):
         raise _missing("`Optimizer._trainable_variables`", error) from error
 
 
-def state_sharding_spec(model):
+def state_sharding_spec(model: Any) -> Any:
     """JAX: the sharding of the train step's state under a distribution."""
     try:
         return model._get_state_sharding_spec()
@@ -109,10 +116,146 @@ def state_sharding_spec(model):
         ) from error
 
 
-def conv_lstm_cell_class():
+def conv_lstm_cell_class() -> type:
     """The cell class of `ConvLSTM1D/2D/3D` (not exported by Keras)."""
     try:
         from keras.src.layers.rnn import conv_lstm
     except ImportError as error:
         raise _missing("`keras.src.layers.rnn.conv_lstm`", error) from error
     return conv_lstm.ConvLSTMCell
+
+
+def is_functional(model: Any) -> bool:
+    """Whether `model` is a Functional model (`keras.Model(inputs, outputs)`).
+
+    `keras.src.models.functional.Functional` is not exported by Keras;
+    `keras.Sequential` is not one.
+    """
+    try:
+        from keras.src.models.functional import Functional
+    except ImportError as error:
+        raise _missing("`keras.src.models.functional`", error) from error
+    return isinstance(model, Functional)
+
+
+def is_add_operation(operation: Any) -> bool:
+    """Whether a graph node's operation adds two tensors.
+
+    `keras.layers.Add`, or `keras.ops.add` / `x + y` on symbolic tensors,
+    whose operation class (`keras.src.ops.numpy.Add`) Keras does not
+    export.
+    """
+    try:
+        from keras.src.ops import numpy as numpy_ops
+
+        add = numpy_ops.Add
+    except (ImportError, AttributeError) as error:
+        raise _missing("`keras.src.ops.numpy.Add`", error) from error
+    return isinstance(operation, (keras.layers.Add, add))
+
+
+def tensor_history(tensor: Any) -> tuple[Any, int] | None:
+    """`(operation, node_index)` that made a symbolic `tensor`, or `None`.
+
+    `KerasTensor._keras_history`; `None` for a tensor no operation made
+    (e.g. not a `KerasTensor`).
+    """
+    history = getattr(tensor, "_keras_history", None)
+    if history is None:
+        return None
+    try:
+        return history.operation, history.node_index
+    except AttributeError as error:
+        raise _missing("`KerasTensor._keras_history`", error) from error
+
+
+def node_input_tensors(operation: Any) -> list[list[Any]]:
+    """The input tensors of each call of `operation` in a graph, in order.
+
+    `Operation._inbound_nodes[i].input_tensors`: item `i` belongs to the
+    `node_index` `i` of `tensor_history`.
+    """
+    try:
+        return [list(node.input_tensors) for node in operation._inbound_nodes]
+    except AttributeError as error:
+        raise _missing("`Operation._inbound_nodes`", error) from error
+
+
+def layer_call_class() -> type:
+    """The class whose `__call__` every Keras layer and model call runs.
+
+    The walker replaces `keras.layers.Layer.__call__` for one pass to see
+    each layer call; that works as long as no built-in layer or model
+    class defines its own `__call__` before `Layer` in its MRO.
+    """
+    layer = keras.layers.Layer
+    for cls in (keras.layers.Dense, keras.Sequential, keras.Model):
+        if cls.__call__ is not layer.__call__:
+            raise _missing(
+                "every layer call to run `keras.layers.Layer.__call__`",
+                TypeError(f"{cls.__name__} defines its own `__call__`"),
+            )
+    return layer
+
+
+# keras_hub transformer blocks (layers that call sublayers, no graph
+# inside), by class name: for each residual branch, `(branch name, the
+# attribute of its normalization, *the attributes of its layers)`, in
+# order. The normalization is inside the branch only when
+# `normalize_first` (pre-LN). All but ViT's are private attributes.
+TRANSFORMER_BLOCKS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "TransformerEncoder": (
+        (
+            "self_attention",
+            "_self_attention_layer_norm",
+            "_self_attention_layer",
+        ),
+        (
+            "feedforward",
+            "_feedforward_layer_norm",
+            "_feedforward_intermediate_dense",
+            "_feedforward_output_dense",
+        ),
+    ),
+    "TransformerDecoder": (
+        (
+            "self_attention",
+            "_self_attention_layer_norm",
+            "_self_attention_layer",
+        ),
+        (
+            "cross_attention",
+            "_cross_attention_layer_norm",
+            "_cross_attention_layer",
+        ),
+        (
+            "feedforward",
+            "_feedforward_layer_norm",
+            "_feedforward_intermediate_dense",
+            "_feedforward_output_dense",
+        ),
+    ),
+    # ViT's blocks are always pre-LN.
+    "ViTEncoderBlock": (
+        ("attention", "layer_norm_1", "mha"),
+        ("mlp", "layer_norm_2", "mlp"),
+    ),
+}
+
+
+def block_sublayer(block: Any, name: str) -> Any:
+    """The sublayer `name` of a `TRANSFORMER_BLOCKS` block, or `None`.
+
+    keras_hub keeps a transformer block's sublayers in private attributes
+    (`TransformerEncoder._self_attention_layer`, ...), set in `build`.
+    `None` where the block has none (a decoder without cross-attention)
+    or is not built yet.
+    """
+    if not getattr(block, "built", False):
+        return getattr(block, name, None)
+    try:
+        return getattr(block, name)
+    except AttributeError as error:
+        raise _missing(
+            f"`{type(block).__name__}.{name}` (keras_hub)", error
+        ) from error

@@ -29,10 +29,12 @@ The TensorFlow, JAX and PyTorch backends are supported, and every kind of
 import dataclasses
 import math
 import numbers
+from typing import Any
 
 import keras
 import numpy as np
 
+from keras_winit import _compat
 from keras_winit import walker
 
 # Kernel layers whose fused activation is split off, and which LSUV
@@ -83,9 +85,7 @@ def check_model(model, what):
 def is_graph_model(model):
     if isinstance(model, keras.Sequential):
         return True
-    return hasattr(model, "_run_through_graph") and hasattr(
-        model, "_nodes_by_depth"
-    )
+    return _compat.is_functional(model)
 
 
 def check_number(name, value, low=None, high=None, integer=False):
@@ -255,7 +255,7 @@ def activation_of(layer):
 # `layer.path` is set when a layer builds weights; a layer without weights
 # (`Activation`, `Flatten`...) gets `<parent model path>/<layer name>`,
 # recorded by `execute` on every run.
-_FALLBACK_PATHS = {}
+_FALLBACK_PATHS: dict[int, str] = {}
 
 
 def layer_path(layer):
@@ -359,8 +359,8 @@ def _annotate(records, walk):
 
 def _probe_eager(model, x, y, loss, training, seed, norm_training):
     backend = keras.backend.backend()
-    calls = []
-    seen = {}
+    calls: list[Any] = []
+    seen: dict[Any, Any] = {}
 
     def leaf(layer, args, kwargs):
         z, a = split_call(layer, args, kwargs)
@@ -375,7 +375,7 @@ def _probe_eager(model, x, y, loss, training, seed, norm_training):
         calls.append((layer, count, z, a))
         return a
 
-    kernels = []
+    kernels: list[Any] = []
 
     def gradients(loss_value):
         kernels.extend(
@@ -456,7 +456,7 @@ def _torch_gradients(loss_value, sources):
 
     tensors = [s.value if isinstance(s, keras.Variable) else s for s in sources]
     wanted = [i for i, t in enumerate(tensors) if t.requires_grad]
-    grads = [None] * len(tensors)
+    grads: list[Any] = [None] * len(tensors)
     if wanted:
         found = torch.autograd.grad(
             loss_value, [tensors[i] for i in wanted], allow_unused=True
@@ -479,7 +479,7 @@ def _probe_jax(model, x, y, loss, training, seed, norm_training):
     import jax
 
     calls = []
-    seen = {}
+    seen: dict[Any, Any] = {}
 
     def record_leaf(layer, args, kwargs):
         z, a = split_call(layer, args, kwargs)

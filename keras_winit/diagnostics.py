@@ -17,10 +17,12 @@ References:
     - He et al., 2015, "Delving Deep into Rectifiers", arXiv:1502.01852.
 """
 
+import argparse
 import dataclasses
 import math
 import os
 import sys
+from typing import Any
 
 import keras
 import numpy as np
@@ -28,6 +30,7 @@ import numpy as np
 from keras_winit import _signal
 from keras_winit import gains
 from keras_winit import health
+from keras_winit import walker
 
 #: Short names of the flags, in the order they are checked.
 FLAG_KINDS = (
@@ -65,7 +68,7 @@ class Flag:
     threshold: float
 
     @property
-    def advice(self):
+    def advice(self) -> str:
         """What the flag means and what to do, in one sentence."""
         return health.ADVICE[self.kind]
 
@@ -135,30 +138,30 @@ class LayerStats:
     index: int
     name: str
     layer_type: str
-    activation: object
+    activation: str | None
     has_kernel: bool
     mean: float
     std: float
-    std_ratio: object
-    pre_std: object
-    saturated: object
-    dead: object
-    grad_std: object
-    grad_std_ratio: object
-    weight_grad_var: object
-    initializer: object
-    recommended: object
-    gain: object
-    flags: list
+    std_ratio: float | None
+    pre_std: float | None
+    saturated: float | None
+    dead: float | None
+    grad_std: float | None
+    grad_std_ratio: float | None
+    weight_grad_var: float | None
+    initializer: str | None
+    recommended: str | None
+    gain: float | None
+    flags: list[str]
     kind: str = "other"
-    norm_after: object = None
-    branch: object = None
+    norm_after: str | None = None
+    branch: int | None = None
     branch_end: bool = False
     shortcut: bool = False
-    step: object = None
+    step: float | None = None
     nonfinite: int = 0
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
@@ -174,13 +177,13 @@ class Diagnosis:
         residuals: The residual adds found (`keras_winit.walker.Residual`).
     """
 
-    layers: list
-    flags: list
+    layers: list[LayerStats]
+    flags: list[Flag]
     loss: str
     batch_size: int
-    residuals: list = dataclasses.field(default_factory=list)
+    residuals: list[walker.Residual] = dataclasses.field(default_factory=list)
 
-    def to_table(self):
+    def to_table(self) -> str:
         """Returns the per-layer table as a string (no pandas needed)."""
         headers = [
             "#",
@@ -257,21 +260,21 @@ _SHORT = {
 
 
 def diagnose(
-    model,
-    x,
-    y=None,
+    model: keras.Model,
+    x: Any,
+    y: Any = None,
     *,
-    loss=None,
-    training=False,
-    vanishing_threshold=0.1,
-    exploding_threshold=10.0,
-    saturation_threshold=0.1,
-    dead_threshold=0.6,
-    saturation_eps=0.01,
-    stream_threshold=100.0,
-    seed=0,
-    print_table=False,
-):
+    loss: Any = None,
+    training: bool = False,
+    vanishing_threshold: float = 0.1,
+    exploding_threshold: float = 10.0,
+    saturation_threshold: float = 0.1,
+    dead_threshold: float = 0.6,
+    saturation_eps: float = 0.01,
+    stream_threshold: float = 100.0,
+    seed: int | None = 0,
+    print_table: bool = False,
+) -> Diagnosis:
     """Measures how the signal propagates through a model, layer by layer.
 
     One forward and one backward pass on the batch `x` (on the TensorFlow,
@@ -470,7 +473,7 @@ def diagnose(
     return result
 
 
-def check_inputs(model, tensors):
+def check_inputs(model: keras.Model, tensors: Any) -> None:
     """Raises a `ValueError` naming the input when `x` does not fit."""
     inputs = getattr(model, "inputs", None)
     if not inputs:
@@ -652,7 +655,9 @@ def _recommend(stats):
         s.recommended, s.gain = recommend(activation)
 
 
-def recommend(activation, param=None):
+def recommend(
+    activation: str | None, param: float | None = None
+) -> tuple[str, float]:
     """Recommended kernel initializer (as code) and gain for an activation.
 
     Args:
@@ -700,7 +705,7 @@ def recommend(activation, param=None):
 # Command line: keras-winit diagnose MODEL.keras BATCH.npy [--labels Y.npy]
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the `keras-winit diagnose` arguments to an argparse parser."""
     parser.add_argument("model", help="saved model (.keras file)")
     parser.add_argument("batch", help="input batch (.npy file)")
@@ -758,8 +763,8 @@ def _load_model(path):
     try:
         return keras.saving.load_model(path)
     except Exception as e:  # any failure of the file's content
-        detail = str(e).strip().splitlines()
-        detail = detail[0] if detail else ""
+        lines = str(e).strip().splitlines()
+        detail = lines[0] if lines else ""
         raise _BadInput(
             f"cannot load model {path}: {type(e).__name__}"
             + (f": {detail[:300]}" if detail else "")
@@ -784,7 +789,7 @@ def _load_array(path, what):
         ) from e
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     """Runs `keras-winit diagnose`; returns the exit status.
 
     0 when done (or when layers are flagged without `--fail-on-flags`), 1

@@ -18,6 +18,7 @@ the fans are the products of the sizes along those axes.
 """
 
 import math
+from collections.abc import Sequence
 
 from keras_winit import _checks
 
@@ -25,7 +26,11 @@ from keras_winit import _checks
 MODES = ("fan_in", "fan_out", "fan_avg", "fan_geo_avg")
 
 
-def compute_fans(shape, input_axes=None, output_axes=None):
+def compute_fans(
+    shape: Sequence[int],
+    input_axes: Sequence[int] | None = None,
+    output_axes: Sequence[int] | None = None,
+) -> tuple[int, int]:
     """Returns `(fan_in, fan_out)` for a weight of the given shape.
 
     Same result as Keras' `compute_fans` for every shape, so keras_winit
@@ -76,7 +81,7 @@ def compute_fans(shape, input_axes=None, output_axes=None):
     return shape[-2] * receptive_field, shape[-1] * receptive_field
 
 
-def fan_for_mode(mode, fan_in, fan_out):
+def fan_for_mode(mode: str, fan_in: float, fan_out: float) -> float:
     """Returns the fan that `mode` divides the scale by.
 
     Args:

@@ -25,6 +25,10 @@ References:
 
 import dataclasses
 import math
+from collections.abc import Iterable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
 
 #: Kinds of per-variable records taken by `gradient_warnings`.
 VARIABLE_KINDS = (
@@ -109,11 +113,16 @@ class Finding:
     threshold: float
 
     @property
-    def advice(self):
+    def advice(self) -> str:
         return ADVICE[self.kind]
 
 
-def judge(rows, residuals, thresholds, input_nonfinite=0):
+def judge(
+    rows: Sequence[Any],
+    residuals: Sequence[Any],
+    thresholds: Mapping[str, float],
+    input_nonfinite: int = 0,
+) -> list[tuple[Any, Finding]]:
     """Findings of `diagnose` from its per-call rows, in forward order.
 
     Args:
@@ -130,7 +139,7 @@ def judge(rows, residuals, thresholds, input_nonfinite=0):
     Returns:
         A list of `(row or None, Finding)`, in forward order.
     """
-    found = []
+    found: list[tuple[Any, Finding]] = []
     if input_nonfinite:
         found.append(
             (None, Finding("input", "nonfinite_input", input_nonfinite, 0))
@@ -194,7 +203,7 @@ def judge(rows, residuals, thresholds, input_nonfinite=0):
 
 def _chains(rows, kernels):
     last_kernel = kernels[-1] if kernels else None
-    chains = [[]]
+    chains: list[list[Any]] = [[]]
     for s in rows:
         if s.kind in ("norm", "add"):
             chains.append([])
@@ -202,7 +211,10 @@ def _chains(rows, kernels):
             s.norm_after or s.branch is not None or s.shortcut
         ):
             chains[-1].append(s)
-    plain_ids, first_of, grad_ref_of, hidden_ids = set(), {}, {}, set()
+    plain_ids: set[int] = set()
+    first_of: dict[int, Any] = {}
+    grad_ref_of: dict[int, Any] = {}
+    hidden_ids: set[int] = set()
     for chain in chains:
         ref = next((s.pre_std for s in chain if s.pre_std), None)
         hidden = [s for s in chain if s is not last_kernel]
@@ -239,7 +251,12 @@ def _judge_residuals(residuals, thresholds):
     return found
 
 
-def gradient_warnings(records, *, min_step=1e-4, max_step=1e3):
+def gradient_warnings(
+    records: Iterable[Mapping[str, Any]],
+    *,
+    min_step: float = 1e-4,
+    max_step: float = 1e3,
+) -> list[str]:
     """The gradient logger's warning: messages, or `[]` when healthy.
 
     A pure function of per-variable records in forward order (the order

@@ -58,10 +58,13 @@ import numbers
 import random
 import re
 import warnings
+from collections.abc import Iterable
+from typing import Any
 
 import keras
 
 from keras_winit import _checks
+from keras_winit import _compat
 from keras_winit import _seeds
 from keras_winit import gains
 from keras_winit import initializers as init_lib
@@ -159,18 +162,23 @@ class InitReport:
     is kept). `str(report)` is a plain-text table of both.
     """
 
-    def __init__(self, rows, residual_rows=(), residual="none"):
+    def __init__(
+        self,
+        rows: Iterable[dict[str, Any]],
+        residual_rows: Iterable[dict[str, Any]] = (),
+        residual: str = "none",
+    ) -> None:
         self.rows = list(rows)
         self.residual_rows = list(residual_rows)
         self.residual = residual
 
     @property
-    def unknown(self):
+    def unknown(self) -> list[dict[str, Any]]:
         """The rows of variables left as they are because unknown."""
         return [row for row in self.rows if row["init"] == "unknown"]
 
     @property
-    def branches(self):
+    def branches(self) -> list[str]:
         """Names of the residual branches the rule was applied to."""
         return list(dict.fromkeys(r["branch"] for r in self.residual_rows))
 
@@ -230,17 +238,17 @@ def _table(columns, body):
 
 
 def initialize(
-    model,
-    scheme="he_normal",
+    model: keras.Model | keras.layers.Layer,
+    scheme: str | keras.initializers.VarianceScaling = "he_normal",
     *,
-    bias=None,
-    seed=None,
-    gain_method="moment",
-    strict=False,
-    residual="none",
-    embeddings_stddev=None,
-    include_frozen=False,
-):
+    bias: str | None = None,
+    seed: int | None = None,
+    gain_method: str = "moment",
+    strict: bool = False,
+    residual: str = "none",
+    embeddings_stddev: float | None = None,
+    include_frozen: bool = False,
+) -> "InitReport":
     """Re-initializes a built model in place, with each layer's true fans.
 
     Every kernel is drawn with `Var(w) = scale / fan`, where the fan comes
@@ -479,7 +487,7 @@ def initialize(
             "initialize. Build it first, e.g. with `model.build(input_shape)`"
             " or by calling it on data."
         )
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in _compat.sublayers(model, recursive=True):
         if not layer.built:
             raise ValueError(
                 f"Layer '{layer.name}' of model '{model.name}' is not built, "
@@ -591,13 +599,13 @@ class _Walker:
             self._einsum(layer)
         elif isinstance(layer, keras.layers.Dense):
             self._dense(layer)
-        elif isinstance(layer, _conv_classes("BaseSeparableConv")):
+        elif isinstance(layer, _SEPARABLE_CONV_CLASSES):
             self._separable(layer)
-        elif isinstance(layer, _conv_classes("BaseDepthwiseConv")):
+        elif isinstance(layer, _DEPTHWISE_CONV_CLASSES):
             self._conv(layer, "depthwise")
-        elif isinstance(layer, _conv_classes("BaseConvTranspose")):
+        elif isinstance(layer, _CONV_TRANSPOSE_CLASSES):
             self._conv(layer, "conv_transpose")
-        elif isinstance(layer, _conv_classes("BaseConv")):
+        elif isinstance(layer, _CONV_CLASSES):
             self._conv(layer, "conv")
         elif isinstance(layer, keras.layers.Embedding):
             self._embedding(layer)
@@ -736,7 +744,7 @@ class _Walker:
 
     def _attention(self, layer):
         projections = [
-            getattr(layer, f"_{n}_dense", None)
+            getattr(layer, f"{n}_dense", None)
             for n in ("query", "key", "value")
         ]
         dims = {p.kernel.shape[0] for p in projections if p is not None}
@@ -840,7 +848,7 @@ class _Walker:
             if isinstance(cell, getattr(keras.layers, cell_name)):
                 gates = cell_gates
         layout = "recurrent"
-        if isinstance(cell, _conv_lstm_cell()):
+        if isinstance(cell, _compat.conv_lstm_cell_class()):
             gates, layout = _GATES["LSTMCell"], "conv_recurrent"
         if gates is None:
             return  # unknown cell: its weights are reported as unknown
@@ -1178,48 +1186,7 @@ class _Writer:
 #: Residual rules of `initialize`.
 RESIDUAL_RULES = ("none", "gpt2", "fixup", "zero")
 
-# keras_hub transformer blocks (layers that call sublayers, no graph
-# inside): for each, the residual branches as attribute names, in order.
-# `None` stands for the block's normalization of that branch, which is
-# inside the branch only when `normalize_first` (pre-LN).
-_TRANSFORMER_BLOCKS = {
-    "TransformerEncoder": (
-        (
-            "self_attention",
-            "_self_attention_layer_norm",
-            "_self_attention_layer",
-        ),
-        (
-            "feedforward",
-            "_feedforward_layer_norm",
-            "_feedforward_intermediate_dense",
-            "_feedforward_output_dense",
-        ),
-    ),
-    "TransformerDecoder": (
-        (
-            "self_attention",
-            "_self_attention_layer_norm",
-            "_self_attention_layer",
-        ),
-        (
-            "cross_attention",
-            "_cross_attention_layer_norm",
-            "_cross_attention_layer",
-        ),
-        (
-            "feedforward",
-            "_feedforward_layer_norm",
-            "_feedforward_intermediate_dense",
-            "_feedforward_output_dense",
-        ),
-    ),
-    # ViT's blocks are always pre-LN.
-    "ViTEncoderBlock": (
-        ("attention", "layer_norm_1", "mha"),
-        ("mlp", "layer_norm_2", "mlp"),
-    ),
-}
+_TRANSFORMER_BLOCKS = _compat.TRANSFORMER_BLOCKS
 
 
 class ResidualBranch:
@@ -1240,7 +1207,14 @@ class ResidualBranch:
         last_norm: The branch's last normalization layer, or None.
     """
 
-    def __init__(self, name, block, layers, stages, last_norm):
+    def __init__(
+        self,
+        name: str,
+        block: Any,
+        layers: Iterable[keras.layers.Layer],
+        stages: Iterable[Iterable[keras.layers.Layer]],
+        last_norm: keras.layers.Layer | None,
+    ) -> None:
         self.name = name
         self.block = block
         self.layers = list(layers)
@@ -1249,7 +1223,7 @@ class ResidualBranch:
         self.last_norm = last_norm
 
     @property
-    def depth(self):
+    def depth(self) -> int:
         """Fixup's `m`: the number of sequential kernel stages."""
         return len(self.stages)
 
@@ -1261,7 +1235,9 @@ class ResidualBranch:
         )
 
 
-def residual_branches(model) -> list:
+def residual_branches(
+    model: keras.Model | keras.layers.Layer,
+) -> list[ResidualBranch]:
     """Returns the residual branches of a model, in forward order.
 
     Two kinds are found:
@@ -1292,8 +1268,8 @@ def residual_branches(model) -> list:
         A list of `ResidualBranch`.
     """
     branches = []
-    for layer in [model] + list(model._flatten_layers(include_self=False)):
-        if _is_functional(layer):
+    for layer in [model] + _compat.sublayers(model, recursive=True):
+        if _compat.is_functional(layer):
             branches.extend(_functional_branches(layer))
         for class_name, spec in _TRANSFORMER_BLOCKS.items():
             if type(layer).__name__ == class_name:
@@ -1302,31 +1278,20 @@ def residual_branches(model) -> list:
     return branches
 
 
-def _is_functional(layer):
-    from keras.src.models.functional import Functional
-
-    return isinstance(layer, Functional)
-
-
-def _is_add(operation):
-    from keras.src.ops import numpy as numpy_ops
-
-    return isinstance(operation, (keras.layers.Add, numpy_ops.Add))
-
-
 def _functional_branches(model):
     order = {id(op): i for i, op in enumerate(model.operations)}
     memo = {}
 
     def ancestors(tensor):
-        history = getattr(tensor, "_keras_history", None)
-        if history is None or id(history.operation) not in order:
+        history = _compat.tensor_history(tensor)
+        if history is None or id(history[0]) not in order:
             return frozenset()
-        key = (id(history.operation), history.node_index)
+        operation, node_index = history
+        key = (id(operation), node_index)
         if key not in memo:
-            node = history.operation._inbound_nodes[history.node_index]
-            found = {id(history.operation)}
-            for parent in node.input_tensors:
+            inputs = _compat.node_input_tensors(operation)[node_index]
+            found = {id(operation)}
+            for parent in inputs:
                 found |= ancestors(parent)
             memo[key] = frozenset(found)
         return memo[key]
@@ -1334,10 +1299,9 @@ def _functional_branches(model):
     by_id = {id(op): op for op in model.operations}
     branches = []
     for op in model.operations:
-        if not _is_add(op):
+        if not _compat.is_add_operation(op):
             continue
-        for node in op._inbound_nodes:
-            tensors = node.input_tensors
+        for tensors in _compat.node_input_tensors(op):
             if len(tensors) != 2:
                 continue
             a, b = (ancestors(t) for t in tensors)
@@ -1371,10 +1335,10 @@ def _transformer_branches(block, spec):
     pre_norm = getattr(block, "normalize_first", True)
     branches = []
     for name, norm_name, *names in spec:
-        layers = [getattr(block, n, None) for n in names]
+        layers = [_compat.block_sublayer(block, n) for n in names]
         if any(layer is None or not layer.built for layer in layers):
             continue  # e.g. no cross-attention in a decoder-only model
-        norm = getattr(block, norm_name, None) if pre_norm else None
+        norm = _compat.block_sublayer(block, norm_name) if pre_norm else None
         if norm is not None:
             layers.insert(0, norm)
         stages = [s for layer in layers for s in _stages_of(layer)]
@@ -1389,16 +1353,16 @@ def _transformer_branches(block, spec):
 
 def _output_kernel(layer):
     """The kernel variable that scales a kernel layer's output, or None."""
-    if isinstance(layer, _conv_classes("BaseSeparableConv")):
+    if isinstance(layer, _SEPARABLE_CONV_CLASSES):
         name = "pointwise_kernel"
     elif isinstance(
         layer,
         (
             keras.layers.Dense,
             keras.layers.EinsumDense,
-            _conv_classes("BaseConv"),
-            _conv_classes("BaseConvTranspose"),
-            _conv_classes("BaseDepthwiseConv"),
+            *_CONV_CLASSES,
+            *_CONV_TRANSPOSE_CLASSES,
+            *_DEPTHWISE_CONV_CLASSES,
         ),
     ):
         name = "kernel"
@@ -1414,11 +1378,11 @@ def _stages_of(layer):
     """A layer's kernel layers as sequential stages (see `ResidualBranch`)."""
     if isinstance(layer, keras.layers.MultiHeadAttention):
         inputs = [
-            getattr(layer, f"_{n}_dense", None)
+            getattr(layer, f"{n}_dense", None)
             for n in ("query", "key", "value")
         ]
         stages = [[p for p in inputs if p is not None]]
-        stages.append([layer._output_dense])
+        stages.append([layer.output_dense])
         return [s for s in stages if s]
     if _output_kernel(layer) is not None:
         return [[layer]]
@@ -1463,7 +1427,8 @@ def _residual_plan(model, rule):
             f"Received: residual={rule!r}"
         )
     count = len(branches)
-    adjust, rows = {}, []
+    adjust: dict[Any, Any] = {}
+    rows: list[dict[str, Any]] = []
 
     def scale(branch, layer, variable, factor, why):
         if variable is None:
@@ -1560,24 +1525,27 @@ def _scheme_label(base):
     return type(base).__name__
 
 
-def _conv_classes(name):
-    from keras.src.layers.convolutional import base_conv
-    from keras.src.layers.convolutional import base_conv_transpose
-    from keras.src.layers.convolutional import base_depthwise_conv
-    from keras.src.layers.convolutional import base_separable_conv
-
-    return {
-        "BaseConv": base_conv.BaseConv,
-        "BaseConvTranspose": base_conv_transpose.BaseConvTranspose,
-        "BaseDepthwiseConv": base_depthwise_conv.BaseDepthwiseConv,
-        "BaseSeparableConv": base_separable_conv.BaseSeparableConv,
-    }[name]
-
-
-def _conv_lstm_cell():
-    from keras.src.layers.rnn import conv_lstm
-
-    return conv_lstm.ConvLSTMCell
+# Keras' public convolution classes, by kernel layout. Keras derives them
+# from four private bases (`BaseConv`, ...), none a subclass of another,
+# so the dispatch order among these tuples does not matter.
+_CONV_CLASSES = (
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+)
+_CONV_TRANSPOSE_CLASSES = (
+    keras.layers.Conv1DTranspose,
+    keras.layers.Conv2DTranspose,
+    keras.layers.Conv3DTranspose,
+)
+_DEPTHWISE_CONV_CLASSES = (
+    keras.layers.DepthwiseConv1D,
+    keras.layers.DepthwiseConv2D,
+)
+_SEPARABLE_CONV_CLASSES = (
+    keras.layers.SeparableConv1D,
+    keras.layers.SeparableConv2D,
+)
 
 
 def _class_named(layer, names):
@@ -1594,7 +1562,7 @@ def _is_normalization(layer):
 
 
 def _sublayers(layer):
-    return layer._flatten_layers(include_self=False, recursive=False)
+    return _compat.sublayers(layer)
 
 
 def _activation_layer_spec(layer):

@@ -74,6 +74,8 @@ implies.
 import math
 import numbers
 import re
+from collections.abc import Sequence
+from typing import cast
 
 from keras_winit import _checks
 
@@ -97,15 +99,15 @@ _EQUATION = re.compile(
 
 
 def compute_layout_fans(
-    shape,
-    layout,
+    shape: Sequence[int],
+    layout: str,
     *,
-    groups=1,
-    gates=1,
-    equation=None,
-    fan_in=None,
-    fan_out=None,
-):
+    groups: int = 1,
+    gates: int = 1,
+    equation: str | None = None,
+    fan_in: int | None = None,
+    fan_out: int | None = None,
+) -> tuple[int, int]:
     """Returns the true `(fan_in, fan_out)` of a kernel with a known layout.
 
     See the module docstring for the table of layouts and why each counts
@@ -207,7 +209,8 @@ def compute_layout_fans(
         window = math.prod(shape[:-2])
         fi, fo = shape[-2] * window, (shape[-1] // gates) * window
     else:  # einsum
-        in_axes, out_axes = einsum_axes(equation, rank)
+        # `einsum_axes` rejects a missing or malformed equation.
+        in_axes, out_axes = einsum_axes(cast(str, equation), rank)
         fi = math.prod(shape[i] for i in in_axes)
         fo = math.prod(shape[i] for i in out_axes)
     if fan_in is not None:
@@ -217,7 +220,9 @@ def compute_layout_fans(
     return int(fi), int(fo)
 
 
-def einsum_axes(equation, rank=None):
+def einsum_axes(
+    equation: str, rank: int | None = None
+) -> tuple[list[int], list[int]]:
     """Returns the kernel's `(input_axes, output_axes)` for an einsum.
 
     The equation is `EinsumDense`'s: `"<input>,<kernel>-><output>"`, with

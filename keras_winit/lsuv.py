@@ -14,6 +14,7 @@ Reference:
 import dataclasses
 import math
 import warnings
+from typing import Any
 
 import keras
 import numpy as np
@@ -62,16 +63,16 @@ class LSUVResult:
         batch_size: Number of examples in the batch.
     """
 
-    layers: list
+    layers: list[LSUVLayer]
     tol: float
     batch_size: int
 
     @property
-    def converged(self):
+    def converged(self) -> bool:
         """Whether every layer reached `|Var - 1| < tol`."""
         return all(layer.converged for layer in self.layers)
 
-    def to_table(self):
+    def to_table(self) -> str:
         """Returns the per-layer result as a plain-text table."""
         headers = [
             "#",
@@ -107,16 +108,16 @@ class LSUVResult:
 
 
 def lsuv(
-    model,
-    x,
-    tol=0.02,
-    max_iter=20,
+    model: keras.Model,
+    x: Any,
+    tol: float = 0.02,
+    max_iter: int = 20,
     *,
-    seed=None,
-    orthogonal=True,
-    zero_bias=True,
-    training=False,
-):
+    seed: int | None = None,
+    orthogonal: bool = True,
+    zero_bias: bool = True,
+    training: bool = False,
+) -> LSUVResult:
     """Layer-sequential unit-variance initialization (Mishkin & Matas).
 
     For every kernel layer, in execution (topological) order:

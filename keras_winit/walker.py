@@ -59,11 +59,13 @@ Reference:
 import contextlib
 import dataclasses
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
 
-_Layer = keras.layers.Layer
+from keras_winit import _compat
 
 # Kernel layers: their kernel sets the scale of their output.
 KERNEL_LAYER_TYPES = (
@@ -137,7 +139,7 @@ KINDS = (
 )
 
 
-def is_norm(layer):
+def is_norm(layer: keras.layers.Layer) -> bool:
     """Whether a layer normalizes its input (BatchNorm, LayerNorm, RMS…)."""
     if isinstance(layer, NORM_LAYER_TYPES):
         return True
@@ -145,7 +147,7 @@ def is_norm(layer):
     return "rmsnorm" in name or name.endswith("normalization")
 
 
-def kind_of(layer):
+def kind_of(layer: keras.layers.Layer) -> str:
     """The kind of a leaf layer: one of `KINDS`."""
     if isinstance(layer, KERNEL_LAYER_TYPES):
         return "kernel"
@@ -174,7 +176,7 @@ def kind_of(layer):
     return "other"
 
 
-def is_leaf(layer):
+def is_leaf(layer: keras.layers.Layer) -> bool:
     """Whether the walker records a call of `layer` as one step."""
     if isinstance(layer, KERNEL_LAYER_TYPES + _OPAQUE_TYPES) or is_norm(layer):
         return True
@@ -182,10 +184,9 @@ def is_leaf(layer):
 
 
 def _sublayers(layer):
-    try:
-        return list(layer._flatten_layers(include_self=False, recursive=False))
-    except AttributeError:
+    if not isinstance(layer, keras.layers.Layer):
         return []
+    return _compat.sublayers(layer)
 
 
 def variable_kinds(model):
@@ -277,7 +278,7 @@ class Call:
     shortcut: bool = False
 
     @property
-    def name(self):
+    def name(self) -> str:
         if self.call_index == 0:
             return self.path
         return f"{self.path}/call_{self.call_index + 1}"
@@ -333,7 +334,7 @@ class Residual:
     _ids: tuple = dataclasses.field(default=(), repr=False)
 
     @property
-    def growth(self):
+    def growth(self) -> float:
         """`out_std / skip_std`: how much the block grows the stream."""
         if self.skip_std == 0:
             return float("inf") if self.out_std > 0 else float("nan")
@@ -344,12 +345,12 @@ class Residual:
 class Walk:
     """The calls of one forward pass, with their structure."""
 
-    calls: list
-    blocks: list
-    residuals: list
+    calls: list[Call]
+    blocks: list[Block]
+    residuals: list[Residual]
     outputs: object = None
 
-    def kernels(self):
+    def kernels(self) -> list[Call]:
         """The kernel-layer calls, in forward order."""
         return [c for c in self.calls if c.kind == "kernel"]
 
@@ -376,7 +377,8 @@ _STATE = threading.local()
 class _Recorder:
     def __init__(self, model, leaf_fn, norm_training, structure):
         self.members = {
-            id(layer) for layer in model._flatten_layers(include_self=True)
+            id(layer)
+            for layer in [model, *_compat.sublayers(model, recursive=True)]
         }
         self.leaf_fn = leaf_fn
         self.norm_training = norm_training
@@ -560,7 +562,8 @@ def _std(t):
 def _dispatching(recorder):
     """`Layer.__call__` routes the model's layers to `recorder`."""
     previous = getattr(_STATE, "recorder", None)
-    original = _Layer.__call__
+    layer_class = _compat.layer_call_class()
+    original = layer_class.__call__
     patched = getattr(original, "_keras_winit_original", None)
     if patched is not None:
         original = patched
@@ -571,15 +574,15 @@ def _dispatching(recorder):
             return original(self, *args, **kwargs)
         return rec.dispatch(original, self, args, kwargs)
 
-    __call__._keras_winit_original = original
+    __call__._keras_winit_original = original  # type: ignore[attr-defined]
     _STATE.recorder = recorder
-    _Layer.__call__ = __call__
+    layer_class.__call__ = __call__  # type: ignore[method-assign]
     try:
         yield
     finally:
         _STATE.recorder = previous
         if previous is None:
-            _Layer.__call__ = original
+            layer_class.__call__ = original  # type: ignore[method-assign]
 
 
 def _plain_leaf(layer, args, kwargs):
@@ -587,13 +590,13 @@ def _plain_leaf(layer, args, kwargs):
 
 
 def execute(
-    model,
-    inputs,
-    leaf_fn=None,
-    training=False,
-    norm_training=False,
-    structure=False,
-):
+    model: keras.layers.Layer,
+    inputs: Any,
+    leaf_fn: Callable[[keras.layers.Layer, tuple, dict], Any] | None = None,
+    training: bool = False,
+    norm_training: bool = False,
+    structure: bool = False,
+) -> Walk:
     """Runs `model(inputs)`, with `leaf_fn` in place of each leaf call.
 
     Args:
@@ -634,16 +637,22 @@ def execute(
 
 
 def _takes_training(model):
-    return bool(getattr(model, "_call_has_training_arg", False))
+    return _compat.call_has_training_arg(model)
 
 
 def _call_top(model, inputs, kwargs):
     # The model's own `__call__` (input standardization, masks, training
     # context) without being recorded as a container.
-    return _Layer.__call__._keras_winit_original(model, inputs, **kwargs)
+    original = keras.layers.Layer.__call__._keras_winit_original
+    return original(model, inputs, **kwargs)
 
 
-def example_batch(model, batch_size=2, seed=0, unknown_size=8):
+def example_batch(
+    model: keras.Model,
+    batch_size: int = 2,
+    seed: int = 0,
+    unknown_size: int = 8,
+) -> Any:
     """A batch that fits `model.inputs` (normal floats, zero integers).
 
     For tools that have a model but no data (`initialize`, a callback's
@@ -674,7 +683,12 @@ def example_batch(model, batch_size=2, seed=0, unknown_size=8):
     return keras.tree.map_structure(make, struct)
 
 
-def walk(model, x=None, training=False, norm_training=False):
+def walk(
+    model: keras.Model,
+    x: Any = None,
+    training: bool = False,
+    norm_training: bool = False,
+) -> Walk:
     """Records one forward pass of `model` on `x`, with its structure.
 
     Args:
@@ -707,7 +721,7 @@ def _structure(walk, rec):
     calls = walk.calls
     inputs_of = dict(rec.inputs_of)
     # Consumers: node -> calls whose inputs include the node's outputs.
-    consumers = {}
+    consumers: dict[Any, Any] = {}
     for index, nodes in rec.input_nodes.items():
         if isinstance(index, tuple):
             continue
@@ -723,7 +737,7 @@ def _structure(walk, rec):
             found.append(rec.unknown[node])
         return found
 
-    ancestors_cache = {}
+    ancestors_cache: dict[Any, Any] = {}
 
     def ancestors(node):
         if node is None:
@@ -741,7 +755,7 @@ def _structure(walk, rec):
         ancestors_cache[node] = frozenset(seen)
         return ancestors_cache[node]
 
-    residuals = []
+    residuals: list[Residual] = []
 
     def position(node):
         if isinstance(node, int):

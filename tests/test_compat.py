@@ -117,3 +117,91 @@ def test_only_compat_imports_keras_src():
         if path.name != "_compat.py" and "keras.src" in path.read_text()
     ]
     assert offenders == []
+
+
+def _residual_model():
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(4, name="branch")(inputs)
+    added = keras.layers.Add(name="add_layer")([inputs, h])
+    outputs = added + keras.layers.Dense(4, name="second")(added)
+    return keras.Model(inputs, outputs), h, added, outputs
+
+
+def test_is_functional():
+    model = _residual_model()[0]
+    assert _compat.is_functional(model)
+    assert not _compat.is_functional(
+        keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    )
+    assert not _compat.is_functional(keras.layers.Dense(2))
+
+
+def test_is_add_operation():
+    model = _residual_model()[0]
+    adds = [op for op in model.operations if _compat.is_add_operation(op)]
+    assert len(adds) == 2
+    assert isinstance(adds[0], keras.layers.Add)
+    assert not isinstance(adds[1], keras.layers.Layer)  # `x + y`
+    assert not _compat.is_add_operation(model.get_layer("branch"))
+
+
+def test_tensor_history():
+    model, h, added, _ = _residual_model()
+    operation, node_index = _compat.tensor_history(h)
+    assert operation is model.get_layer("branch") and node_index == 0
+    assert _compat.tensor_history(added)[0] is model.get_layer("add_layer")
+    assert _compat.tensor_history(np.zeros(2)) is None
+
+
+def test_node_input_tensors():
+    model, h, _, _ = _residual_model()
+    (inputs,) = _compat.node_input_tensors(model.get_layer("add_layer"))
+    assert len(inputs) == 2
+    assert inputs[0] is model.inputs[0] and inputs[1] is h
+    shared = keras.layers.Dense(4)
+    x = keras.Input((4,))
+    shared(shared(x))
+    assert len(_compat.node_input_tensors(shared)) == 2
+
+
+def test_layer_call_class():
+    layer_class = _compat.layer_call_class()
+    assert layer_class is keras.layers.Layer
+    for cls in (keras.layers.Conv2D, keras.layers.MultiHeadAttention):
+        assert cls.__call__ is layer_class.__call__
+
+
+def _hub_blocks():
+    keras_hub = pytest.importorskip("keras_hub")
+    encoder = keras_hub.layers.TransformerEncoder(16, 2)
+    encoder.build((1, 4, 8))
+    decoder = keras_hub.layers.TransformerDecoder(16, 2)
+    decoder.build((1, 4, 8), (1, 4, 8))  # with cross-attention
+    vit = keras_hub.models.ViTBackbone(
+        image_shape=(8, 8, 3),
+        patch_size=4,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=8,
+        mlp_dim=16,
+    )
+    blocks = [encoder, decoder]
+    blocks += [
+        layer
+        for layer in _compat.sublayers(vit, recursive=True)
+        if type(layer).__name__ == "ViTEncoderBlock"
+    ]
+    return blocks
+
+
+def test_block_sublayer():
+    blocks = _hub_blocks()
+    assert {type(b).__name__ for b in blocks} == set(_compat.TRANSFORMER_BLOCKS)
+    for block in blocks:
+        for _, *names in _compat.TRANSFORMER_BLOCKS[type(block).__name__]:
+            for name in names:
+                sub = _compat.block_sublayer(block, name)
+                assert isinstance(sub, keras.layers.Layer), (block, name)
+                assert sub.built, (block, name)
+    with pytest.raises(RuntimeError, match="keras_hub"):
+        _compat.block_sublayer(blocks[0], "_no_such_layer")
