@@ -189,7 +189,7 @@ def _sublayers(layer):
     return _compat.sublayers(layer)
 
 
-def variable_kinds(model):
+def variable_kinds(model: keras.layers.Layer) -> dict[str, str]:
     """Path -> kind of each trainable variable, as `health` judges them.
 
     The kind (one of `keras_winit.health.VARIABLE_KINDS`) comes from the
@@ -208,7 +208,7 @@ def variable_kinds(model):
     """
     owner = {}
     # Parents come before their sublayers: the last owner is the deepest.
-    for layer in [model, *_all_sublayers(model)]:
+    for layer in [model, *_compat.sublayers(model, recursive=True)]:
         for variable in layer.trainable_weights:
             owner[id(variable)] = layer
     kinds = {}
@@ -229,13 +229,6 @@ def variable_kinds(model):
         else:
             kinds[variable.path] = "other"
     return kinds
-
-
-def _all_sublayers(layer):
-    try:
-        return list(layer._flatten_layers(include_self=False, recursive=True))
-    except AttributeError:
-        return []
 
 
 @dataclasses.dataclass
