@@ -94,7 +94,8 @@ def check_number(name, value, low=None, high=None, integer=False):
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if integer:
         ok = ok and isinstance(value, numbers.Integral)
-    ok = ok and math.isfinite(value)
+    # `math.isfinite` overflows on huge Python ints; ints are finite.
+    ok = ok and (isinstance(value, numbers.Integral) or math.isfinite(value))
     if ok and low is not None:
         ok = value > low
     if ok and high is not None:

@@ -94,7 +94,7 @@ class ActivationHistogramLogger(keras.callbacks.Callback):
         num_examples: Positive int, size of the probe set (the first
             examples of `x_probe`). Defaults to `300`, as in Glorot &
             Bengio.
-        buckets: Positive int, number of histogram buckets. Defaults to
+        buckets: Positive int (at most 10000), number of histogram buckets. Defaults to
             `30`.
         run_name: Subdirectory of `log_dir` that receives the event files
             (not `.` or `..`). Defaults to `"gradients"`.
@@ -131,7 +131,8 @@ class ActivationHistogramLogger(keras.callbacks.Callback):
                 "x_probe=None"
             )
         _signal.check_number("num_examples", num_examples, 0, integer=True)
-        _signal.check_number("buckets", buckets, 0, integer=True)
+        # More buckets than this would only cost memory (TensorBoard: 30).
+        _signal.check_number("buckets", buckets, 0, 10_001, integer=True)
         _signal.check_number("seed", seed, -1, integer=True)
         if epochs is not None and every is not None:
             raise ValueError(
