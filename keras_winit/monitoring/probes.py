@@ -94,8 +94,8 @@ class ActivationHistogramLogger(keras.callbacks.Callback):
         num_examples: Positive int, size of the probe set (the first
             examples of `x_probe`). Defaults to `300`, as in Glorot &
             Bengio.
-        buckets: Positive int (at most 10000), number of histogram buckets. Defaults to
-            `30`.
+        buckets: Positive int (at most 10000), number of histogram
+            buckets. Defaults to `30`.
         run_name: Subdirectory of `log_dir` that receives the event files
             (not `.` or `..`). Defaults to `"gradients"`.
         step_unit: `"epoch"` (default) or `"iteration"`.
