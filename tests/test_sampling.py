@@ -129,17 +129,24 @@ def test_extreme_uniform_draw_stays_finite(truncation, dtype, monkeypatch):
     # The inverse CDF's uniform edge is below 1 even where erf(k/√2)
     # rounds to 1: a draw of exactly -edge (possible: the uniform's
     # interval is closed below) must not give erfinv(-1) = -inf.
-    uniform = keras.random.uniform
-
+    # PyTorch fills its output in place (`_fill_uniform`); the other
+    # backends draw with keras.random.uniform.
     def lowest(shape, minval, maxval, dtype=None, seed=None):
         del maxval, seed
         return keras.ops.full(shape, minval, dtype=dtype)
 
-    monkeypatch.setattr(keras.random, "uniform", lowest)
-    x = to_numpy(
-        sampling.sample("truncated_normal", (8,), 1.0, dtype, 0, truncation)
-    )
-    monkeypatch.setattr(keras.random, "uniform", uniform)
+    def fill_lowest(x, low, high, generator):
+        del high, generator
+        x.fill_(low)
+
+    with monkeypatch.context() as patch:
+        if keras.backend.backend() == "torch":
+            patch.setattr(sampling, "_fill_uniform", fill_lowest)
+        else:
+            patch.setattr(keras.random, "uniform", lowest)
+        x = to_numpy(
+            sampling.sample("truncated_normal", (8,), 1.0, dtype, 0, truncation)
+        )
     assert np.all(np.isfinite(x))
     assert np.all(x < -4)  # the far tail, not a clipped or zero value
 
@@ -171,3 +178,33 @@ def test_size_check_counts_bytes_of_the_dtype(monkeypatch):
         sampling.check_size((101,), "float64")
     monkeypatch.setattr(sampling, "MAX_OUTPUT_BYTES", None)
     assert sampling.max_output_bytes() > 2**20
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="PyTorch's thread count"
+)
+@pytest.mark.parametrize("fail", [False, True])
+def test_torch_thread_count_is_restored(fail, monkeypatch):
+    import torch
+
+    seen = []
+
+    def fill(x, low, high, generator):
+        seen.append(torch.get_num_threads())
+        if fail:
+            raise RuntimeError("boom")
+        x.uniform_(low, high, generator=generator)
+
+    monkeypatch.setattr(sampling, "_fill_uniform", fill)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        if fail:
+            with pytest.raises(RuntimeError, match="boom"):
+                sampling.sample("uniform", (4, 4), 1.0, "float32", seed=0)
+        else:
+            sampling.sample("truncated_normal", (4, 4), 1.0, "float16", 0)
+        assert seen == [1]  # drawn on one thread
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
