@@ -41,6 +41,16 @@ the concatenated result). With an int seed, chunk `i > 0` draws from a
 seed derived from `(seed, i)`, so results depend only on the seed and the
 shape.
 
+Two backends take their own path to the same values' distribution:
+
+- **PyTorch** draws each chunk in place into its slice of the output
+  (`uniform_`, `erfinv_`, `mul_`, `clamp_`; no temporaries, no
+  concatenation) on one intra-op thread (`single_cpu_thread`).
+- **JAX** runs one jitted program per chunk, compiled once per
+  power-of-two chunk size, distribution and dtype (not per variable
+  shape), and one small program per shape that cuts, joins and reshapes
+  the chunks.
+
 Before anything is drawn, `sample` checks what it was asked for:
 
 - **Size.** The output's bytes are compared with `max_output_bytes()` (the
@@ -61,6 +71,7 @@ Before anything is drawn, `sample` checks what it was asked for:
 """
 
 import contextlib
+import functools
 import math
 import os
 
@@ -177,6 +188,9 @@ def sample(distribution, shape, stddev, dtype, seed, truncation=2.0):
     if keras.backend.backend() == "torch":
         plan = _plan(distribution, stddev, dtype, truncation)
         return _sample_torch(plan, shape, dtype, sizes, seeds)
+    if keras.backend.backend() == "jax":
+        plan = _plan(distribution, stddev, dtype, truncation)
+        return _sample_jax(plan, shape, dtype, sizes, seeds)
     draw = _chunk_sampler(distribution, stddev, dtype, truncation)
     if len(sizes) == 1:
         flat = draw(sizes[0], seeds[0])
@@ -353,7 +367,7 @@ def _sample_torch(plan, shape, dtype, sizes, seeds):
         else None
     )
     kind, limit = plan["kind"], plan["clip"]
-    with torch.no_grad(), _one_torch_thread(device):
+    with torch.no_grad(), single_cpu_thread():
         start = 0
         for size, seed in zip(sizes, seeds, strict=True):
             target = out[start : start + size]
@@ -374,25 +388,122 @@ def _sample_torch(plan, shape, dtype, sizes, seeds):
     return out.reshape(shape)
 
 
+def _sample_jax(plan, shape, dtype, sizes, seeds):
+    """`sample` on JAX: compiled per power-of-two chunk size, not per shape.
+
+    Each chunk runs one jitted program (the uniform or normal draw, the
+    inverse CDF, the clip and the cast, fused by XLA) for the next power
+    of two at or above its size (at least `2**_JAX_MIN_LOG2`), and is
+    then cut to size. Eager JAX compiles every op once per shape: the
+    first `initialize` of a model with many variable shapes spent most
+    of its time compiling (MobileNetV2: ~50 shapes). The std, bounds and
+    scale are arguments, not constants, so one program serves every
+    variable with the same padded size, distribution and dtype. Cutting,
+    joining and reshaping the chunks is one small program per shape.
+    """
+    from keras.src.backend.jax.random import jax_draw_seed
+
+    kind, compute_dtype = plan["kind"], plan["compute_dtype"]
+    args = [
+        np.asarray(plan.get(name) or 0.0, dtype=compute_dtype)
+        for name in ("low", "scale", "clip", "stddev")
+    ]
+    parts = []
+    for size, seed in zip(sizes, seeds, strict=True):
+        padded = 1 << max(_JAX_MIN_LOG2, (size - 1).bit_length())
+        fn = _jax_chunk_fn(
+            padded, kind, compute_dtype, dtype, plan["clip"] is not None
+        )
+        parts.append(fn(jax_draw_seed(seed), *args))
+    return _jax_assemble_fn(tuple(sizes), tuple(shape))(*parts)
+
+
+# Smallest chunk JAX draws (padded): 256 values.
+_JAX_MIN_LOG2 = 8
+
+
+@functools.cache
+def _jax_chunk_fn(size, kind, compute_dtype, dtype, clip):
+    """A jitted `fn(key, low, scale, limit, stddev)` drawing `size` values."""
+    import jax
+
+    def fn(key, low, scale, limit, stddev):
+        if kind == "normal":
+            x = keras.random.normal(
+                (size,), stddev=stddev, dtype=compute_dtype, seed=key
+            )
+        else:
+            x = keras.random.uniform(
+                (size,), -low, low, dtype=compute_dtype, seed=key
+            )
+        if kind == "inverse_cdf":
+            x = keras.ops.multiply(keras.ops.erfinv(x), scale)
+        if clip:
+            x = keras.ops.clip(x, -limit, limit)
+        return keras.ops.cast(x, dtype)
+
+    return jax.jit(fn)
+
+
+@functools.cache
+def _jax_assemble_fn(sizes, shape):
+    """A jitted `fn(*chunks)`: the chunks cut to `sizes`, joined, reshaped.
+
+    One small program per shape instead of an eager slice, concatenation
+    and reshape, each compiled on its own.
+    """
+    import jax
+
+    def fn(*parts):
+        parts = [part[:size] for part, size in zip(parts, sizes, strict=True)]
+        flat = parts[0] if len(parts) == 1 else keras.ops.concatenate(parts)
+        return keras.ops.reshape(flat, shape)
+
+    return jax.jit(fn)
+
+
 def _fill_uniform(x, low, high, generator):
     """Fills the torch tensor `x` with `U(low, high)`, in place."""
     x.uniform_(low, high, generator=generator)
 
 
 @contextlib.contextmanager
-def _one_torch_thread(device):
-    """One PyTorch intra-op thread on the CPU, restored on exit."""
+def single_cpu_thread():
+    """Runs the block on one PyTorch intra-op thread on the CPU.
+
+    A no-op on other backends and devices, or where PyTorch already uses
+    one thread. The previous thread count is restored on exit, also after
+    an exception. PyTorch splits elementwise ops and reductions (`erfinv`,
+    `std`, `copy_`) across its threads; on a busy machine each op then
+    waits for every thread to be scheduled. Measured on 2 busy cores
+    (`benchmarks/initializers.py --sampler`): 1M float32 `erfinv` 2.9 ms
+    on one thread, 15 ms on two; `initialize` on GPT-2 124M 2.1 s with
+    the default threads, 0.67 s inside this context.
+
+    Example:
+
+    >>> with keras_winit.sampling.single_cpu_thread():
+    ...     x = keras_winit.sampling.sample(
+    ...         "truncated_normal", (4, 4), 0.1, "float32", seed=0
+    ...     )
+    >>> tuple(x.shape)
+    (4, 4)
+    """
+    if keras.backend.backend() != "torch":
+        yield
+        return
     import torch
+    from keras.src.backend.torch.core import get_device
 
     threads = torch.get_num_threads()
-    if str(device).startswith("cpu") and threads > 1:
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
-    else:
+    if not str(get_device()).startswith("cpu") or threads == 1:
         yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _chunk_sizes(n, min_chunks=_MIN_CHUNKS["half"]):

@@ -139,14 +139,23 @@ def test_extreme_uniform_draw_stays_finite(truncation, dtype, monkeypatch):
         del high, generator
         x.fill_(low)
 
-    with monkeypatch.context() as patch:
-        if keras.backend.backend() == "torch":
-            patch.setattr(sampling, "_fill_uniform", fill_lowest)
-        else:
-            patch.setattr(keras.random, "uniform", lowest)
-        x = to_numpy(
-            sampling.sample("truncated_normal", (8,), 1.0, dtype, 0, truncation)
-        )
+    # JAX traces keras.random.uniform into a cached program: start and end
+    # with an empty cache, so that neither the real nor the patched
+    # uniform is reused.
+    sampling._jax_chunk_fn.cache_clear()
+    try:
+        with monkeypatch.context() as patch:
+            if keras.backend.backend() == "torch":
+                patch.setattr(sampling, "_fill_uniform", fill_lowest)
+            else:
+                patch.setattr(keras.random, "uniform", lowest)
+            x = to_numpy(
+                sampling.sample(
+                    "truncated_normal", (8,), 1.0, dtype, 0, truncation
+                )
+            )
+    finally:
+        sampling._jax_chunk_fn.cache_clear()
     assert np.all(np.isfinite(x))
     assert np.all(x < -4)  # the far tail, not a clipped or zero value
 
