@@ -183,6 +183,7 @@ def sample(distribution, shape, stddev, dtype, seed, truncation=2.0):
     sizes = _chunk_sizes(
         count,
         _MIN_CHUNKS["half" if dtype in _HALF_PRECISION else "full"],
+        power_of_two=keras.backend.backend() == "jax",
     )
     seeds = _chunk_seeds(seed, len(sizes))
     if keras.backend.backend() == "torch":
@@ -506,11 +507,17 @@ def single_cpu_thread():
         torch.set_num_threads(threads)
 
 
-def _chunk_sizes(n, min_chunks=_MIN_CHUNKS["half"]):
-    """Sizes of the chunks a draw of `n` values is made of."""
+def _chunk_sizes(n, min_chunks=_MIN_CHUNKS["half"], power_of_two=False):
+    """Sizes of the chunks a draw of `n` values is made of.
+
+    With `power_of_two`, every chunk but the last is a power of two (JAX
+    pads each chunk to one: only the last one is then padded).
+    """
     if n <= _CHUNK_MIN:
         return [n]
     size = min(_CHUNK_MAX, max(_CHUNK_MIN, -(-n // min_chunks)))
+    if power_of_two:
+        size = 1 << (size.bit_length() - 1)
     count = -(-n // size)
     return [size] * (count - 1) + [n - size * (count - 1)]
 

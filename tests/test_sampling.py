@@ -34,8 +34,11 @@ def to_numpy(x):
     "n", [0, 1, 2**17, 2**17 + 1, 3 * 3 * 512 * 512, 2**24 + 5]
 )
 @pytest.mark.parametrize("min_chunks", [4, 8])
-def test_chunk_sizes(n, min_chunks):
-    sizes = sampling._chunk_sizes(n, min_chunks)
+@pytest.mark.parametrize("power_of_two", [False, True])
+def test_chunk_sizes(n, min_chunks, power_of_two):
+    sizes = sampling._chunk_sizes(n, min_chunks, power_of_two)
+    if power_of_two:
+        assert all(s & (s - 1) == 0 for s in sizes[:-1])
     assert sum(sizes) == n
     assert all(0 < s <= sampling._CHUNK_MAX for s in sizes) or n == 0
     if n <= sampling._CHUNK_MIN:
