@@ -311,7 +311,10 @@ def _float64_enabled():
         return contextlib.nullcontext()
     import jax
 
-    return jax.enable_x64(True)
+    enable_x64 = getattr(jax, "enable_x64", None)
+    if enable_x64 is None:  # JAX before 0.4.36
+        from jax.experimental import enable_x64
+    return enable_x64(True)
 
 
 @functools.cache
