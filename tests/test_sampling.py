@@ -220,3 +220,25 @@ def test_torch_thread_count_is_restored(fail, monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's jit")
+def test_jax_compiles_once_per_padded_size_not_per_shape():
+    sampling._jax_chunk_fn.cache_clear()
+    try:
+        # 1152, 1152, 1100 and 1200 values, all padded to 2048; four stds.
+        shapes = [(3, 3, 8, 16), (1, 1, 32, 36), (1100,), (30, 40)]
+        for i, shape in enumerate(shapes):
+            x = sampling.sample(
+                "truncated_normal", shape, 0.1 * (i + 1), "float32", seed=i
+            )
+            assert tuple(x.shape) == shape
+            bound = 2.0 * 0.1 * (i + 1) / truncated_normal_std(2.0)
+            assert float(np.max(np.abs(to_numpy(x)))) <= bound
+        assert sampling._jax_chunk_fn.cache_info().currsize == 1
+        program = sampling._jax_chunk_fn(
+            2048, "inverse_cdf", "float32", "float32", True
+        )
+        assert program._cache_size() == 1  # traced and compiled once
+    finally:
+        sampling._jax_chunk_fn.cache_clear()
