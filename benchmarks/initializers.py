@@ -37,6 +37,11 @@ for `scipy.stats.truncnorm` (too slow to run twice).
 
 Usage:
     python -m benchmarks --only initializers [--quick] [--json out.json]
+    python -m benchmarks.initializers --sampler [repeats]
+
+`--sampler` prints `sampler_table`: the truncated-normal sampler on GPT-2
+124M's largest shapes, its portable `keras.ops` path against the path the
+backend takes (PyTorch: in place, one thread; JAX: jitted), side by side.
 """
 
 import json
@@ -414,9 +419,99 @@ def _memory_worker(spec):
     return 0
 
 
+#: Shapes of GPT-2 124M's largest variables (token table, MLP, attention).
+SAMPLER_SHAPES = ((50257, 768), (768, 3072), (768, 768))
+
+
+def _generic_sample(shape, stddev, dtype, seed):
+    """`sampling.sample`'s portable path: `keras.ops` per chunk, joined.
+
+    The path every backend took before PyTorch and JAX got their own
+    (TensorFlow still takes it).
+    """
+    from keras_winit import sampling
+
+    draw = sampling._chunk_sampler("truncated_normal", stddev, dtype, 2.0)
+    sizes = sampling._chunk_sizes(math.prod(shape), 4)
+    seeds = sampling._chunk_seeds(seed, len(sizes))
+    parts = [draw(size, s) for size, s in zip(sizes, seeds, strict=True)]
+    flat = parts[0] if len(parts) == 1 else keras.ops.concatenate(parts)
+    return keras.ops.reshape(flat, shape)
+
+
+def _sample_default_threads(shape, stddev, dtype, seed):
+    """`sampling.sample` with PyTorch's default intra-op threads."""
+    import contextlib
+
+    from keras_winit import sampling
+
+    saved = sampling.single_cpu_thread
+    sampling.single_cpu_thread = contextlib.nullcontext
+    try:
+        return sampling.sample("truncated_normal", shape, stddev, dtype, seed)
+    finally:
+        sampling.single_cpu_thread = saved
+
+
+def sampler_table(shapes=SAMPLER_SHAPES, dtype="float32", repeats=5):
+    """Truncated-normal draws: portable path vs the backend's own path.
+
+    Columns (median wall ms of `repeats` rounds, the three calls rotated
+    within each round): `generic` (`keras.ops` per chunk, concatenated),
+    `sample` (`keras_winit.sampling.sample`) and, on PyTorch,
+    `sample, default threads` (the same without `single_cpu_thread`).
+    """
+    from keras_winit import sampling
+
+    calls = {
+        "generic": _generic_sample,
+        "sample": lambda shape, std, dtype, seed: sampling.sample(
+            "truncated_normal", shape, std, dtype, seed
+        ),
+    }
+    if keras.backend.backend() == "torch":
+        import torch
+
+        calls["sample, default threads"] = _sample_default_threads
+        threads = torch.get_num_threads()
+    else:
+        threads = None
+    lines = [
+        f"backend: {keras.backend.backend()}, dtype: {dtype}, repeats: "
+        f"{repeats}, intra-op threads: {threads}",
+        "| shape | " + " | ".join(f"{name} ms" for name in calls) + " | "
+        "generic / sample |",
+        "|---|" + "---:|" * (len(calls) + 1),
+    ]
+    for shape in shapes:
+        std = _he_std(shape)
+        for call in calls.values():  # warm-up (and JAX's compilation)
+            _fetch_one(call(shape, std, dtype, 0))
+        times = {name: [] for name in calls}
+        names = list(calls)
+        for round_ in range(repeats):
+            for name in (
+                names[round_ % len(names) :] + names[: round_ % len(names)]
+            ):
+                start = time.perf_counter()
+                _fetch_one(calls[name](shape, std, dtype, round_ + 1))
+                times[name].append(time.perf_counter() - start)
+        medians = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        lines.append(
+            f"| {shape} | "
+            + " | ".join(f"{medians[name]:.1f}" for name in calls)
+            + f" | {medians['generic'] / medians['sample']:.1f}x |"
+        )
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--memory-worker":
         sys.exit(_memory_worker(sys.argv[2]))
+    if len(sys.argv) >= 2 and sys.argv[1] == "--sampler":
+        # python -m benchmarks.initializers --sampler [repeats]
+        print(sampler_table(repeats=int(sys.argv[2]) if sys.argv[2:] else 5))
+        sys.exit(0)
     from benchmarks.__main__ import main
 
     sys.exit(main(["--only", "initializers", *sys.argv[1:]]))

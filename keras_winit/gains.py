@@ -31,6 +31,7 @@ References:
       arXiv:1706.02515.
 """
 
+import contextlib
 import functools
 import math
 
@@ -273,14 +274,16 @@ def _resolve_activation(activation, param):
 
     def numpy_fn(z):
         try:
-            out = fn(keras.ops.convert_to_tensor(z))
+            with _float64_enabled():
+                out = fn(keras.ops.convert_to_tensor(z))
+                out = keras.ops.convert_to_numpy(out)
         except Exception as error:  # backends raise different types
             # e.g. glu, which halves its last axis, on an odd-length input.
             raise ValueError(
                 f"Activation {activation!r} cannot be evaluated elementwise "
                 f"on a vector: {error}"
             ) from error
-        out = np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float64)
+        out = np.asarray(out, dtype=np.float64)
         if out.shape != z.shape:
             raise ValueError(
                 f"Activation {activation!r} is not elementwise: input shape "
@@ -289,6 +292,29 @@ def _resolve_activation(activation, param):
         return out
 
     return numpy_fn
+
+
+def _float64_enabled():
+    """A context in which the backend computes in float64.
+
+    JAX computes in float32 unless `jax_enable_x64` is on (it is off by
+    default): a float64 input is silently truncated, and the one-sided
+    slopes of a smooth activation then differ by float32 rounding noise,
+    so `method="kumar"` would take it for a kink (`sigmoid`: 4.0 instead
+    of 3.5777). The activation is evaluated with 64-bit types enabled for
+    the current thread only (`jax.enable_x64`, restored on exit, also
+    after an exception). Other backends always have float64.
+    """
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return contextlib.nullcontext()
+    import jax
+
+    enable_x64 = getattr(jax, "enable_x64", None)
+    if enable_x64 is None:  # JAX before 0.4.36
+        from jax.experimental import enable_x64
+    return enable_x64(True)
 
 
 @functools.cache

@@ -148,3 +148,52 @@ def test_truncated_normal_std_small_bound_tends_to_uniform():
     assert keras_winit.truncated_normal_std(k) == pytest.approx(
         k / math.sqrt(3), rel=1e-8
     )
+
+
+def _swish(x):
+    return x * keras.ops.sigmoid(x)
+
+
+def _gelu_approximate(x):
+    from keras_hub.src.utils.keras_utils import gelu_approximate
+
+    return gelu_approximate(x)
+
+
+# (activation, method): callables are not cached, so each call evaluates.
+WITHOUT_X64 = [
+    (keras.activations.sigmoid, "kumar"),  # 3.5777, not 4.0
+    (keras.activations.tanh, "kumar"),
+    (keras.activations.gelu, "kumar"),
+    (keras.activations.gelu, "moment"),
+    (keras.activations.elu, "kumar"),
+    (keras.activations.relu, "kumar"),
+    (_gelu_approximate, "kumar"),
+    (_gelu_approximate, "moment"),
+    (_swish, "kumar"),
+    (_swish, "moment"),
+]
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="jax_enable_x64 is JAX's"
+)
+@pytest.mark.parametrize("activation, method", WITHOUT_X64)
+def test_gain_is_the_same_without_jax_x64(activation, method):
+    # The suite enables x64 (conftest); users usually don't. Without it JAX
+    # would evaluate the activation in float32 and Kumar's rule would see
+    # a kink in every smooth activation.
+    import jax
+
+    with_x64 = keras_winit.gain(activation, method=method)
+    with jax.enable_x64(False):
+        without = keras_winit.gain(activation, method=method)
+        assert not jax.config.jax_enable_x64  # restored after the call
+    assert without == pytest.approx(with_x64, rel=1e-12, abs=0)
+
+
+def test_kumar_sigmoid_by_name_and_callable_agree():
+    by_name = keras_winit.gain("sigmoid", method="kumar")
+    by_callable = keras_winit.gain(keras.activations.sigmoid, method="kumar")
+    assert by_name == pytest.approx(1 / (0.25 * math.sqrt(1.25)), rel=1e-9)
+    assert by_callable == pytest.approx(by_name, rel=1e-12)

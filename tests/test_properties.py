@@ -197,8 +197,13 @@ def test_calls_work_or_name_the_argument(cls, shape, dtype):
             assert calls == []
             return
     assert tuple(values.shape) == tuple(shape)
-    # Never more than the output was drawn.
-    assert sum(math.prod(c) for c in calls) <= max(1, math.prod(shape))
+    # Never more than the output was drawn (JAX draws each chunk padded to
+    # a power of two, at least 256 values: one program per padded size).
+    drawn = sum(math.prod(c) for c in calls)
+    if keras.backend.backend() == "jax":
+        assert drawn <= max(256, 2 * math.prod(shape))
+    else:
+        assert drawn <= max(1, math.prod(shape))
     x = keras.ops.convert_to_numpy(keras.ops.cast(values, "float64"))
     assert np.all(np.isfinite(x))
 

@@ -34,8 +34,11 @@ def to_numpy(x):
     "n", [0, 1, 2**17, 2**17 + 1, 3 * 3 * 512 * 512, 2**24 + 5]
 )
 @pytest.mark.parametrize("min_chunks", [4, 8])
-def test_chunk_sizes(n, min_chunks):
-    sizes = sampling._chunk_sizes(n, min_chunks)
+@pytest.mark.parametrize("power_of_two", [False, True])
+def test_chunk_sizes(n, min_chunks, power_of_two):
+    sizes = sampling._chunk_sizes(n, min_chunks, power_of_two)
+    if power_of_two:
+        assert all(s & (s - 1) == 0 for s in sizes[:-1])
     assert sum(sizes) == n
     assert all(0 < s <= sampling._CHUNK_MAX for s in sizes) or n == 0
     if n <= sampling._CHUNK_MIN:
@@ -129,17 +132,33 @@ def test_extreme_uniform_draw_stays_finite(truncation, dtype, monkeypatch):
     # The inverse CDF's uniform edge is below 1 even where erf(k/√2)
     # rounds to 1: a draw of exactly -edge (possible: the uniform's
     # interval is closed below) must not give erfinv(-1) = -inf.
-    uniform = keras.random.uniform
-
+    # PyTorch fills its output in place (`_fill_uniform`); the other
+    # backends draw with keras.random.uniform.
     def lowest(shape, minval, maxval, dtype=None, seed=None):
         del maxval, seed
         return keras.ops.full(shape, minval, dtype=dtype)
 
-    monkeypatch.setattr(keras.random, "uniform", lowest)
-    x = to_numpy(
-        sampling.sample("truncated_normal", (8,), 1.0, dtype, 0, truncation)
-    )
-    monkeypatch.setattr(keras.random, "uniform", uniform)
+    def fill_lowest(x, low, high, generator):
+        del high, generator
+        x.fill_(low)
+
+    # JAX traces keras.random.uniform into a cached program: start and end
+    # with an empty cache, so that neither the real nor the patched
+    # uniform is reused.
+    sampling._jax_chunk_fn.cache_clear()
+    try:
+        with monkeypatch.context() as patch:
+            if keras.backend.backend() == "torch":
+                patch.setattr(sampling, "_fill_uniform", fill_lowest)
+            else:
+                patch.setattr(keras.random, "uniform", lowest)
+            x = to_numpy(
+                sampling.sample(
+                    "truncated_normal", (8,), 1.0, dtype, 0, truncation
+                )
+            )
+    finally:
+        sampling._jax_chunk_fn.cache_clear()
     assert np.all(np.isfinite(x))
     assert np.all(x < -4)  # the far tail, not a clipped or zero value
 
@@ -171,3 +190,55 @@ def test_size_check_counts_bytes_of_the_dtype(monkeypatch):
         sampling.check_size((101,), "float64")
     monkeypatch.setattr(sampling, "MAX_OUTPUT_BYTES", None)
     assert sampling.max_output_bytes() > 2**20
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="PyTorch's thread count"
+)
+@pytest.mark.parametrize("fail", [False, True])
+def test_torch_thread_count_is_restored(fail, monkeypatch):
+    import torch
+
+    seen = []
+
+    def fill(x, low, high, generator):
+        seen.append(torch.get_num_threads())
+        if fail:
+            raise RuntimeError("boom")
+        x.uniform_(low, high, generator=generator)
+
+    monkeypatch.setattr(sampling, "_fill_uniform", fill)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        if fail:
+            with pytest.raises(RuntimeError, match="boom"):
+                sampling.sample("uniform", (4, 4), 1.0, "float32", seed=0)
+        else:
+            sampling.sample("truncated_normal", (4, 4), 1.0, "float16", 0)
+        assert seen == [1]  # drawn on one thread
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's jit")
+def test_jax_compiles_once_per_padded_size_not_per_shape():
+    sampling._jax_chunk_fn.cache_clear()
+    try:
+        # 1152, 1152, 1100 and 1200 values, all padded to 2048; four stds.
+        shapes = [(3, 3, 8, 16), (1, 1, 32, 36), (1100,), (30, 40)]
+        for i, shape in enumerate(shapes):
+            x = sampling.sample(
+                "truncated_normal", shape, 0.1 * (i + 1), "float32", seed=i
+            )
+            assert tuple(x.shape) == shape
+            bound = 2.0 * 0.1 * (i + 1) / truncated_normal_std(2.0)
+            assert float(np.max(np.abs(to_numpy(x)))) <= bound
+        assert sampling._jax_chunk_fn.cache_info().currsize == 1
+        program = sampling._jax_chunk_fn(
+            2048, "inverse_cdf", "float32", "float32", True
+        )
+        assert program._cache_size() == 1  # traced and compiled once
+    finally:
+        sampling._jax_chunk_fn.cache_clear()
