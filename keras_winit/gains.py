@@ -33,6 +33,7 @@ References:
 
 import contextlib
 import functools
+import importlib
 import math
 
 import numpy as np
@@ -313,7 +314,8 @@ def _float64_enabled():
 
     enable_x64 = getattr(jax, "enable_x64", None)
     if enable_x64 is None:  # JAX before 0.4.36
-        from jax.experimental import enable_x64
+        experimental = importlib.import_module("jax.experimental")
+        enable_x64 = experimental.enable_x64
     return enable_x64(True)
 
 

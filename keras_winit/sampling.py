@@ -456,8 +456,8 @@ def _jax_assemble_fn(sizes, shape):
     import jax
 
     def fn(*parts):
-        parts = [part[:size] for part, size in zip(parts, sizes, strict=True)]
-        flat = parts[0] if len(parts) == 1 else keras.ops.concatenate(parts)
+        cut = [part[:size] for part, size in zip(parts, sizes, strict=True)]
+        flat = cut[0] if len(cut) == 1 else keras.ops.concatenate(cut)
         return keras.ops.reshape(flat, shape)
 
     return jax.jit(fn)

@@ -447,8 +447,8 @@ def _nice_step(span, max_ticks, steps=(1, 2, 5)):
 
 def _layers_and_series(paths):
     """Depth (layer index, first appearance) and series name per path."""
-    layer_index = {}
-    series_index = {}
+    layer_index: dict[str, int] = {}
+    series_index: dict[str, int] = {}
     depths, series = [], []
     for path in paths:
         layer, _, name = path.rpartition("/")
@@ -462,7 +462,7 @@ def _check_size(width, height):
         if (
             not isinstance(value, numbers.Integral)
             or isinstance(value, bool)
-            or not low <= value <= 4096
+            or not low <= int(value) <= 4096
         ):
             raise ValueError(
                 f"Argument `{name}` must be an integer in [{low}, 4096]. "

@@ -393,7 +393,10 @@ class Records:
         logged = [name for name, _ in _PER_VARIABLE if name in self.signals]
         if not self.layout_written:
             self.layout_written = True
-            charts = logged + (["weight_variance"] if self.weights_freq else [])
+            written = set(logged)
+            if self.weights_freq:
+                written.add("weight_variance")
+            charts = [n for n in overview.STATISTICS if n in written]
             if charts:
                 self.writer.write_summary(
                     overview.layout_summary(charts, self.paths), step
