@@ -116,3 +116,25 @@ def conv_lstm_cell_class():
     except ImportError as error:
         raise _missing("`keras.src.layers.rnn.conv_lstm`", error) from error
     return conv_lstm.ConvLSTMCell
+
+
+def keep_functional_cond(op):
+    """TensorFlow: keeps the `If` op `op` of a `tf.cond` functional.
+
+    Inside a `tf.function`, TensorFlow lowers `tf.cond` to Switch/Merge
+    ops, which visit the ops of the branch not taken on every step; the
+    private attribute `_lower_using_switch_merge=False` (set through the
+    private `Operation._set_attr`) keeps the `If` op, which runs only the
+    taken branch.
+    """
+    try:
+        from tensorflow.core.framework import attr_value_pb2
+
+        op._set_attr(
+            "_lower_using_switch_merge", attr_value_pb2.AttrValue(b=False)
+        )
+    except (AttributeError, ImportError) as error:
+        raise _missing(
+            "TensorFlow's `Operation._set_attr` (`_lower_using_switch_merge`)",
+            error,
+        ) from error

@@ -117,3 +117,25 @@ def test_only_compat_imports_keras_src():
         if path.name != "_compat.py" and "keras.src" in path.read_text()
     ]
     assert offenders == []
+
+
+@pytest.mark.tensorflow_only
+def test_keep_functional_cond():
+    import tensorflow as tf
+
+    ops = []
+
+    @tf.function
+    def f(x):
+        out = tf.cond(x > 0, lambda: x * 2.0, lambda: x)
+        op = out.op
+        while op.type not in ("If", "StatelessIf") and op.inputs:
+            op = op.inputs[0].op
+        _compat.keep_functional_cond(op)
+        ops.append(op)
+        return out
+
+    assert float(f(tf.constant(3.0))) == 6.0
+    assert ops[0].get_attr("_lower_using_switch_merge") is False
+    with pytest.raises(RuntimeError, match="Operation._set_attr"):
+        _compat.keep_functional_cond(object())

@@ -18,6 +18,7 @@ import math
 import keras
 import numpy as np
 
+from keras_winit import _compat
 from keras_winit.monitoring import writer as writer_module
 
 # Number of bins of the optional gradient histograms (TensorBoard's default).
@@ -217,7 +218,7 @@ class Records:
                 optimizer.build(list(trainable_variables))
             optimizer.built = True
         if trainable_variables is None:
-            return self.inner._trainable_variables
+            return _compat.optimizer_variables_order(self.inner)
         return trainable_variables
 
     def _logged(self, grads, variables):
@@ -272,11 +273,12 @@ class Records:
         k = inner.gradient_accumulation_steps
         is_update = None
         if k:
-            raw_iterations = ops.convert_to_tensor(inner._iterations)
+            raw_iterations = ops.convert_to_tensor(
+                _compat.raw_iterations(inner)
+            )
             is_update = ops.equal((raw_iterations + 1) % k, 0)
             accumulators = [
-                inner._accumulated_gradients[inner._get_variable_index(v)]
-                for v in variables
+                _compat.accumulated_gradient(inner, v) for v in variables
             ]
             grads = [
                 (g + ops.cast(ops.convert_to_tensor(a), "float32")) / k

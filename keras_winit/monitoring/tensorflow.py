@@ -20,6 +20,7 @@ import warnings
 
 import numpy as np
 
+from keras_winit import _compat
 from keras_winit.monitoring import records as records_module
 from keras_winit.monitoring.records import HISTOGRAM_BINS
 from keras_winit.monitoring.records import NUM_STATS
@@ -401,15 +402,11 @@ def _cond(pred, true_fn):
 
     out = tf.cond(pred, true_fn, lambda: tf.constant(False))
     if not tf.executing_eagerly():
-        from tensorflow.core.framework import attr_value_pb2
-
         op = out.op
         while op.type not in ("If", "StatelessIf") and op.inputs:
             op = op.inputs[0].op
         if op.type in ("If", "StatelessIf"):
-            op._set_attr(
-                "_lower_using_switch_merge", attr_value_pb2.AttrValue(b=False)
-            )
+            _compat.keep_functional_cond(op)
     return out
 
 

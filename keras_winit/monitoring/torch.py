@@ -10,6 +10,7 @@ ops and copied to the host in one transfer.
 import keras
 import numpy as np
 
+from keras_winit import _compat
 from keras_winit.monitoring import records as records_module
 from keras_winit.monitoring import writer as writer_module
 from keras_winit.monitoring.records import HISTOGRAM_BINS
@@ -59,7 +60,8 @@ class Hook(records_module.Records):
         step = int(keras.ops.convert_to_tensor(optimizer.iterations))
         k = self.inner.gradient_accumulation_steps
         if k:
-            raw = int(keras.ops.convert_to_tensor(self.inner._iterations))
+            raw = _compat.raw_iterations(self.inner)
+            raw = int(keras.ops.convert_to_tensor(raw))
             if (raw + 1) % k:
                 return
         due = step % self.update_freq == 0
