@@ -91,7 +91,7 @@ class Hook(records_module.Records):
                         self.pending[-1],
                         rows,
                         variables,
-                        self._flat(weights),
+                        self._snapshot(weights),
                     )
             if hist_due:
                 tables = np.stack(
@@ -110,6 +110,42 @@ class Hook(records_module.Records):
 
         return torch.cat([t.detach().reshape(-1).float() for t in tensors])
 
+    @staticmethod
+    def _groups(tensors):
+        """`(small, large)` indices, split at `records.LARGE_VARIABLE`."""
+        small = [
+            k
+            for k, t in enumerate(tensors)
+            if t.numel() < records_module.LARGE_VARIABLE
+        ]
+        large = [k for k in range(len(tensors)) if k not in small]
+        return small, large
+
+    def _snapshot(self, weights):
+        """A float32 copy of `weights`: the small ones flattened together
+        (one copy), each large one on its own (no flattening copy)."""
+        small, large = self._groups(weights)
+        flat = self._flat([weights[k] for k in small]) if small else None
+        return flat, {k: weights[k].detach().float().clone() for k in large}
+
+    def _update_norms(self, new, old):
+        """`[len(new)]` NumPy: `||new_k - old_k||` (`old`: `_snapshot`)."""
+        import torch
+
+        flat, copies = old
+        small, large = self._groups(new)
+        parts = []
+        if small:
+            delta = self._flat([new[k] for k in small]) - flat
+            sizes = [int(new[k].numel()) for k in small]
+            parts += [torch.linalg.vector_norm(d) for d in delta.split(sizes)]
+        parts += [
+            torch.linalg.vector_norm(new[k].detach().float() - copies[k])
+            for k in large
+        ]
+        norms = torch.stack(parts).cpu().numpy()
+        return norms[np.argsort(small + large)]
+
     def after_apply(self):
         """After the update: `||w_after - w_before||` into the record."""
         import torch
@@ -119,12 +155,7 @@ class Hook(records_module.Records):
             return
         record, rows, variables, old = before
         with torch.no_grad():
-            delta = self._flat([v.value for v in variables]) - old
-            sizes = [int(v.value.numel()) for v in variables]
-            norms = torch.stack(
-                [torch.linalg.vector_norm(d) for d in delta.split(sizes)]
-            )
-            norms = norms.cpu().numpy()
+            norms = self._update_norms([v.value for v in variables], old)
         table = record[: len(self.variables) * NUM_STATS].reshape(-1, NUM_STATS)
         table[list(rows), records_module.UPDATE_NORM] = norms
 
