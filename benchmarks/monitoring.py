@@ -14,6 +14,10 @@ shows:
   `tests/_real_models.py` builds its nets (no download);
 - `mlp500`: 64 -> 249 x 32 tanh -> 10, batch 64 (500 variables).
 
+The logger runs with its default signals (all on), and once at
+`update_freq=1` without `update_ratio` (its most expensive signal: a copy
+of the weights before each recorded update), to show that signal's cost.
+
 Configurations take turns: each trains in its own thread, one `fit` of
 `WARMUP_STEPS + repeats * steps` steps, and only the thread holding the
 turn runs; after its warm-up (tracing, untimed) and after each window of
@@ -59,6 +63,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_winit.monitoring import GradientVarianceLogger  # noqa: E402
+from keras_winit.monitoring.records import SIGNALS  # noqa: E402
 
 #: Names of the models the benchmark can train (see the module docstring).
 MODELS = ("mlp", "mobilenetv2", "mlp500")
@@ -68,7 +73,7 @@ WARMUP_STEPS = 20
 
 
 def _configs(log_dir):
-    def logger(update_freq, histogram_freq=0):
+    def logger(update_freq, histogram_freq=0, signals=None):
         # One run per configuration: they train at the same time.
         return lambda: [
             GradientVarianceLogger(
@@ -76,13 +81,20 @@ def _configs(log_dir):
                 update_freq=update_freq,
                 histogram_freq=histogram_freq,
                 warn=False,
-                run_name=f"u{update_freq}_h{histogram_freq}",
+                run_name=f"u{update_freq}_h{histogram_freq}_{bool(signals)}",
+                signals=signals,
             )
         ]
 
+    without_update_ratio = [s for s in SIGNALS if s != "update_ratio"]
+    # `signals=None`: the defaults, every signal on.
     configs = [
         ("plain fit", lambda: []),
         ("GradientVarianceLogger(update_freq=1)", logger(1)),
+        (
+            "GradientVarianceLogger(update_freq=1, no update_ratio)",
+            logger(1, signals=without_update_ratio),
+        ),
         ("GradientVarianceLogger(update_freq=10)", logger(10)),
         ("GradientVarianceLogger(update_freq=100)", logger(100)),
         (

@@ -259,3 +259,69 @@ def block_sublayer(block: Any, name: str) -> Any:
         raise _missing(
             f"`{type(block).__name__}.{name}` (keras_hub)", error
         ) from error
+
+
+def keep_functional_cond(op):
+    """TensorFlow: keeps the `If` op `op` of a `tf.cond` functional.
+
+    Inside a `tf.function`, TensorFlow lowers `tf.cond` to Switch/Merge
+    ops, which visit the ops of the branch not taken on every step; the
+    private attribute `_lower_using_switch_merge=False` (set through the
+    private `Operation._set_attr`) keeps the `If` op, which runs only the
+    taken branch.
+    """
+    try:
+        from tensorflow.core.framework import attr_value_pb2
+
+        op._set_attr(
+            "_lower_using_switch_merge", attr_value_pb2.AttrValue(b=False)
+        )
+    except (AttributeError, ImportError) as error:
+        raise _missing(
+            "TensorFlow's `Operation._set_attr` (`_lower_using_switch_merge`)",
+            error,
+        ) from error
+
+
+def torch_device() -> Any:
+    """PyTorch: the device Keras puts new tensors on (`get_device`)."""
+    try:
+        from keras.src.backend.torch.core import get_device
+    except ImportError as error:
+        raise _missing(
+            "`keras.src.backend.torch.core.get_device`", error
+        ) from error
+    return get_device()
+
+
+def torch_dtype(dtype: Any) -> Any:
+    """PyTorch: the `torch.dtype` of a Keras dtype name."""
+    try:
+        from keras.src.backend.torch.core import to_torch_dtype
+    except ImportError as error:
+        raise _missing(
+            "`keras.src.backend.torch.core.to_torch_dtype`", error
+        ) from error
+    return to_torch_dtype(dtype)
+
+
+def torch_generator(seed: Any) -> Any:
+    """PyTorch: the `torch.Generator` Keras' random ops use for `seed`."""
+    try:
+        from keras.src.backend.torch.random import torch_seed_generator
+    except ImportError as error:
+        raise _missing(
+            "`keras.src.backend.torch.random.torch_seed_generator`", error
+        ) from error
+    return torch_seed_generator(seed)
+
+
+def jax_key(seed: Any) -> Any:
+    """JAX: the PRNG key Keras' random ops draw from for `seed`."""
+    try:
+        from keras.src.backend.jax.random import jax_draw_seed
+    except ImportError as error:
+        raise _missing(
+            "`keras.src.backend.jax.random.jax_draw_seed`", error
+        ) from error
+    return jax_draw_seed(seed)

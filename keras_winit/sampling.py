@@ -79,6 +79,7 @@ import keras
 import ml_dtypes  # also registers bfloat16 with NumPy
 import numpy as np
 
+from keras_winit import _compat
 from keras_winit import _seeds
 from keras_winit.gains import truncated_normal_std
 
@@ -353,15 +354,12 @@ def _sample_torch(plan, shape, dtype, sizes, seeds):
     exception.
     """
     import torch
-    from keras.src.backend.torch.core import get_device
-    from keras.src.backend.torch.core import to_torch_dtype
-    from keras.src.backend.torch.random import torch_seed_generator
 
-    device = get_device()
+    device = _compat.torch_device()
     out = torch.empty(
-        sum(sizes), dtype=to_torch_dtype(dtype), device=device
+        sum(sizes), dtype=_compat.torch_dtype(dtype), device=device
     ).reshape(-1)
-    compute_dtype = to_torch_dtype(plan["compute_dtype"])
+    compute_dtype = _compat.torch_dtype(plan["compute_dtype"])
     buffer = (
         torch.empty(max(sizes, default=0), dtype=compute_dtype, device=device)
         if plan["half"]
@@ -373,7 +371,7 @@ def _sample_torch(plan, shape, dtype, sizes, seeds):
         for size, seed in zip(sizes, seeds, strict=True):
             target = out[start : start + size]
             x = target if buffer is None else buffer[:size]
-            generator = torch_seed_generator(seed)
+            generator = _compat.torch_generator(seed)
             if kind == "normal":
                 x.normal_(0.0, plan["stddev"], generator=generator)
             else:
@@ -402,8 +400,6 @@ def _sample_jax(plan, shape, dtype, sizes, seeds):
     variable with the same padded size, distribution and dtype. Cutting,
     joining and reshaping the chunks is one small program per shape.
     """
-    from keras.src.backend.jax.random import jax_draw_seed
-
     kind, compute_dtype = plan["kind"], plan["compute_dtype"]
     args = [
         np.asarray(plan.get(name) or 0.0, dtype=compute_dtype)
@@ -415,7 +411,7 @@ def _sample_jax(plan, shape, dtype, sizes, seeds):
         fn = _jax_chunk_fn(
             padded, kind, compute_dtype, dtype, plan["clip"] is not None
         )
-        parts.append(fn(jax_draw_seed(seed), *args))
+        parts.append(fn(_compat.jax_key(seed), *args))
     return _jax_assemble_fn(tuple(sizes), tuple(shape))(*parts)
 
 
@@ -494,10 +490,9 @@ def single_cpu_thread():
         yield
         return
     import torch
-    from keras.src.backend.torch.core import get_device
 
     threads = torch.get_num_threads()
-    if not str(get_device()).startswith("cpu") or threads == 1:
+    if not str(_compat.torch_device()).startswith("cpu") or threads == 1:
         yield
         return
     torch.set_num_threads(1)

@@ -1520,8 +1520,10 @@ def test_first_nonfinite_layer_is_named(tmp_path):
     )
     model.compile(optimizer="sgd", loss="mse")
     x, y = _data(n=BATCH)
+    # warn=False: the initialization's health warning (a
+    # GradientVarianceWarning for the NaN gradient) is tested elsewhere.
     with pytest.warns(NonFiniteGradientWarning, match="'mlp/mid'") as caught:
-        _fit_on(model, tmp_path, x, y, update_freq=1)
+        _fit_on(model, tmp_path, x, y, update_freq=1, warn=False)
     assert len(_only(caught, NonFiniteGradientWarning)) == 1
     events = _read(tmp_path / "gradients")
     # Layers in forward order: hidden 0, mid 1, out 2.
@@ -1536,6 +1538,41 @@ def test_each_signal_can_be_turned_off(tmp_path):
     x, y = _data(n=BATCH)
     _fit_on(model, tmp_path, x, y, signals=["grad_variance"])
     tags = set(_read(tmp_path / "gradients"))
+    # The overview's custom-scalars layout (one chart: grad_variance).
     assert tags == {f"grad_variance/{p}" for p in PATHS} | {
-        "grad_summary/log10_variance_ratio"
+        "grad_summary/log10_variance_ratio",
+        "custom_scalars__config__",
     }
+
+
+@pytest.mark.parametrize("update_freq", [1, 3])
+def test_update_ratio_of_large_and_small_variables(tmp_path, update_freq):
+    # A kernel of 16900 >= records.LARGE_VARIABLE entries (its own
+    # snapshot and reduction) next to small ones (fused).
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential(
+        [
+            keras.Input((130,)),
+            keras.layers.Dense(130, activation="tanh", name="big"),
+            keras.layers.Dense(2, name="out"),
+        ],
+        name="wide",
+    )
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(BATCH, 130)).astype("float32")
+    y = rng.normal(size=(BATCH, 2)).astype("float32")
+    before = _weights(model)
+    _fit_on(model, tmp_path, x, y, update_freq=update_freq, warn=False)
+    after = _weights(model)
+    events = _read(tmp_path / "gradients")
+    assert model.get_layer("big").kernel.shape == (130, 130)
+    for path, w in before.items():
+        got = _value(events, f"update_ratio/{path}", 0)
+        update = np.linalg.norm(after[path] - w)
+        if np.linalg.norm(w) == 0:
+            assert got == np.inf and update > 0
+        else:
+            np.testing.assert_allclose(
+                got, update / np.linalg.norm(w), rtol=2e-3, err_msg=path
+            )

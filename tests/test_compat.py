@@ -205,3 +205,47 @@ def test_block_sublayer():
                 assert sub.built, (block, name)
     with pytest.raises(RuntimeError, match="keras_hub"):
         _compat.block_sublayer(blocks[0], "_no_such_layer")
+
+
+@pytest.mark.tensorflow_only
+def test_keep_functional_cond():
+    import tensorflow as tf
+
+    ops = []
+
+    @tf.function
+    def f(x):
+        out = tf.cond(x > 0, lambda: x * 2.0, lambda: x)
+        op = out.op
+        while op.type not in ("If", "StatelessIf") and op.inputs:
+            op = op.inputs[0].op
+        _compat.keep_functional_cond(op)
+        ops.append(op)
+        return out
+
+    assert float(f(tf.constant(3.0))) == 6.0
+    assert ops[0].get_attr("_lower_using_switch_merge") is False
+    with pytest.raises(RuntimeError, match="Operation._set_attr"):
+        _compat.keep_functional_cond(object())
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch")
+def test_torch_device_dtype_and_generator():
+    import torch
+
+    assert str(_compat.torch_device()).startswith(("cpu", "cuda", "mps"))
+    assert _compat.torch_dtype("bfloat16") is torch.bfloat16
+    generator = _compat.torch_generator(3)
+    assert isinstance(generator, torch.Generator)
+    a = torch.rand(4, generator=generator)
+    b = torch.rand(4, generator=_compat.torch_generator(3))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX")
+def test_jax_key():
+    import jax
+
+    a = jax.random.uniform(_compat.jax_key(3), (4,))
+    b = jax.random.uniform(_compat.jax_key(3), (4,))
+    assert np.array_equal(np.asarray(a), np.asarray(b))

@@ -15,6 +15,7 @@ on every call, whether the callback fires or not.
 import keras
 import numpy as np
 
+from keras_winit import _compat
 from keras_winit.monitoring import records as records_module
 from keras_winit.monitoring.records import HISTOGRAM_BINS
 from keras_winit.monitoring.records import NUM_STATS
@@ -71,7 +72,7 @@ class Hook(records_module.Records):
         if not model.run_eagerly and model.jit_compile:
             out_shardings = None
             if keras.distribution.distribution() is not None:
-                out_shardings = (None, model._get_state_sharding_spec())
+                out_shardings = (None, _compat.state_sharding_spec(model))
             step_and_records = jax.jit(
                 step_and_records, donate_argnums=0, out_shardings=out_shardings
             )
@@ -121,27 +122,22 @@ class Hook(records_module.Records):
         if self.traced is None:  # Not called from this `fit`'s train step.
             return result
         optimizer = self.optimizer
+        order = _compat.optimizer_variables_order(optimizer)
         mapping = list(
             zip(optimizer.variables, optimizer_variables, strict=True)
         )
         values = {
-            id(v): value
-            for v, value in zip(
-                optimizer._trainable_variables, variables, strict=True
-            )
+            id(v): value for v, value in zip(order, variables, strict=True)
         }
         with keras.StatelessScope(state_mapping=mapping):
             rows, logged, grads, step, is_update, finite = (
-                self.applied_gradients(grads, optimizer._trainable_variables)
+                self.applied_gradients(grads, order)
             )
         if not rows:
             return result
         weights = [values[id(v)] for v in logged]
         new_values = {
-            id(v): value
-            for v, value in zip(
-                optimizer._trainable_variables, result[0], strict=True
-            )
+            id(v): value for v, value in zip(order, result[0], strict=True)
         }
         new_weights = (
             [new_values[id(v)] for v in logged] if self.update_ratio else None
@@ -175,9 +171,7 @@ class Hook(records_module.Records):
         if self.weights_freq:
             # Variance of the updated weights, logged at the step count
             # after the update (what `optimizer.iterations` then reads).
-            for v, value in zip(
-                optimizer._trainable_variables, result[0], strict=True
-            ):
+            for v, value in zip(order, result[0], strict=True):
                 i = self._row(v)
                 if i is not None:
                     weight_rows.append(i)

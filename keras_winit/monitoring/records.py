@@ -14,10 +14,12 @@ gives the callback the per-variable values its warning needs
 import collections
 import contextlib
 import math
+from typing import Any
 
 import keras
 import numpy as np
 
+from keras_winit import _compat
 from keras_winit.monitoring import writer as writer_module
 
 # Number of bins of the optional gradient histograms (TensorBoard's default).
@@ -161,11 +163,12 @@ class Records:
         self.callback = callback
         self.model = model
         self.writer = writer
-        self.optimizer = model.optimizer
-        self.inner = getattr(self.optimizer, "inner_optimizer", None)
+        # The callback checked that the model is compiled with one.
+        self.optimizer: Any = model.optimizer
         self.is_loss_scaled = isinstance(
             self.optimizer, keras.optimizers.LossScaleOptimizer
         )
+        self.inner: Any = getattr(self.optimizer, "inner_optimizer", None)
         if self.inner is None:
             self.inner = self.optimizer
         self.variables = list(model.trainable_variables)
@@ -217,7 +220,7 @@ class Records:
                 optimizer.build(list(trainable_variables))
             optimizer.built = True
         if trainable_variables is None:
-            return self.inner._trainable_variables
+            return _compat.optimizer_variables_order(self.inner)
         return trainable_variables
 
     def _logged(self, grads, variables):
@@ -272,11 +275,12 @@ class Records:
         k = inner.gradient_accumulation_steps
         is_update = None
         if k:
-            raw_iterations = ops.convert_to_tensor(inner._iterations)
+            raw_iterations = ops.convert_to_tensor(
+                _compat.raw_iterations(inner)
+            )
             is_update = ops.equal((raw_iterations + 1) % k, 0)
             accumulators = [
-                inner._accumulated_gradients[inner._get_variable_index(v)]
-                for v in variables
+                _compat.accumulated_gradient(inner, v) for v in variables
             ]
             grads = [
                 (g + ops.cast(ops.convert_to_tensor(a), "float32")) / k
@@ -327,7 +331,7 @@ class Records:
         present = sorted(self.present)
         paths, signals = self.paths, self.signals
         first = self._first_nonfinite(stats, present)
-        values = []
+        values: list[tuple[str, float]] = []
         if first is not None and "first_nonfinite_layer" in signals:
             values.append(
                 (
@@ -455,6 +459,10 @@ class Records:
                 for w, p in zip(self.variables, self.paths, strict=True)
             ],
         )
+
+    def write_pending(self, force=False):
+        """Writes the records the backend has computed (each backend's)."""
+        raise NotImplementedError
 
     def close(self):
         """Writes what is pending (called on every exit path)."""

@@ -20,6 +20,7 @@ import warnings
 
 import numpy as np
 
+from keras_winit import _compat
 from keras_winit.monitoring import records as records_module
 from keras_winit.monitoring.records import HISTOGRAM_BINS
 from keras_winit.monitoring.records import NUM_STATS
@@ -80,15 +81,29 @@ class Hook(records_module.Records):
                 **on_read,
             )
             if self.update_ratio:
-                # The weights before the update, on recorded steps.
-                self.total_size = sum(
-                    int(np.prod(shape)) for shape in self.shapes
-                )
+                # The weights before the update, on recorded steps: the
+                # large variables (`records.LARGE_VARIABLE` entries or
+                # more) each in a variable of their own (no flattening
+                # copy), the small ones in one flat buffer.
+                small_sizes = [
+                    int(np.prod(shape))
+                    for shape in self.shapes
+                    if int(np.prod(shape)) < records_module.LARGE_VARIABLE
+                ]
                 self.snapshot = tf.Variable(
-                    tf.zeros([self.total_size]),
+                    tf.zeros([max(sum(small_sizes), 1)]),
                     name="winit_weights_before",
                     **on_read,
                 )
+                self.snapshot_large = {
+                    row: tf.Variable(
+                        tf.zeros(shape),
+                        name=f"winit_weights_before_{row}",
+                        **on_read,
+                    )
+                    for row, shape in enumerate(self.shapes)
+                    if int(np.prod(shape)) >= records_module.LARGE_VARIABLE
+                }
             if self.histogram_freq:
                 self.hist = tf.Variable(
                     tf.zeros([n, HISTOGRAM_BINS, 3]),
@@ -194,13 +209,7 @@ class Hook(records_module.Records):
             values = [v.value for v in variables]
             stats = fused_stats(grads, values)
             if self.update_ratio:
-                weights = _flatten(values)
-                size = weights.shape[0]
-                if size < self.total_size:
-                    weights = tf.concat(
-                        [weights, tf.zeros([self.total_size - size])], 0
-                    )
-                self.snapshot.assign(weights)
+                self._take_snapshot(rows, values)
             if not all_rows:
                 stats = tf.scatter_nd(
                     tf.constant(rows)[:, None], stats, [n, NUM_STATS]
@@ -238,11 +247,12 @@ class Hook(records_module.Records):
             )
             return tf.constant(True)
 
-        if (
+        every_call = (
             self.update_freq == 1
             and not self.is_loss_scaled
             and not self.inner.gradient_accumulation_steps
-        ):
+        )
+        if every_call:
             store()  # Every call is recorded: no tf.cond.
         else:
             _cond(tf.logical_or(due, skipped), store)
@@ -291,10 +301,7 @@ class Hook(records_module.Records):
             """After the update: `||w_after - w_before||` into the record."""
 
             def update():
-                new = [v.value for v in variables]
-                sizes = [int(np.prod(v.shape)) for v in variables]
-                old = tf.split(self.snapshot.read_value()[: sum(sizes)], sizes)
-                norms = difference_norms(new, old)
+                norms = self._update_norms(rows, [v.value for v in variables])
                 buf = self.buf.read_value()
                 count = tf.cast(buf[0, 0], tf.int64)
                 slot = tf.cast((count - 1) % self.buffer_size + 1, tf.int32)
@@ -311,9 +318,53 @@ class Hook(records_module.Records):
                 )
                 return tf.constant(True)
 
-            _cond(due, update)
+            if every_call:
+                update()  # As `store`: no tf.cond.
+            else:
+                _cond(due, update)
 
         return after
+
+    def _take_snapshot(self, rows, values):
+        """Copies the weights before the update (traced, in `store`)."""
+        import tensorflow as tf
+
+        small, large = _groups(values)
+        if small:
+            weights = _flatten([values[i] for i in small])
+            size = weights.shape[0]
+            total = self.snapshot.shape[0]
+            if size < total:
+                weights = tf.concat([weights, tf.zeros([total - size])], 0)
+            self.snapshot.assign(weights)
+        for i in large:
+            self.snapshot_large[rows[i]].assign(tf.cast(values[i], tf.float32))
+
+    def _update_norms(self, rows, new):
+        """`[len(rows)]`: `||w_after - w_before||` (traced, after `apply`)."""
+        import tensorflow as tf
+
+        small, large = _groups(new)
+        parts = []
+        if small:
+            sizes = [int(np.prod(new[i].shape)) for i in small]
+            delta = (
+                _flatten([new[i] for i in small])
+                - self.snapshot.read_value()[: sum(sizes)]
+            )
+            ids = _segment_ids([new[i] for i in small])
+            parts.append(
+                tf.sqrt(
+                    tf.math.unsorted_segment_sum(delta * delta, ids, len(small))
+                )
+            )
+        for i in large:
+            delta = (
+                tf.cast(new[i], tf.float32)
+                - self.snapshot_large[rows[i]].read_value()
+            )
+            parts.append(tf.sqrt(_dot(tf.reshape(delta, [-1])))[None])
+        return _in_order(parts, small + large)
 
     # Between steps --------------------------------------------------------
 
@@ -401,15 +452,11 @@ def _cond(pred, true_fn):
 
     out = tf.cond(pred, true_fn, lambda: tf.constant(False))
     if not tf.executing_eagerly():
-        from tensorflow.core.framework import attr_value_pb2
-
         op = out.op
         while op.type not in ("If", "StatelessIf") and op.inputs:
             op = op.inputs[0].op
         if op.type in ("If", "StatelessIf"):
-            op._set_attr(
-                "_lower_using_switch_merge", attr_value_pb2.AttrValue(b=False)
-            )
+            _compat.keep_functional_cond(op)
     return out
 
 
@@ -432,7 +479,8 @@ def _segment_ids(tensors):
 
 def _groups(tensors):
     """`(small, large)` indices: fused, and reduced one by one."""
-    small, large = [], []
+    small: list[int] = []
+    large: list[int] = []
     for i, t in enumerate(tensors):
         size = int(np.prod(t.shape))
         (large if size >= records_module.LARGE_VARIABLE else small).append(i)
@@ -556,30 +604,6 @@ def _segment_stats(grads, weights):
         ],
         axis=1,
     )
-
-
-def difference_norms(new, old):
-    """`[len(new)]`: `||new_i - old_i||`, fused as `fused_stats`."""
-    import tensorflow as tf
-
-    small, large = _groups(new)
-    parts = []
-    if small:
-        delta = _flatten([new[i] for i in small]) - _flatten(
-            [old[i] for i in small]
-        )
-        ids = _segment_ids([new[i] for i in small])
-        parts.append(
-            tf.sqrt(
-                tf.math.unsorted_segment_sum(delta * delta, ids, len(small))
-            )
-        )
-    for i in large:
-        delta = tf.reshape(tf.cast(new[i], tf.float32), [-1]) - tf.reshape(
-            old[i], [-1]
-        )
-        parts.append(tf.sqrt(_dot(delta))[None])
-    return _in_order(parts, small + large)
 
 
 def histogram(g):

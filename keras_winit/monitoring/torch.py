@@ -7,9 +7,12 @@ of `optimizer.iterations`), the statistics are computed with fused torch
 ops and copied to the host in one transfer.
 """
 
+from typing import Any
+
 import keras
 import numpy as np
 
+from keras_winit import _compat
 from keras_winit.monitoring import records as records_module
 from keras_winit.monitoring import writer as writer_module
 from keras_winit.monitoring.records import HISTOGRAM_BINS
@@ -23,6 +26,9 @@ class Hook(records_module.Records):
     def __init__(self, callback, model, writer):
         super().__init__(callback, model, writer)
         self._segment_ids = {}
+        # (record, rows, variables, weights before the update) of the step
+        # being applied, or None.
+        self._before: Any = None
 
     def install(self):
         model = self.model
@@ -59,7 +65,8 @@ class Hook(records_module.Records):
         step = int(keras.ops.convert_to_tensor(optimizer.iterations))
         k = self.inner.gradient_accumulation_steps
         if k:
-            raw = int(keras.ops.convert_to_tensor(self.inner._iterations))
+            raw = _compat.raw_iterations(self.inner)
+            raw = int(keras.ops.convert_to_tensor(raw))
             if (raw + 1) % k:
                 return
         due = step % self.update_freq == 0
@@ -89,7 +96,7 @@ class Hook(records_module.Records):
                         self.pending[-1],
                         rows,
                         variables,
-                        self._flat(weights),
+                        self._snapshot(weights),
                     )
             if hist_due:
                 tables = np.stack(
@@ -108,21 +115,52 @@ class Hook(records_module.Records):
 
         return torch.cat([t.detach().reshape(-1).float() for t in tensors])
 
+    @staticmethod
+    def _groups(tensors):
+        """`(small, large)` indices, split at `records.LARGE_VARIABLE`."""
+        small = [
+            k
+            for k, t in enumerate(tensors)
+            if t.numel() < records_module.LARGE_VARIABLE
+        ]
+        large = [k for k in range(len(tensors)) if k not in small]
+        return small, large
+
+    def _snapshot(self, weights):
+        """A float32 copy of `weights`: the small ones flattened together
+        (one copy), each large one on its own (no flattening copy)."""
+        small, large = self._groups(weights)
+        flat = self._flat([weights[k] for k in small]) if small else None
+        return flat, {k: weights[k].detach().float().clone() for k in large}
+
+    def _update_norms(self, new, old):
+        """`[len(new)]` NumPy: `||new_k - old_k||` (`old`: `_snapshot`)."""
+        import torch
+
+        flat, copies = old
+        small, large = self._groups(new)
+        parts = []
+        if small:
+            delta = self._flat([new[k] for k in small]) - flat
+            sizes = [int(new[k].numel()) for k in small]
+            parts += [torch.linalg.vector_norm(d) for d in delta.split(sizes)]
+        parts += [
+            torch.linalg.vector_norm(new[k].detach().float() - copies[k])
+            for k in large
+        ]
+        norms = torch.stack(parts).cpu().numpy()
+        return norms[np.argsort(small + large)]
+
     def after_apply(self):
         """After the update: `||w_after - w_before||` into the record."""
         import torch
 
-        before, self._before = getattr(self, "_before", None), None
+        before, self._before = self._before, None
         if before is None:
             return
         record, rows, variables, old = before
         with torch.no_grad():
-            delta = self._flat([v.value for v in variables]) - old
-            sizes = [int(v.value.numel()) for v in variables]
-            norms = torch.stack(
-                [torch.linalg.vector_norm(d) for d in delta.split(sizes)]
-            )
-            norms = norms.cpu().numpy()
+            norms = self._update_norms([v.value for v in variables], old)
         table = record[: len(self.variables) * NUM_STATS].reshape(-1, NUM_STATS)
         table[list(rows), records_module.UPDATE_NORM] = norms
 

@@ -40,6 +40,7 @@ import struct
 import time
 import warnings
 import weakref
+from typing import Any
 
 import numpy as np
 
@@ -53,7 +54,7 @@ MAX_BACKLOG_BYTES = 64 * 2**20
 use_tensorflow = True
 
 _files = 0
-_open_writers = weakref.WeakSet()
+_open_writers: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class EventWriterWarning(UserWarning):
@@ -147,7 +148,8 @@ class _Sink:
         """The bytes written so far, read through the kept descriptor."""
         if self.reader is None:
             return b""
-        chunks, offset = [], 0
+        chunks: list[bytes] = []
+        offset = 0
         while True:
             chunk = os.pread(self.reader, 2**20, offset)
             if not chunk:
@@ -209,7 +211,7 @@ class EventWriter:
         if (
             not isinstance(flush_secs, numbers.Real)
             or isinstance(flush_secs, bool)
-            or not flush_secs > 0
+            or not float(flush_secs) > 0
         ):
             raise ValueError(
                 "Argument `flush_secs` must be a positive number. "
@@ -496,6 +498,7 @@ class EventWriter:
     def _recover_deleted(self):
         """The open event file was deleted: its events go to a new one."""
         sink = self._sink
+        assert sink is not None
         self._fault(FileNotFoundError(f"{sink.path!r} was deleted"))
         # The first record is the file version event; a new file has its
         # own.
