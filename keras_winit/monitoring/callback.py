@@ -392,6 +392,8 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         self.warn = warn
         self._judged = False
         self._kinds = None
+        self._pending_judgement = None
+        self._pending_warnings = []
         self.run_name = run_name
         self.signals = signals
         self._warned_nonfinite = False
@@ -551,6 +553,8 @@ class GradientVarianceLogger(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self._hook is not None:
             self._hook.write_pending()
+        if keras.backend.backend() != "jax":  # JAX: may run on a thread.
+            self._emit_warnings()
 
     def on_epoch_end(self, epoch, logs=None):
         if self._hook is not None:
@@ -558,6 +562,7 @@ class GradientVarianceLogger(keras.callbacks.Callback):
             self._hook.sync_step()
         if self._writer is not None:
             self._writer.flush()
+        self._emit_warnings()
 
     def on_train_end(self, logs=None):
         self._finish()
@@ -571,6 +576,7 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         try:
             if hook is not None:
                 hook.close()
+            self._emit_warnings()
         finally:
             if model is not None:
                 guard = model.__dict__.get("make_train_function")
@@ -587,13 +593,14 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         if self._warned_nonfinite:
             return
         self._warned_nonfinite = True
-        warnings.warn(
-            f"Non-finite gradient at optimizer step {step}: the first layer "
-            f"(in forward order) with a NaN or inf gradient is '{layer}' "
-            f"('{path}'). See grad_nonfinite/... and "
-            "grad_summary/first_nonfinite_layer.",
-            NonFiniteGradientWarning,
-            stacklevel=2,
+        self._pending_warnings.append(
+            (
+                f"Non-finite gradient at optimizer step {step}: the first "
+                f"layer (in forward order) with a NaN or inf gradient is "
+                f"'{layer}' ('{path}'). See grad_nonfinite/... and "
+                "grad_summary/first_nonfinite_layer.",
+                NonFiniteGradientWarning,
+            )
         )
 
     def _check_records(self, step, records):
@@ -605,11 +612,30 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         if not self.warn or self._judged or not records:
             return
         self._judged = True
-        if self._kinds is None:
-            self._kinds = walker.variable_kinds(self.model)
-        message = health_warning(records, self._kinds, step)
-        if message is not None:
-            warnings.warn(message, GradientVarianceWarning, stacklevel=2)
+        self._pending_judgement = (step, records)
+
+    def _emit_warnings(self):
+        """Judges the first records and raises the warnings found so far.
+
+        Called between steps, outside the train function (records may
+        arrive inside it, e.g. on JAX): a warning turned into an error by
+        the user's filters then cannot interrupt a step whose state was
+        already donated, and the model's structure is read while no step
+        runs.
+        """
+        if self._pending_judgement is not None and self.model is not None:
+            step, records = self._pending_judgement
+            self._pending_judgement = None
+            if self._kinds is None:
+                self._kinds = walker.variable_kinds(self.model)
+            message = health_warning(records, self._kinds, step)
+            if message is not None:
+                self._pending_warnings.append(
+                    (message, GradientVarianceWarning)
+                )
+        pending, self._pending_warnings = self._pending_warnings, []
+        for message, category in pending:
+            warnings.warn(message, category, stacklevel=3)
 
 
 def _check_signals(signals):
