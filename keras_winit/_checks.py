@@ -122,11 +122,30 @@ def shape(value, allow_zero=True):
 
 
 def run_name(value):
-    """Raises unless `value` names one directory (a TensorBoard run)."""
-    if not isinstance(value, str) or not value or "/" in value or "\\" in value:
+    """Raises unless `value` names one subdirectory (a TensorBoard run).
+
+    No path separators, and not `.` or `..`, which would escape `log_dir`.
+    """
+    if (
+        not isinstance(value, str)
+        or value in ("", ".", "..")
+        or "/" in value
+        or "\\" in value
+    ):
         raise ValueError(
             "Argument `run_name` must be a non-empty name without path "
-            f"separators. Received: run_name={value!r}"
+            "separators, and not '.' or '..' (the run must be a "
+            f"subdirectory of `log_dir`). Received: run_name={value!r}"
+        )
+    return value
+
+
+def boolean(name, value):
+    """Raises unless `value` is `True` or `False` (not 0/1, not "yes")."""
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"Argument `{name}` must be a bool (True or False). "
+            f"Received: {name}={value!r}"
         )
     return value
 

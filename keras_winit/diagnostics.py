@@ -27,6 +27,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_winit import _checks
 from keras_winit import _signal
 from keras_winit import gains
 from keras_winit import health
@@ -413,16 +414,8 @@ def diagnose(
     _signal.check_number("saturation_eps", saturation_eps, 0, 0.5)
     _signal.check_number("stream_threshold", stream_threshold, 1)
     _signal.check_number("seed", seed, -1, integer=True)
-    if not isinstance(training, bool):
-        raise ValueError(
-            "Argument `training` must be a bool. "
-            f"Received: training={training!r}"
-        )
-    if not isinstance(print_table, bool):
-        raise ValueError(
-            "Argument `print_table` must be a bool. "
-            f"Received: print_table={print_table!r}"
-        )
+    _checks.boolean("training", training)
+    _checks.boolean("print_table", print_table)
     tensors, batch = _signal.to_tensors(x)
     if batch < 2:
         raise ValueError(

@@ -465,12 +465,8 @@ def initialize(
         raise ValueError(
             f"Argument `seed` must be an int or None. Received: seed={seed!r}"
         )
-    for name, value in (("strict", strict), ("include_frozen", include_frozen)):
-        if not isinstance(value, bool):
-            raise ValueError(
-                f"Argument `{name}` must be a bool (True or False). "
-                f"Received: {name}={value!r}"
-            )
+    _checks.boolean("strict", strict)
+    _checks.boolean("include_frozen", include_frozen)
     if not isinstance(residual, str) or residual.lower() not in RESIDUAL_RULES:
         raise ValueError(
             f"Invalid `residual` argument: {residual!r}. "

@@ -19,6 +19,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_winit import _checks
 from keras_winit import _signal
 
 # Fewest output values of one layer from which a variance is estimated
@@ -205,10 +206,7 @@ def lsuv(
         ("zero_bias", zero_bias),
         ("training", training),
     ):
-        if not isinstance(value, bool):
-            raise ValueError(
-                f"Argument `{name}` must be a bool. Received: {name}={value!r}"
-            )
+        _checks.boolean(name, value)
     if seed is not None and not isinstance(seed, keras.random.SeedGenerator):
         _signal.check_number("seed", seed, -1, integer=True)
     tensors, batch = _signal.to_tensors(x)

@@ -47,7 +47,10 @@ def _finish_all():
 
 
 class GradientVarianceWarning(UserWarning):
-    """Warning raised once when gradient variances span too many decades."""
+    """Warning raised once when the initialization will not train.
+
+    Decided by `health_warning` on the first recorded step.
+    """
 
 
 class NonFiniteGradientWarning(UserWarning):
@@ -60,18 +63,6 @@ def _is_int(value):
 
 def _layer_path(variable_path):
     return variable_path.rsplit("/", 1)[0] if "/" in variable_path else ""
-
-
-def check_run_name(value):
-    """`_checks.run_name`, and no `.` or `..` (they escape `log_dir`)."""
-    _checks.run_name(value)
-    if value in (".", ".."):
-        raise ValueError(
-            "Argument `run_name` must be a non-empty name without path "
-            "separators, and not '.' or '..' (the run must be a "
-            f"subdirectory of `log_dir`). Received: run_name={value!r}"
-        )
-    return value
 
 
 def check_log_dir(value):
@@ -379,11 +370,8 @@ class GradientVarianceLogger(keras.callbacks.Callback):
                     f"Argument `{name}` must be a non-negative integer. "
                     f"Received: {name}={value!r}" + _too_large(value)
                 )
-        if not isinstance(warn, bool):
-            raise ValueError(
-                f"Argument `warn` must be a boolean. Received: warn={warn!r}"
-            )
-        check_run_name(run_name)
+        _checks.boolean("warn", warn)
+        _checks.run_name(run_name)
         signals = _check_signals(signals)
         self.log_dir = log_dir
         self.update_freq = int(update_freq)

@@ -17,6 +17,7 @@ import os
 import keras
 import numpy as np
 
+from keras_winit import _checks
 from keras_winit import _signal
 from keras_winit.monitoring import callback as callback_module
 from keras_winit.monitoring import writer as writer_module
@@ -163,12 +164,8 @@ class ActivationHistogramLogger(keras.callbacks.Callback):
                 f"Invalid `step_unit` argument: {step_unit!r}. "
                 f"Expected one of {STEP_UNITS}."
             )
-        callback_module.check_run_name(run_name)
-        if not isinstance(training, bool):
-            raise ValueError(
-                "Argument `training` must be a bool. "
-                f"Received: training={training!r}"
-            )
+        _checks.run_name(run_name)
+        _checks.boolean("training", training)
         x, n = _signal.to_tensors(_take(x_probe, num_examples), "x_probe")
         if n < 2:
             raise ValueError(
