@@ -134,7 +134,8 @@ class InitReport:
     `"orthogonal"`, `"zeros"`, `"kept"` or `"unknown"`, with
     ` ×factor (rule)` when a residual rule scaled it), `kind` (what the
     variable is: `"kernel"`, `"bias"`, `"recurrent"`, `"embedding"`,
-    `"position embedding"`, `"normalization"`, `"layer scale"`, `"token"`,
+    `"position embedding"`, `"normalization"`, `"activation"` (PReLU's
+    slopes), `"layer scale"`, `"token"`,
     `"non-trainable"`, `"frozen"`, `"unknown"`; for a kept embedding also
     the model's own initializer), `target_std` and `measured_std` (std of
     the values now in the variable, computed on the device).
@@ -313,7 +314,8 @@ def initialize(
 
     `residual` scales the residual branches that `residual_branches`
     finds (an `Add` of a block's input and a branch in a Functional graph;
-    keras_hub transformer and ViT blocks), after the scheme's draw; `L` is
+    keras_hub transformer and ViT blocks; in a model without a graph, the
+    `x + f(x)` of one recorded forward pass), after the scheme's draw; `L` is
     the number of branches found in the model:
 
     - `"none"`: no rule.
@@ -476,7 +478,7 @@ def initialize(
             )
     if seed is None:
         seed = random.randint(1, 2**31 - 1)
-    found = _Walker()
+    found = _Collector()
     found.visit(model)
     unknown = [item for item in found.items if item.role == "unknown"]
     if unknown:
@@ -555,8 +557,13 @@ class _Item:
         self.forget_gate = forget_gate
 
 
-class _Walker:
-    """Collects `_Item`s from a layer tree, each variable once."""
+class _Collector:
+    """Collects `_Item`s from a layer tree, each variable once.
+
+    No forward pass: it opens sublayers (`_compat.sublayers`) and asks
+    `keras_winit.walker` what kind each layer is; the roles, layouts,
+    fans and gates of its variables are decided here.
+    """
 
     def __init__(self):
         self.items = []
@@ -1312,7 +1319,9 @@ def _walked_branches(model):
     batch = walker.built_batch(model)
     # Per leaf call, the ids of the tensors it takes; the ids of those
     # that leaf calls made (the tensors are kept, so ids stay unique).
-    entering, produced, keep = [], set(), []
+    entering: list[set[int]] = []
+    produced: set[int] = set()
+    keep: list[Any] = []
 
     def leaf(layer, args, kwargs):
         out = layer(*args, **kwargs)
