@@ -69,6 +69,7 @@ from keras_winit import _seeds
 from keras_winit import gains
 from keras_winit import initializers as init_lib
 from keras_winit import layouts
+from keras_winit import walker
 
 #: Bias options of `initialize`.
 BIAS_MODES = ("zeros", "fan_in_plus_one", "torch", "keep")
@@ -97,23 +98,6 @@ _GATES = {
 }
 # Activations that are not element-wise: `"auto"` treats them as linear.
 _NOT_ELEMENTWISE = ("softmax", "log_softmax")
-_KEPT_LAYERS = tuple(
-    getattr(keras.layers, name)
-    for name in (
-        "BatchNormalization",
-        "LayerNormalization",
-        "GroupNormalization",
-        "RMSNormalization",
-        "UnitNormalization",
-        "PReLU",
-    )
-    if hasattr(keras.layers, name)
-)
-# Normalization layers of other packages, by class name (keras_hub alone
-# has `RMSNormalization`, `LlamaLayerNorm`, `T5LayerNorm`, `RmsNorm2d`,
-# `Qwen3_5RMSNormGated`, ...): their scales and offsets are kept. Only
-# layers without sublayers of their own qualify (not `ConvNormAct`).
-_NORM_NAME = re.compile(r"(Norm|Normalization)(1d|2d|3d|Gated)?$")
 # keras_hub's position embeddings: a learned `(sequence, dim)` table.
 _POSITION_EMBEDDINGS = ("PositionEmbedding",)
 # Learned tokens prepended to a sequence (ViT's class token, BEiT's mask
@@ -150,7 +134,8 @@ class InitReport:
     `"orthogonal"`, `"zeros"`, `"kept"` or `"unknown"`, with
     ` ×factor (rule)` when a residual rule scaled it), `kind` (what the
     variable is: `"kernel"`, `"bias"`, `"recurrent"`, `"embedding"`,
-    `"position embedding"`, `"normalization"`, `"layer scale"`, `"token"`,
+    `"position embedding"`, `"normalization"`, `"activation"` (PReLU's
+    slopes), `"layer scale"`, `"token"`,
     `"non-trainable"`, `"frozen"`, `"unknown"`; for a kept embedding also
     the model's own initializer), `target_std` and `measured_std` (std of
     the values now in the variable, computed on the device).
@@ -329,7 +314,8 @@ def initialize(
 
     `residual` scales the residual branches that `residual_branches`
     finds (an `Add` of a block's input and a branch in a Functional graph;
-    keras_hub transformer and ViT blocks), after the scheme's draw; `L` is
+    keras_hub transformer and ViT blocks; in a model without a graph, the
+    `x + f(x)` of one recorded forward pass), after the scheme's draw; `L` is
     the number of branches found in the model:
 
     - `"none"`: no rule.
@@ -492,9 +478,9 @@ def initialize(
             )
     if seed is None:
         seed = random.randint(1, 2**31 - 1)
-    walker = _Walker()
-    walker.visit(model)
-    unknown = [item for item in walker.items if item.role == "unknown"]
+    found = _Collector()
+    found.visit(model)
+    unknown = [item for item in found.items if item.role == "unknown"]
     if unknown:
         # Said before anything is written: with strict=True nothing changes.
         lines = "\n".join(
@@ -523,7 +509,7 @@ def initialize(
         adjust,
     )
     rows = []
-    for index, item in enumerate(walker.items):
+    for index, item in enumerate(found.items):
         rows.extend(writer.write(index, item))
     for row in residual_rows:
         applied = [r for r in rows if r["path"] == row["path"]]
@@ -571,8 +557,13 @@ class _Item:
         self.forget_gate = forget_gate
 
 
-class _Walker:
-    """Collects `_Item`s from a layer tree, each variable once."""
+class _Collector:
+    """Collects `_Item`s from a layer tree, each variable once.
+
+    No forward pass: it opens sublayers (`_compat.sublayers`) and asks
+    `keras_winit.walker` what kind each layer is; the roles, layouts,
+    fans and gates of its variables are decided here.
+    """
 
     def __init__(self):
         self.items = []
@@ -605,12 +596,25 @@ class _Walker:
             self._conv(layer, "conv")
         elif isinstance(layer, keras.layers.Embedding):
             self._embedding(layer)
-        elif _is_normalization(layer):
+        elif _is_kept_norm(layer):
             for variable in layer.weights:
                 self._add(
                     _Item(variable, layer.name, "kept", kind="normalization")
                 )
-        elif _class_named(layer, _POSITION_EMBEDDINGS):
+        elif walker.kind_of(layer) == "activation":
+            # PReLU's slopes: part of the activation, not a kernel.
+            for variable in layer.weights:
+                self._add(
+                    _Item(variable, layer.name, "kept", kind="activation")
+                )
+        elif walker.kind_of(layer) == "embedding" and walker.is_leaf(layer):
+            # Another package's table read by index or position
+            # (keras_hub's `PositionEmbedding`): kept, as `Embedding`s.
+            kind = (
+                "position embedding"
+                if _class_named(layer, _POSITION_EMBEDDINGS)
+                else "embedding"
+            )
             for variable in layer.weights:
                 if _is_float(variable) and len(variable.shape) == 2:
                     self._add(
@@ -619,7 +623,7 @@ class _Walker:
                             layer.name,
                             "embedding",
                             "embedding",
-                            kind="position embedding",
+                            kind=kind,
                             own=getattr(layer, "initializer", None),
                         )
                     )
@@ -629,7 +633,7 @@ class _Walker:
                     _Item(variable, layer.name, "kept", kind="layer scale")
                 )
         else:
-            sublayers = list(_sublayers(layer))
+            sublayers = _compat.sublayers(layer)
             for before, after in zip(sublayers, sublayers[1:], strict=False):
                 spec = _activation_layer_spec(after)
                 if spec is not None and _feeds(before, after):
@@ -750,7 +754,7 @@ class _Walker:
         # PyTorch packs q, k, v into one (3E, E) in_proj_weight when all
         # inputs and projections have the embedding width E.
         packed = len(dims) == 1 and widths == dims and None not in projections
-        for sublayer in _sublayers(layer):
+        for sublayer in _compat.sublayers(layer):
             if not isinstance(sublayer, keras.layers.EinsumDense):
                 self.visit(sublayer)
                 continue
@@ -1236,7 +1240,7 @@ def residual_branches(
 ) -> list[ResidualBranch]:
     """Returns the residual branches of a model, in forward order.
 
-    Two kinds are found:
+    Three kinds are found:
 
     - in Functional graphs (also nested ones, and keras_hub backbones), an
       `Add` (the layer, or `+` on symbolic tensors) of two tensors where
@@ -1246,7 +1250,14 @@ def residual_branches(
       ConvNeXt, MobileNetV2 blocks);
     - keras_hub `TransformerEncoder` / `TransformerDecoder` blocks (two or
       three branches: self-attention, cross-attention when built, the
-      feed-forward network) and ViT encoder blocks (attention, MLP).
+      feed-forward network) and ViT encoder blocks (attention, MLP);
+    - where these find none (a subclassed model, or layers whose `call`
+      does `x + f(x)`), the residual adds `keras_winit.walker.walk`
+      records in one forward pass (on `walker.built_batch(model)`: the
+      model's inputs, or the shape it was built with). Such a branch is
+      named after its `Add` layer, else after the innermost layer whose
+      `call` holds it (`"<layer path>/residual_<i>"` when it holds
+      several); its `block` is that layer.
 
     Examples:
 
@@ -1257,11 +1268,38 @@ def residual_branches(
     ...     keras.Model(x, y))]
     ['block']
 
+    >>> # No graph: a subclassed model whose block does `x + f(x)`.
+    >>> class Block(keras.layers.Layer):
+    ...     def __init__(self, **kwargs):
+    ...         super().__init__(**kwargs)
+    ...         self.inner = keras.layers.Dense(8, activation="relu")
+    ...         self.outer = keras.layers.Dense(8)
+    ...     def call(self, x):
+    ...         return x + self.outer(self.inner(x))
+    >>> class Net(keras.Model):
+    ...     def __init__(self):
+    ...         super().__init__(name="net")
+    ...         self.blocks = [Block(name=f"block{i}") for i in range(2)]
+    ...     def call(self, x):
+    ...         for block in self.blocks:
+    ...             x = block(x)
+    ...         return x
+    >>> net = Net()
+    >>> _ = net(np.ones((2, 8), "float32"))
+    >>> [(b.name, b.depth) for b in
+    ...  keras_winit.layer_init.residual_branches(net)]
+    [('net/block0', 2), ('net/block1', 2)]
+
     Args:
         model: A built Keras model or layer.
 
     Returns:
         A list of `ResidualBranch`.
+
+    Raises:
+        ValueError: where the forward pass is needed and the model has
+            neither symbolic inputs nor a single build shape to make a
+            batch from, or the pass fails.
     """
     branches = []
     for layer in [model] + _compat.sublayers(model, recursive=True):
@@ -1271,7 +1309,133 @@ def residual_branches(
             if type(layer).__name__ == class_name:
                 branches.extend(_transformer_branches(layer, spec))
                 break
+    if not branches:
+        branches = _walked_branches(model)
     return branches
+
+
+def _walked_branches(model):
+    """The branches of the residual adds of one recorded forward pass."""
+    batch = walker.built_batch(model)
+    # Per leaf call, the ids of the tensors it takes; the ids of those
+    # that leaf calls made (the tensors are kept, so ids stay unique).
+    entering: list[set[int]] = []
+    produced: set[int] = set()
+    keep: list[Any] = []
+
+    def leaf(layer, args, kwargs):
+        out = layer(*args, **kwargs)
+        ins = [t for t in keras.tree.flatten((args, kwargs)) if _tensor(t)]
+        outs = [t for t in keras.tree.flatten(out) if _tensor(t)]
+        keep.extend(ins + outs)
+        entering.append({id(t) for t in ins})
+        produced.update(id(t) for t in outs)
+        return out
+
+    try:
+        walk = walker.execute(_Fed(model), batch, leaf, structure=True)
+    except Exception as error:
+        shapes = keras.tree.map_structure(lambda t: tuple(t.shape), batch)
+        raise ValueError(
+            f"Model '{model.name}' has no graph, so its residual branches "
+            "are found by calling it once, on a batch of shape(s) "
+            f"{shapes}; that call failed: {type(error).__name__}: {error}"
+        ) from error
+    containers = {block.path: block.layer for block in walk.blocks}
+    # What a branch is named after: its `Add` layer, or the layer (a
+    # container) whose `call` adds it.
+    holders = {c.path: c.layer for c in walk.calls if c.kind == "add"}
+    holders.update(containers)
+    top = next(b.path for b in walk.blocks if b.layer is model)
+
+    def owner(call):
+        # Attention is one layer of a branch (its query, key and value
+        # are one stage, see `_stages_of`), not four projections.
+        for path in call.parents:
+            if isinstance(
+                containers.get(path), keras.layers.MultiHeadAttention
+            ):
+                return containers[path]
+        return call.layer
+
+    found = []
+    for residual in walk.residuals:
+        calls = [walk.calls[i] for i in residual.calls]
+        layers = list({id(owner(c)): owner(c) for c in calls}.values())
+        stages = [s for layer in layers for s in _stages_of(layer)]
+        if not stages:
+            continue
+        norms = [n for layer in layers for n in _norms_of(layer)]
+        name = _sum_holder(walk, residual) or top
+        found.append((name, holders.get(name, model), layers, stages, norms))
+    _check_complete(model, walk, found, top, entering, produced)
+    counts: dict[str, int] = {}
+    for name, *_ in found:
+        counts[name] = counts.get(name, 0) + 1
+    seen: dict[str, int] = {}
+    branches = []
+    for name, block, layers, stages, norms in found:
+        if counts[name] > 1:
+            seen[name] = seen.get(name, 0) + 1
+            name = f"{name}/residual_{seen[name] - 1}"
+        branches.append(
+            ResidualBranch(
+                name, block, layers, stages, norms[-1] if norms else None
+            )
+        )
+    return branches
+
+
+def _tensor(value):
+    return keras.ops.is_tensor(value)
+
+
+def _check_complete(model, walk, found, top, entering, produced):
+    """Raises where the walker may have missed some residual adds.
+
+    Its data flow links recorded layer calls; a tensor made by an op in a
+    `call` (`keras.ops.relu(h)`) is tied to the layer call that holds the
+    op, so an add after such an op in the model's own `call`, or whose
+    skip is such a tensor, can go unseen. Found in some blocks only, a
+    rule would count a wrong `L`: refused instead.
+    """
+    advice = (
+        "A residual rule would use a wrong number of branches. Write each "
+        "residual block as a layer whose `call` returns `x + f(x)` (with "
+        "activations as layers or layer arguments), or build the model "
+        "with the Functional API."
+    )
+    # 1. Every call of a layer class that holds branches holds as many.
+    held: dict[str, int] = {}
+    for name, block, *_ in found:
+        if block is not model and not isinstance(block, keras.layers.Add):
+            held[name] = held.get(name, 0) + 1
+    classes = {type(b.layer) for b in walk.blocks if b.path in held}
+    per_call = {
+        b.path: held.get(b.path, 0)
+        for b in walk.blocks
+        if type(b.layer) in classes
+    }
+    if len(set(per_call.values())) > 1:
+        raise ValueError(
+            f"In model '{model.name}', one forward pass finds residual adds "
+            "in only some calls of the same layer class: "
+            + ", ".join(f"'{p}': {n}" for p, n in per_call.items())
+            + " (an op between layer calls, e.g. `keras.ops.relu`, hides "
+            f"the skip input of an add from it). {advice}"
+        )
+    # 2. Adds in the model's own `call`: every tensor its layer calls
+    # take that no layer made must be one of the sums found.
+    own = [i for i, c in enumerate(walk.calls) if c.parents[-1:] == (top,)]
+    made_by_ops = {t for i in own for t in entering[i] if t not in produced}
+    sums = sum(1 for _, block, *_ in found if block is model)
+    if sums and len(made_by_ops) > sums:
+        raise ValueError(
+            f"Model '{model.name}' adds residual branches in its own "
+            f"`call`, which also computes {len(made_by_ops) - sums} other "
+            "tensor(s) between layer calls (e.g. `keras.ops.relu`): one "
+            f"forward pass cannot tell all its branches apart. {advice}"
+        )
 
 
 def _functional_branches(model):
@@ -1347,23 +1511,53 @@ def _transformer_branches(block, spec):
     return branches
 
 
+class _Fed(keras.layers.Layer):
+    """`model` called on the output of an `Identity` layer, for the walker.
+
+    The walker follows the data flow between recorded layer calls; a
+    model's own inputs come from no call, so an `x + f(x)` on them (the
+    first block of a model without a stem) would be missed, and so would
+    a sum that is the model's output. Walking this layer makes the model a
+    recorded container call, its inputs the output of a recorded call.
+    """
+
+    def __init__(self, model):
+        super().__init__(name=f"{model.name}_fed")
+        self.feed = keras.layers.Identity(name="feed")
+        self.model = model
+
+    def call(self, x):
+        return self.model(self.feed(x))
+
+
+def _sum_holder(walk, residual):
+    """Path of the `Add` layer, or of the layer whose `call` adds; or None.
+
+    The walker names a sum by the call it enters, or, when it is a
+    layer's output, by that layer's last call (the branch end).
+    """
+    calls = walk.calls
+    end = residual.calls[-1]
+    if any(c.path == residual.at and c.kind == "add" for c in calls):
+        return residual.at
+    if residual.at == calls[end].path:  # the output of a layer's call
+        for block in walk.blocks:  # innermost first
+            if block.last == end and block.first <= residual.calls[0]:
+                return block.path
+        return None
+    for call in calls[end + 1 :]:  # the sum enters `call`
+        if call.path == residual.at:
+            return call.parents[-1] if call.parents else None
+    return None
+
+
 def _output_kernel(layer):
     """The kernel variable that scales a kernel layer's output, or None."""
+    if not isinstance(layer, walker.KERNEL_LAYER_TYPES):
+        return None
+    name = "kernel"
     if isinstance(layer, _SEPARABLE_CONV_CLASSES):
         name = "pointwise_kernel"
-    elif isinstance(
-        layer,
-        (
-            keras.layers.Dense,
-            keras.layers.EinsumDense,
-            *_CONV_CLASSES,
-            *_CONV_TRANSPOSE_CLASSES,
-            *_DEPTHWISE_CONV_CLASSES,
-        ),
-    ):
-        name = "kernel"
-    else:
-        return None
     for variable in layer.weights:
         if variable.name == name and _is_float(variable):
             return variable
@@ -1382,22 +1576,22 @@ def _stages_of(layer):
         return [s for s in stages if s]
     if _output_kernel(layer) is not None:
         return [[layer]]
-    if not isinstance(layer, keras.layers.Layer) or _is_normalization(layer):
+    if not isinstance(layer, keras.layers.Layer) or _is_kept_norm(layer):
         return []
-    return [s for sub in _sublayers(layer) for s in _stages_of(sub)]
+    return [s for sub in _compat.sublayers(layer) for s in _stages_of(sub)]
 
 
 def _norms_of(layer):
     if not isinstance(layer, keras.layers.Layer):
         return []
-    if _is_normalization(layer):
+    if _is_kept_norm(layer):
         return [layer]
-    return [n for sub in _sublayers(layer) for n in _norms_of(sub)]
+    return [n for sub in _compat.sublayers(layer) for n in _norms_of(sub)]
 
 
 def _gamma(norm):
     """The scale variable of a Keras normalization layer, or None."""
-    if not isinstance(norm, _KEPT_LAYERS):
+    if not isinstance(norm, walker.NORM_LAYER_TYPES):
         return None  # another package's norm: its scale may mean 1 + s
     for name in ("gamma", "scale"):
         variable = getattr(norm, name, None)
@@ -1412,14 +1606,22 @@ def _residual_plan(model, rule):
     `adjust` maps `id(variable)` to `(factor, note)`; `rows` say, per
     branch and variable, what is scaled and why.
     """
-    branches = residual_branches(model)
+    try:
+        branches = residual_branches(model)
+    except ValueError as error:  # no graph, and no forward pass possible
+        raise ValueError(
+            f"Argument `residual={rule!r}` needs residual branches, but "
+            f"those of model '{model.name}' could not be looked for: {error}"
+        ) from error
     if not branches:
         raise ValueError(
             f"Argument `residual={rule!r}` needs residual branches, but "
             f"model '{model.name}' has none that initialize can find: an "
             "`Add` of a block's input and a branch with kernel layers in a "
-            "Functional graph, or a keras_hub TransformerEncoder/"
-            "TransformerDecoder/ViT block. Use residual='none'. "
+            "Functional graph, a keras_hub TransformerEncoder/"
+            "TransformerDecoder/ViT block, or, in one forward pass of a "
+            "model without them, an `x + f(x)` where `f` has kernel "
+            "layers. Use residual='none'. "
             f"Received: residual={rule!r}"
         )
     count = len(branches)
@@ -1549,16 +1751,16 @@ def _class_named(layer, names):
     return any(cls.__name__ in names for cls in type(layer).__mro__)
 
 
-def _is_normalization(layer):
-    if isinstance(layer, _KEPT_LAYERS):
-        return True
-    return bool(_NORM_NAME.search(type(layer).__name__)) and not any(
-        sub.weights for sub in _sublayers(layer)
+def _is_kept_norm(layer):
+    """A normalization layer (`walker.is_normalization`) kept as a whole.
+
+    Only one without weighted sublayers of its own: a layer that holds a
+    kernel layer (keras_hub's `AdaptiveLayerNormalization`, a
+    `ConvNormAct`) is opened, and its kernels are drawn.
+    """
+    return walker.is_normalization(layer) and not any(
+        sub.weights for sub in _compat.sublayers(layer)
     )
-
-
-def _sublayers(layer):
-    return _compat.sublayers(layer)
 
 
 def _activation_layer_spec(layer):

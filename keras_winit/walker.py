@@ -58,6 +58,7 @@ Reference:
 
 import contextlib
 import dataclasses
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -895,3 +896,110 @@ def _output_id(rec, index):
         if node == index:
             return tid
     return None
+
+
+# ----------------------------------------------------------------------
+# Added for `initialize` (layer_init): the wider normalization test and a
+# batch for models without symbolic inputs.
+
+#: Class names of normalization layers of any package: Keras' and, by
+#: name, keras_hub's `LlamaLayerNorm`, `T5LayerNorm`, `RmsNorm2d`,
+#: `Qwen3_5RMSNormGated`, `Gemma3nRMSNorm`, `QKNorm`...
+NORM_CLASS_NAME = re.compile(r"(Norm|Normalization)(1d|2d|3d|Gated)?$")
+
+
+def is_normalization(layer: keras.layers.Layer) -> bool:
+    """Whether a layer is a normalization layer, by type or class name.
+
+    `is_norm`, and also the layers whose class name ends in `Norm` or
+    `Normalization` (optionally followed by `1d`/`2d`/`3d`/`Gated`), which
+    `is_norm` misses (`LlamaLayerNorm`, `T5LayerNorm`, `QKNorm`…).
+
+    Examples:
+
+    >>> keras_winit.walker.is_normalization(keras.layers.LayerNormalization())
+    True
+    >>> class T5LayerNorm(keras.layers.Layer):
+    ...     pass
+    >>> w = keras_winit.walker
+    >>> w.is_norm(T5LayerNorm()), w.is_normalization(T5LayerNorm())
+    (False, True)
+    """
+    return is_norm(layer) or bool(NORM_CLASS_NAME.search(type(layer).__name__))
+
+
+def built_batch(
+    model: keras.layers.Layer,
+    batch_size: int = 2,
+    seed: int = 0,
+    unknown_size: int = 8,
+) -> Any:
+    """A batch for any built model: `example_batch`, else its build shapes.
+
+    A model with symbolic inputs (Sequential, Functional) gets
+    `example_batch(model)`. A subclassed model or layer has none; it gets
+    normal floats (of its `input_dtype`) of the shape it was built with
+    (`model.get_build_config()`: from `build(input_shape)` or its first
+    call), the batch dimension `batch_size` and other unknown dimensions
+    `unknown_size`. A model built at construction (it has no `build` of
+    its own: no build shape) gets the batch of its first sublayer, usually
+    the first it calls: a guess, that a forward pass confirms or refutes.
+
+    Raises `ValueError` when neither is known (not built, or built from
+    several call arguments).
+
+    Examples:
+
+    >>> class Net(keras.Model):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.dense = keras.layers.Dense(3)
+    ...     def call(self, x):
+    ...         return self.dense(x)
+    >>> net = Net()
+    >>> _ = net(np.ones((4, 5), "float32"))
+    >>> keras_winit.walker.built_batch(net).shape
+    (2, 5)
+    """
+    if getattr(model, "inputs", None):
+        batch = example_batch(model, batch_size, seed, unknown_size)
+        if isinstance(model, keras.Sequential) and len(batch) == 1:
+            # `example_batch` gives a list; a Sequential model warns that
+            # it expects its one input unwrapped.
+            return batch[0]
+        return batch
+    config = model.get_build_config() if model.built else None
+    shape = (config or {}).get("input_shape")
+    if shape is None:
+        # Built at construction (no `build` of its own): what its first
+        # sublayer, usually the first one it calls, was built with.
+        first = _sublayers(model)[:1]
+        if config is None and first and first[0].built:
+            try:
+                return built_batch(first[0], batch_size, seed, unknown_size)
+            except ValueError:
+                pass
+        raise ValueError(
+            f"Model {model.name!r} has no symbolic inputs and no single "
+            "input shape it (or its first sublayer) was built with to make "
+            f"a batch from. Received: build config {config!r}"
+        )
+    rng = np.random.default_rng(seed)
+    dtype = keras.backend.standardize_dtype(
+        getattr(model, "input_dtype", None) or "float32"
+    )
+
+    def is_shape(s):
+        return isinstance(s, (list, tuple)) and all(
+            d is None or isinstance(d, int) for d in s
+        )
+
+    def make(s):
+        if is_shape(s):
+            dims = [unknown_size if d is None else d for d in s[1:]]
+            return rng.standard_normal((batch_size, *dims)).astype(dtype)
+        if isinstance(s, dict):
+            return {k: make(v) for k, v in s.items()}
+        return [make(v) for v in s]
+
+    return make(shape)

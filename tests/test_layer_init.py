@@ -749,6 +749,65 @@ def test_nested_models_and_kept_layers():
     assert text.count("\n") == len(report.rows) + 1
 
 
+class T5LayerNorm(keras.layers.Layer):
+    """Another package's RMS norm, known by its class name only."""
+
+    def build(self, input_shape):
+        self.weight = self.add_weight((input_shape[-1],), initializer="ones")
+
+    def call(self, x):
+        return x * self.weight
+
+
+class AdaptiveNorm(keras.layers.Layer):
+    """A "norm" by its name that holds a kernel layer: opened, not kept."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.modulation = keras.layers.Dense(8, name="modulation")
+
+    def call(self, x):
+        return x * self.modulation(x)
+
+
+class RelativeEmbedding(keras.layers.Layer):
+    """A learned `(positions, dim)` table of another package."""
+
+    def build(self, input_shape):
+        self.table = self.add_weight((5, input_shape[-1]), initializer="ones")
+
+    def call(self, x):
+        return x + self.table
+
+
+@pytest.mark.parametrize(
+    "layer, kind",
+    [
+        (T5LayerNorm, "normalization"),
+        (keras.layers.PReLU, "activation"),
+        (RelativeEmbedding, "embedding"),
+        (AdaptiveNorm, None),
+    ],
+    ids=["by_name_norm", "prelu", "embedding_table", "norm_with_a_kernel"],
+)
+def test_layer_kinds_from_the_walker(layer, kind):
+    inputs = keras.Input((5, 8))
+    model = keras.Model(inputs, layer(name="x")(keras.layers.Dense(8)(inputs)))
+    before = _values(model)
+    report = layer_init.initialize(model, "he_normal", seed=0)  # no warning
+    rows = [r for r in report.rows if r["path"].startswith("x/")]
+    assert rows
+    for row in rows:
+        if kind is None:  # the Dense inside is drawn
+            assert row["init"] == "he_normal" or row["kind"] == "bias"
+            assert row["path"].startswith("x/modulation/")
+        else:
+            assert (row["init"], row["kind"]) == ("kept", kind)
+            np.testing.assert_array_equal(
+                _values(model)[row["path"]], before[row["path"]]
+            )
+
+
 def _two_dense():
     return keras.Sequential(
         [keras.Input((64,)), keras.layers.Dense(64), keras.layers.Dense(64)]
@@ -1428,6 +1487,231 @@ def test_residual_rules_on_resnet50v2():
         "_3_conv": 0.0,
     }
     assert len(rows) == 48
+
+
+class _ResidualBlock(keras.layers.Layer):
+    """`x + dense2(relu(dense1(norm(x))))`: the `+` is in `call`, no graph."""
+
+    def __init__(self, width, norm=False, **kwargs):
+        super().__init__(**kwargs)
+        self.norm = (
+            keras.layers.LayerNormalization(name="norm") if norm else None
+        )
+        self.dense1 = keras.layers.Dense(width, name="dense1")
+        self.dense2 = keras.layers.Dense(width, name="dense2")
+
+    def call(self, x):
+        h = self.norm(x) if self.norm is not None else x
+        return x + self.dense2(keras.ops.relu(self.dense1(h)))
+
+
+class _ResidualMLP(keras.Model):
+    """A subclassed residual MLP: stem, `blocks` × `_ResidualBlock`, head."""
+
+    def __init__(self, blocks=4, width=16, norm=False):
+        super().__init__(name="net")
+        self.stem = keras.layers.Dense(width, name="stem")
+        self.blocks = [
+            _ResidualBlock(width, norm, name=f"block{i}") for i in range(blocks)
+        ]
+        self.head = keras.layers.Dense(3, name="head")
+
+    def call(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+def _residual_mlp(**kwargs):
+    model = _ResidualMLP(**kwargs)
+    model(np.zeros((2, 8), "float32"))
+    return model
+
+
+@pytest.mark.parametrize(
+    "rule, norm",
+    [("gpt2", False), ("fixup", False), ("zero", False), ("zero", True)],
+)
+def test_residual_rules_on_a_subclassed_model(rule, norm):
+    model = _residual_mlp(norm=norm)
+
+    def expected(path):
+        layer, name = path.split("/")[-2:]
+        if name != ("gamma" if rule == "zero" and norm else "kernel"):
+            return 1
+        if rule == "gpt2":
+            return 0.5 if layer == "dense2" else 1  # 1 / sqrt(4 branches)
+        if rule == "fixup":  # m = 2: L^(-1/(2m-2)) = 4^(-1/2)
+            return {"dense1": 0.5, "dense2": 0.0}.get(layer, 1)
+        return 0 if layer == ("norm" if norm else "dense2") else 1
+
+    report = _check_factors(model, rule, expected)
+    assert report.branches == [f"net/block{i}" for i in range(4)]
+
+
+@pytest.mark.parametrize("norm", [False, True], ids=["plain", "pre_ln"])
+def test_residual_branch_structure_of_a_subclassed_model(norm):
+    model = _residual_mlp(blocks=2, norm=norm)
+    branches = layer_init.residual_branches(model)
+    assert [b.name for b in branches] == ["net/block0", "net/block1"]
+    first = branches[0]
+    assert first.block is model.blocks[0]
+    names = ["norm", "dense1", "dense2"] if norm else ["dense1", "dense2"]
+    assert [layer.name for layer in first.layers] == names
+    assert [[s.name for s in stage] for stage in first.stages] == [
+        ["dense1"],
+        ["dense2"],
+    ]
+    assert first.last_kernel is model.blocks[0].dense2
+    assert first.last_norm is (model.blocks[0].norm if norm else None)
+
+
+class _TwoBranches(keras.layers.Layer):
+    """A transformer-like block written by hand: attention, then an MLP."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.attention = keras.layers.MultiHeadAttention(2, 4, name="mha")
+        self.up = keras.layers.Dense(16, activation="relu", name="up")
+        self.down = keras.layers.Dense(8, name="down")
+
+    def call(self, x):
+        x = x + self.attention(x, x)
+        return x + self.down(self.up(x))
+
+
+class _Transformer(keras.Model):
+    def __init__(self):
+        super().__init__(name="tf")
+        self.embed = keras.layers.Dense(8, name="embed")
+        self.block = _TwoBranches(name="block")
+
+    def call(self, x):
+        return self.block(self.embed(x))
+
+
+def test_residual_branches_of_a_subclassed_block_with_attention():
+    model = _Transformer()
+    model(np.zeros((2, 5, 3), "float32"))
+    attention, mlp = layer_init.residual_branches(model)
+    # Two adds in one layer's `call`: named after it, numbered.
+    assert [attention.name, mlp.name] == [
+        "tf/block/residual_0",
+        "tf/block/residual_1",
+    ]
+    assert attention.layers == [model.block.attention]
+    # Query, key and value are one stage, the output projection the next.
+    assert [[p.name for p in s] for s in attention.stages] == [
+        ["query", "key", "value"],
+        ["attention_output"],
+    ]
+    assert [layer.name for layer in mlp.layers] == ["up", "down"]
+
+
+class _TwoInputs(keras.Model):
+    """A residual block scaled by a second call argument."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = _ResidualBlock(8)
+
+    def call(self, x, scale):
+        return self.block(x) * scale
+
+
+def test_residual_search_that_cannot_call_the_model_is_an_error():
+    model = _TwoInputs()
+    model(np.zeros((2, 8), "float32"), np.ones((2, 8), "float32"))
+    before = _values(model)
+    call = keras.layers.Layer.__call__
+    # No batch to call it on (two call arguments), or, where Keras kept no
+    # build shape (TensorFlow, JAX), a call with one argument that fails.
+    with pytest.raises(
+        ValueError, match=r"`residual='gpt2'`.*could not be looked for"
+    ):
+        layer_init.initialize(model, residual="gpt2")
+    assert keras.layers.Layer.__call__ is call
+    for path, values in _values(model).items():
+        np.testing.assert_array_equal(values, before[path])
+
+
+class _InlineResidual(keras.Model):
+    """`x = x + dense2(relu(dense1(x)))` in the model's own `call`."""
+
+    def __init__(self, relu_op, stem):
+        super().__init__(name="inline")
+        self.relu_op = relu_op
+        self.stem = keras.layers.Dense(16, name="stem") if stem else None
+        activation = None if relu_op else "relu"
+        self.dense1 = [
+            keras.layers.Dense(16, activation=activation) for _ in range(3)
+        ]
+        self.dense2 = [keras.layers.Dense(16) for _ in range(3)]
+
+    def call(self, x):
+        if self.stem is not None:
+            x = self.stem(x)
+        for dense1, dense2 in zip(self.dense1, self.dense2, strict=True):
+            h = dense1(x)
+            x = x + dense2(keras.ops.relu(h) if self.relu_op else h)
+        return x
+
+
+class _OpBeforeBlocks(keras.Model):
+    """An op (`relu`) makes the first block's skip input."""
+
+    def __init__(self):
+        super().__init__(name="op_first")
+        self.stem = keras.layers.Dense(16, name="stem")
+        self.blocks = [_ResidualBlock(16, name=f"block{i}") for i in range(3)]
+
+    def call(self, x):
+        x = keras.ops.relu(self.stem(x))
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def test_residual_adds_in_the_models_own_call():
+    # Only layer calls between the adds: all three found, the first on
+    # the model's input, the last the model's output.
+    model = _InlineResidual(relu_op=False, stem=False)
+    model(np.zeros((2, 16), "float32"))
+    branches = layer_init.residual_branches(model)
+    assert [b.name for b in branches] == [
+        f"inline/residual_{i}" for i in range(3)
+    ]
+    assert [b.last_kernel for b in branches] == model.dense2
+
+
+@pytest.mark.parametrize(
+    "factory, match",
+    [
+        (lambda: _InlineResidual(relu_op=True, stem=False), "its own `call`"),
+        (_OpBeforeBlocks, "only some calls.*'op_first/block0': 0"),
+    ],
+    ids=["ops_between_adds", "op_before_blocks"],
+)
+def test_residual_adds_the_walk_may_miss_are_refused(factory, match):
+    # The walker would find only some of the three branches: an error,
+    # not a rule with a wrong number of branches.
+    model = factory()
+    model(np.zeros((2, 16), "float32"))
+    before = _values(model)
+    with pytest.raises(ValueError, match=match):
+        layer_init.residual_branches(model)
+    with pytest.raises(ValueError, match="`residual='gpt2'`.*" + match):
+        layer_init.initialize(model, residual="gpt2")
+    for path, values in _values(model).items():
+        np.testing.assert_array_equal(values, before[path])
+
+
+def test_residual_on_a_subclassed_model_without_branches_is_an_error():
+    model = _Subclassed()
+    model(np.zeros((2, 80), "float32"))
+    with pytest.raises(ValueError, match="`residual='zero'`.*has none"):
+        layer_init.initialize(model, residual="zero")
 
 
 # --- Property: every argument works or is named in a ValueError ----------
