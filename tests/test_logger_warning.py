@@ -61,14 +61,21 @@ def _zoo_case(name):
 
 # The zoo's failures; the last two are missed by the gradient rule alone
 # (benchmarks/trainability.py: warning recall 0.71 without the probe).
-@pytest.mark.parametrize(
-    "name, kind, by_gradients",
-    [
-        ("mlp30-relu-glorot", "vanishing_activations", True),
-        ("resnet16-plain", "exploding_stream", False),
-        ("mlp10-sigmoid-kumar", "saturated", False),
-    ],
+# Under JAX (every eager op compiles: ~18 s for the 30-layer MLP), the two
+# only the probe sees; tests/test_callbacks.py fits the 30-layer Glorot
+# ReLU MLP with the logger on every backend.
+_FAILURES = [
+    ("mlp30-relu-glorot", "vanishing_activations", True),
+    ("resnet16-plain", "exploding_stream", False),
+    ("mlp10-sigmoid-kumar", "saturated", False),
+][1 if BACKEND == "jax" else 0 :]
+# Backend-independent logic of the callback: not repeated under JAX.
+_not_jax = pytest.mark.skipif(
+    BACKEND == "jax", reason="callback logic, tested on TF and PyTorch"
 )
+
+
+@pytest.mark.parametrize("name, kind, by_gradients", _FAILURES)
 def test_warns_with_diagnose_advice(tmp_path, digits, name, kind, by_gradients):
     x, y = digits
     model = _zoo_case(name)
@@ -196,6 +203,7 @@ def test_distributed_falls_back_to_the_gradient_rule(tmp_path, digits):
     assert messages[0].startswith("At optimizer step 0: All kernels are zero")
 
 
+@_not_jax
 def test_failing_probe_falls_back_and_training_goes_on(
     tmp_path, digits, monkeypatch
 ):
@@ -224,6 +232,7 @@ def test_flags_without_a_recorded_step_are_raised_at_the_end(tmp_path, digits):
     assert "At optimizer step" not in messages[0]
 
 
+@_not_jax
 def test_warn_false_skips_the_probe(tmp_path, digits, monkeypatch):
     calls = []
     monkeypatch.setattr(
@@ -251,11 +260,12 @@ def test_health_warning_combines_flags_and_records():
 
 # Stock models: the probe (compiled loss, fit's batch) flags nothing.
 # Eager passes under JAX compile every op (minutes for a convnet on the
-# CI's cores): the text backbones there; PyTorch: as test_diagnostics.
+# CI's cores, 13-27 s per backbone): BERT there, GPT-2 being fitted with
+# the logger (so probed) by tests/test_callbacks.py.
 _STOCK = {
     "tensorflow": _real_models.ALL,
-    "jax": ("GPT2Backbone", "BertBackbone"),
-    "torch": ("MobileNetV2", "ResNet50V2") + _real_models.HUB_BACKBONES,
+    "jax": ("BertBackbone",),
+    "torch": _real_models.ALL,
 }[BACKEND]
 
 

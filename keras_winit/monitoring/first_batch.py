@@ -131,7 +131,12 @@ class attached:
         trainable, non_trainable, metrics = self._groups()
         if keras.backend.backend() == "jax":
             state = self.state
-            values = [state[0], state[1], state[3]] if state else [[]] * 3
+            # Keras' JAX `fit`: (trainable, non-trainable, optimizer,
+            # metrics) values, in the order of the model's lists.
+            if state is not None and len(state) == 4:
+                values = [state[0], state[1], state[3]]
+            else:
+                values = [[], [], []]
             for variables, arrays in zip(
                 (trainable, non_trainable, metrics), values, strict=True
             ):
