@@ -50,7 +50,8 @@ def _finish_all():
 class GradientVarianceWarning(UserWarning):
     """Warning raised once when the initialization will not train.
 
-    Decided by `health_warning` on the first recorded step.
+    Decided by `health_warning` from `diagnose` on the first batch of `fit`
+    and the first recorded step's gradients.
     """
 
 
@@ -207,15 +208,27 @@ class GradientVarianceLogger(keras.callbacks.Callback):
     rank >= 2; all variables when there is no kernel): 0 when all layers
     receive gradients of the same size (Glorot & Bengio, 2010).
 
-    With `warn=True`, the first recorded step (the initialization) is
-    judged by `diagnose`'s rule (`keras_winit.health.gradient_warnings`):
-    a `GradientVarianceWarning` says when the kernels' effective step
-    `||g|| / ||w||` is so small that they will not learn or so large that
-    they explode, when every kernel is zero, or when some get exactly no
-    gradient. Biases and normalization parameters are not judged, and a
-    kernel followed by normalization is judged by its effective step, not
-    by its raw gradient, so stock `keras.applications` and keras_hub models
-    do not warn.
+    With `warn=True`, the initialization is judged once by `diagnose`'s
+    rule, and one `GradientVarianceWarning` lists what was found, each
+    finding with what to do:
+
+    - the first batch of `fit`, before its step (outside the train
+      function): `keras_winit.diagnostics.diagnose(model, x, y)` with the
+      model's compiled loss, so a signal or gradient that vanishes or
+      explodes through plain chains of layers, a residual stream that
+      grows, saturated or dead units, a zero signal or NaN/inf are seen
+      as `diagnose` sees them (`keras_winit.monitoring.first_batch`; the
+      model and its training are left unchanged; under a `tf.distribute`
+      strategy the batch is not taken and only the gradients are judged);
+    - the first recorded step's gradients
+      (`keras_winit.health.gradient_warnings`): the kernels' effective
+      step `||g|| / ||w||` so small that they will not learn or so large
+      that they explode, every kernel zero, or kernels that get exactly
+      no gradient. Biases and normalization parameters are not judged,
+      and a kernel followed by normalization is judged by its effective
+      step, not by its raw gradient.
+
+    Stock `keras.applications` and keras_hub models do not warn.
 
     Training-health signals, at the same steps:
 
@@ -248,7 +261,9 @@ class GradientVarianceLogger(keras.callbacks.Callback):
     `tf.distribute`; with `gradient_accumulation_steps`, the accumulated
     mean on the step that applies it. Clipping (`clipnorm`, `clipvalue`)
     and weight decay, done inside the optimizer's update, are not included.
-    No extra forward or backward pass is run.
+    The statistics need no extra forward or backward pass (the warning's
+    first-batch check runs one `diagnose` pass per `fit`; `warn=False`
+    skips it).
 
     How: the statistics are computed inside the training step, fused (the
     gradients are flattened into one buffer and reduced per variable with
@@ -337,8 +352,10 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         weights_freq: Non-negative integer. Log the variance of the weights
             every `weights_freq` optimizer steps (read after the step's
             update) and before the first step; `0` (default) disables it.
-        warn: Boolean. Judge the first recorded step and warn (once) when
-            the model will not train, as above. Defaults to `True`.
+        warn: Boolean. Judge the first batch (one `diagnose` pass per
+            `fit`) and the first recorded step, and warn (once) when the
+            model will not train, as above. `False` skips both. Defaults
+            to `True`.
         run_name: Name of the run, the subdirectory of `log_dir` that
             receives the summaries (not `.` or `..`). Defaults to
             `"gradients"`.

@@ -32,13 +32,15 @@ never reads a buffer the train step donated (it runs before the step).
 """
 
 import itertools
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 
 from keras_winit import diagnostics
 
 
-def take(model, args):
+def take(model: keras.Model, args: tuple) -> tuple[Any, tuple]:
     """The first batch of a train-function call, and the call's arguments.
 
     Args:
@@ -160,7 +162,9 @@ class attached:
         return False
 
 
-def check(model, data, state=None):
+def check(
+    model: keras.Model, data: Any, state: Any = None
+) -> list[diagnostics.Flag]:
     """`diagnose`'s flags on one batch of `fit`, the model unchanged.
 
     Args:
@@ -179,7 +183,7 @@ def check(model, data, state=None):
         return diagnostics.diagnose(model, x, y).flags
 
 
-def summary(flags, limit=4):
+def summary(flags: Sequence[diagnostics.Flag], limit: int = 4) -> str:
     """One sentence per kind of flag: where first, how many, the advice.
 
     Examples:
@@ -190,8 +194,8 @@ def summary(flags, limit=4):
     >>> summary(flags)[:66]
     'vanishing activations in 2 layers, first mlp/dense_3 (0.05 < 0.1):'
     """
-    kinds = []
-    by_kind = {}
+    kinds: list[str] = []
+    by_kind: dict[str, list[diagnostics.Flag]] = {}
     for f in flags:
         if f.kind not in by_kind:
             kinds.append(f.kind)
