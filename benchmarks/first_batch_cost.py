@@ -108,7 +108,8 @@ def run(batch_size=16, repeats=5, out=sys.stdout):
     print(f"| MobileNetV2 32x32, batch {batch_size}, {backend} | s |", file=out)
     print("|---|---|", file=out)
     print(
-        f"| one training step (compiled), median of {repeats} | {s:.3f} |",
+        f"| one training step (`train_on_batch`), median of {repeats} "
+        f"| {s:.3f} |",
         file=out,
     )
     print(
@@ -123,7 +124,8 @@ def run(batch_size=16, repeats=5, out=sys.stdout):
         traces = [r[2] for r in runs]
         print(
             f"| one-step `fit` with the logger, warn={warn}, mean of 2 "
-            f"(trace included; train-step traces {traces}; of which the "
+            f"(trace included; `train_step` Python calls {traces}, on "
+            f"TensorFlow its traces; of which the "
             f"check: {inside:.2f} s) | {seconds:.2f} |",
             file=out,
         )
