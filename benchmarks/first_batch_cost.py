@@ -90,7 +90,9 @@ def run(batch_size=16, repeats=5, out=sys.stdout):
     model.train_on_batch(x, y)  # compiles
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        t = time.perf_counter()
         first_batch.check(model, (x, y))  # warm-up
+        cold = time.perf_counter() - t
         step, check = [], []
         for _ in range(repeats):
             t = time.perf_counter()
@@ -117,6 +119,11 @@ def run(batch_size=16, repeats=5, out=sys.stdout):
         file=out,
     )
     print(f"| check / step | {c / s:.1f}x |", file=out)
+    print(
+        f"| first check of the process (cold: JAX compiles each op) "
+        f"| {cold:.3f} |",
+        file=out,
+    )
     for warn in (False, True):
         runs = fits[warn]
         seconds = statistics.mean(r[0] for r in runs)
