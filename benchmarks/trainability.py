@@ -3,9 +3,11 @@
 A zoo of (model, init) pairs, each trained for a fixed budget to get its
 ground truth ("trains" / "fails", with the numbers), cached with the seeds
 and versions in `benchmarks/trainability.json`. The prediction side runs
-`keras_winit.diagnostics.diagnose` and `keras_winit.health.
-gradient_warnings` on the *untrained* model and reports their precision and
-recall at predicting "fails".
+`keras_winit.diagnostics.diagnose` on the *untrained* model (a batch of
+256), and the real `GradientVarianceLogger` for one step of `fit` of it
+(compiled and batched as its training: batch 64; its warning judges the
+first batch by `diagnose`'s rule and the first step's gradients), and
+reports their precision and recall at predicting "fails".
 
     python -m benchmarks.trainability             # table + precision/recall
     python -m benchmarks.trainability --retrain   # recompute ground truth
@@ -315,20 +317,11 @@ def build(name):
 
 def train(name):
     """Trains one case; returns its ground-truth record."""
-    import keras
     import numpy as np
 
     model, task = build(name)
     (x, y), (xv, yv) = _data(task)
-    if task == "digits":
-        optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
-    else:
-        optimizer = keras.optimizers.Adam(1e-3)
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+    compile_case(model, task)
     start = time.perf_counter()
     epochs = MLP_EPOCHS if name.startswith("mlp") else EPOCHS
     history = model.fit(
@@ -398,86 +391,75 @@ def load(path=CACHE):
 
 def predict(name, batch=256):
     """`(diagnose_says_fails, warning_says_fails, details)` for one case."""
-    from keras_winit import diagnostics
-    from keras_winit import health
-
-    model, task = build(name)
-    (x, y), _ = _data(task)
-    x, y = x[:batch], y[:batch]
-    result = diagnostics.diagnose(model, x, y)
-    records = variable_records(model, x, y, result)
-    warnings = health.gradient_warnings(records)
+    by_diagnose, flags = predict_diagnose(name, batch)
+    by_warning, messages = predict_warning(name)
     return (
-        bool(result.flags),
-        bool(warnings),
-        {
-            "flags": [f"{f.layer}: {f.kind}" for f in result.flags[:3]],
-            "warnings": [w[:80] for w in warnings[:2]],
-        },
+        by_diagnose,
+        by_warning,
+        {"flags": flags, "warnings": [m[:80] for m in messages[:2]]},
     )
 
 
-def variable_records(model, x, y, result):
-    """Per-variable records of one gradient, in the `health` format."""
-    import keras
-    import numpy as np
+def predict_diagnose(name, batch=256):
+    """`diagnose` on the untrained model: `(says_fails, first flags)`."""
+    from keras_winit import diagnostics
 
-    from keras_winit import walker
-
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    grads = _gradients(model, x, y, loss_fn)
-    normed = {s.name for s in result.layers if s.norm_after}
-    kinds = walker.variable_kinds(model)
-    owner = {}
-    for layer in model._flatten_layers():
-        for v in layer._trainable_variables:
-            owner[id(v)] = layer
-    records = []
-    for v, g in zip(model.trainable_variables, grads, strict=True):
-        layer = owner.get(id(v))
-        g = np.zeros(v.shape) if g is None else keras.ops.convert_to_numpy(g)
-        w = keras.ops.convert_to_numpy(v)
-        records.append(
-            {
-                "path": v.path,
-                "kind": kinds.get(v.path, "other"),
-                "grad_var": float(np.var(g)),
-                "grad_norm": float(np.linalg.norm(g)),
-                "weight_norm": float(np.linalg.norm(w)),
-                "nonfinite": int(np.size(g) - np.isfinite(g).sum()),
-                "norm_follows": layer is not None and (layer.path in normed),
-            }
-        )
-    return records
+    model, task = build(name)
+    (x, y), _ = _data(task)
+    result = diagnostics.diagnose(model, x[:batch], y[:batch])
+    flags = [f"{f.layer}: {f.kind}" for f in result.flags[:3]]
+    return bool(result.flags), flags
 
 
-def _gradients(model, x, y, loss_fn):
+def compile_case(model, task):
+    """Compiles a case as its training does (optimizer, loss, metrics)."""
     import keras
 
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
+    if task == "digits":
+        optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+    else:
+        optimizer = keras.optimizers.Adam(1e-3)
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
 
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        return tape.gradient(loss, model.trainable_variables)
-    if backend == "torch":
-        import torch
 
-        params = [v.value for v in model.trainable_variables]
-        loss = loss_fn(y, model(x, training=True))
-        return torch.autograd.grad(loss, params, allow_unused=True)
-    import jax
+def predict_warning(name, batch_size=64):
+    """What the real logger says: `(warned, GradientVarianceWarning texts)`.
 
-    variables = model.trainable_variables
-    values = [v.value for v in variables]
-    others = [v.value for v in model.non_trainable_variables]
+    One step of `fit` of the untrained case, compiled and batched as its
+    training (`train`), with a `GradientVarianceLogger` (defaults:
+    `warn=True`); the warnings it raises are collected.
+    """
+    import tempfile
+    import warnings
 
-    def f(values):
-        out, _ = model.stateless_call(values, others, x, training=True)
-        return loss_fn(y, out)
+    from keras_winit.monitoring import GradientVarianceLogger
+    from keras_winit.monitoring import GradientVarianceWarning
 
-    return jax.grad(f)(values)
+    model, task = build(name)
+    (x, y), _ = _data(task)
+    compile_case(model, task)
+    with tempfile.TemporaryDirectory() as log_dir:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(
+                x[:batch_size],
+                y[:batch_size],
+                batch_size=batch_size,
+                epochs=1,
+                verbose=0,
+                shuffle=False,
+                callbacks=[GradientVarianceLogger(log_dir)],
+            )
+    messages = [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, GradientVarianceWarning)
+    ]
+    return bool(messages), messages
 
 
 def score(truth, predicted):

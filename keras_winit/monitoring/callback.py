@@ -18,6 +18,7 @@ import keras
 from keras_winit import _checks
 from keras_winit import health
 from keras_winit import walker
+from keras_winit.monitoring import first_batch
 from keras_winit.monitoring import records as records_module
 from keras_winit.monitoring import writer as writer_module
 
@@ -49,7 +50,8 @@ def _finish_all():
 class GradientVarianceWarning(UserWarning):
     """Warning raised once when the initialization will not train.
 
-    Decided by `health_warning` on the first recorded step.
+    Decided by `health_warning` from `diagnose` on the first batch of `fit`
+    and the first recorded step's gradients.
     """
 
 
@@ -74,20 +76,30 @@ def check_log_dir(value):
     return os.fspath(value)
 
 
-def health_warning(records, kinds, step):
-    """The warning message for the per-variable records of one step.
+def health_warning(records, kinds, step, flags=None):
+    """The warning message for the first batch and the first recorded step.
 
-    The one place where the logger decides whether to warn: `records` are
-    `keras_winit.monitoring.records.VariableRecord`s (path, shape,
-    gradient variance, gradient norm, weight norm, non-finite count), in
-    forward order, of the variables that received a gradient at optimizer
-    step `step`; `kinds` maps variable paths to their kind
-    (`keras_winit.walker.variable_kinds`). The rule is `diagnose`'s
-    (`keras_winit.health.gradient_warnings`): kernels judged by their
-    effective step `||g|| / ||w||` (also behind normalization), biases
-    never (attention's key bias has an exactly-zero gradient by
-    construction), an all-zero init reported, zero-initialized branch ends
-    exempt.
+    The one place where the logger decides whether to warn, with two
+    inputs:
+
+    - `flags`: the `keras_winit.diagnostics.Flag`s of `diagnose` run on
+      the first batch of `fit` (`keras_winit.monitoring.first_batch`),
+      before its step: the same rule as `diagnose`
+      (`keras_winit.health.judge`: vanishing or exploding signal and
+      gradient in plain chains, residual streams that grow, saturated or
+      dead units, zero signal, non-finite values), reported one sentence
+      per kind of flag with its advice. `None` or `[]`: nothing found, or
+      the batch could not be taken (under a `tf.distribute` strategy).
+    - `records`: `keras_winit.monitoring.records.VariableRecord`s (path,
+      shape, gradient variance, gradient norm, weight norm, non-finite
+      count), in forward order, of the variables that received a gradient
+      at optimizer step `step`; `kinds` maps variable paths to their kind
+      (`keras_winit.walker.variable_kinds`). Judged by
+      `keras_winit.health.gradient_warnings`: kernels judged by their
+      effective step `||g|| / ||w||` (also behind normalization), biases
+      never (attention's key bias has an exactly-zero gradient by
+      construction), an all-zero init reported, zero-initialized branch
+      ends exempt.
 
     Returns:
         The message, or `None` when there is nothing to warn about.
@@ -106,9 +118,17 @@ def health_warning(records, kinds, step):
             for r in records
         ]
     )
-    if not messages:
+    parts = []
+    if flags:
+        parts.append(
+            "On the first batch of `fit` (keras_winit.diagnose's rule): "
+            + first_batch.summary(flags)
+        )
+    if messages:
+        parts.append(f"At optimizer step {step}: " + " ".join(messages))
+    if not parts:
         return None
-    return f"At optimizer step {step}: " + " ".join(messages)
+    return " ".join(parts)
 
 
 def _check_backend():
@@ -188,15 +208,27 @@ class GradientVarianceLogger(keras.callbacks.Callback):
     rank >= 2; all variables when there is no kernel): 0 when all layers
     receive gradients of the same size (Glorot & Bengio, 2010).
 
-    With `warn=True`, the first recorded step (the initialization) is
-    judged by `diagnose`'s rule (`keras_winit.health.gradient_warnings`):
-    a `GradientVarianceWarning` says when the kernels' effective step
-    `||g|| / ||w||` is so small that they will not learn or so large that
-    they explode, when every kernel is zero, or when some get exactly no
-    gradient. Biases and normalization parameters are not judged, and a
-    kernel followed by normalization is judged by its effective step, not
-    by its raw gradient, so stock `keras.applications` and keras_hub models
-    do not warn.
+    With `warn=True`, the initialization is judged once by `diagnose`'s
+    rule, and one `GradientVarianceWarning` lists what was found, each
+    finding with what to do:
+
+    - the first batch of `fit`, before its step (outside the train
+      function): `keras_winit.diagnostics.diagnose(model, x, y)` with the
+      model's compiled loss, so a signal or gradient that vanishes or
+      explodes through plain chains of layers, a residual stream that
+      grows, saturated or dead units, a zero signal or NaN/inf are seen
+      as `diagnose` sees them (`keras_winit.monitoring.first_batch`; the
+      model and its training are left unchanged; under a `tf.distribute`
+      strategy the batch is not taken and only the gradients are judged);
+    - the first recorded step's gradients
+      (`keras_winit.health.gradient_warnings`): the kernels' effective
+      step `||g|| / ||w||` so small that they will not learn or so large
+      that they explode, every kernel zero, or kernels that get exactly
+      no gradient. Biases and normalization parameters are not judged,
+      and a kernel followed by normalization is judged by its effective
+      step, not by its raw gradient.
+
+    Stock `keras.applications` and keras_hub models do not warn.
 
     Training-health signals, at the same steps:
 
@@ -229,7 +261,9 @@ class GradientVarianceLogger(keras.callbacks.Callback):
     `tf.distribute`; with `gradient_accumulation_steps`, the accumulated
     mean on the step that applies it. Clipping (`clipnorm`, `clipvalue`)
     and weight decay, done inside the optimizer's update, are not included.
-    No extra forward or backward pass is run.
+    The statistics need no extra forward or backward pass (the warning's
+    first-batch check runs one `diagnose` pass per `fit`; `warn=False`
+    skips it).
 
     How: the statistics are computed inside the training step, fused (the
     gradients are flattened into one buffer and reduced per variable with
@@ -318,8 +352,10 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         weights_freq: Non-negative integer. Log the variance of the weights
             every `weights_freq` optimizer steps (read after the step's
             update) and before the first step; `0` (default) disables it.
-        warn: Boolean. Judge the first recorded step and warn (once) when
-            the model will not train, as above. Defaults to `True`.
+        warn: Boolean. Judge the first batch (one `diagnose` pass per
+            `fit`) and the first recorded step, and warn (once) when the
+            model will not train, as above. `False` skips both. Defaults
+            to `True`.
         run_name: Name of the run, the subdirectory of `log_dir` that
             receives the summaries (not `.` or `..`). Defaults to
             `"gradients"`.
@@ -379,6 +415,9 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         self.weights_freq = int(weights_freq)
         self.warn = warn
         self._judged = False
+        self._probed = False
+        self._probe_flags = None
+        self._probe_skipped = None
         self._kinds = None
         self._pending_judgement = None
         self._pending_warnings = []
@@ -496,6 +535,8 @@ class GradientVarianceLogger(keras.callbacks.Callback):
                 remove_stale_patches(model)
                 model.make_train_function()
                 return model.train_function(*args, **kwargs)
+            if logger.warn and not logger._probed:
+                args = logger._check_first_batch(model, args)
             return train_function(*args, **kwargs)
 
         model.train_function = guarded
@@ -564,7 +605,7 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         try:
             if hook is not None:
                 hook.close()
-            self._emit_warnings()
+            self._emit_warnings(final=True)
         finally:
             if model is not None:
                 guard = model.__dict__.get("make_train_function")
@@ -591,6 +632,34 @@ class GradientVarianceLogger(keras.callbacks.Callback):
             )
         )
 
+    def _check_first_batch(self, model, args):
+        """Judges the model on the first batch by `diagnose`'s rule.
+
+        Runs once, before the step of the train function's first call,
+        outside it (`keras_winit.monitoring.first_batch`); returns the
+        arguments to call it with (the batch put back). When the batch
+        cannot be taken, or the probe fails, only the gradients are
+        judged: training never stops for it.
+        """
+        self._probed = True
+        try:
+            data, args = first_batch.take(model, args)
+        except Exception as e:  # noqa: BLE001 - never stop training
+            self._probe_skipped = f"batch not taken: {e!r}"
+            return args
+        if data is None:
+            self._probe_skipped = "batch not taken (distributed or empty)"
+            return args
+        state = args[0] if keras.backend.backend() == "jax" else None
+        try:
+            with warnings.catch_warnings():
+                # The probe's own pass, not the user's training.
+                warnings.simplefilter("ignore")
+                self._probe_flags = first_batch.check(model, data, state)
+        except Exception as e:  # noqa: BLE001 - never stop training
+            self._probe_skipped = f"probe failed: {e!r}"
+        return args
+
     def _check_records(self, step, records):
         """Judges the first recorded step, as decided by `health_warning`.
 
@@ -602,21 +671,26 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         self._judged = True
         self._pending_judgement = (step, records)
 
-    def _emit_warnings(self):
+    def _emit_warnings(self, final=False):
         """Judges the first records and raises the warnings found so far.
 
         Called between steps, outside the train function (records may
         arrive inside it, e.g. on JAX): a warning turned into an error by
         the user's filters then cannot interrupt a step whose state was
         already donated, and the model's structure is read while no step
-        runs.
+        runs. The first batch's flags wait for the first recorded step's
+        records (one message), or for the end of `fit` (`final`).
         """
-        if self._pending_judgement is not None and self.model is not None:
-            step, records = self._pending_judgement
+        judgement = self._pending_judgement
+        if judgement is None and final and self._probe_flags:
+            judgement = (None, [])
+        if judgement is not None and self.model is not None:
+            step, records = judgement
             self._pending_judgement = None
             if self._kinds is None:
                 self._kinds = walker.variable_kinds(self.model)
-            message = health_warning(records, self._kinds, step)
+            flags, self._probe_flags = self._probe_flags, None
+            message = health_warning(records, self._kinds, step, flags)
             if message is not None:
                 self._pending_warnings.append(
                     (message, GradientVarianceWarning)
