@@ -28,6 +28,7 @@ import keras
 import numpy as np
 
 from keras_winit import _checks
+from keras_winit import _moments
 from keras_winit import _signal
 from keras_winit import gains
 from keras_winit import health
@@ -612,14 +613,14 @@ class _Pending:
 
     def moments(self, t):
         """Queues `mean(t)` and `mean((t - mean(t))**2)` (two passes)."""
-        v = _host_view(t)
+        v = _moments.host_view(t)
         if v is not None:
-            return self._put(*_host_moments(v.reshape(-1)))
+            return self._put(*_moments.moments(v.reshape(-1)))
         mean = keras.ops.mean(t)
         return self._put(mean, keras.ops.mean(keras.ops.square(t - mean)))
 
     def square_sum(self, t):
-        v = _host_view(t)
+        v = _moments.host_view(t)
         if v is not None:
             v = v.reshape(-1)
             return self._put(float(np.dot(v, v)))[0]
@@ -627,7 +628,7 @@ class _Pending:
 
     def saturated(self, t, low, high):
         """Queues the count of values within reach of `low` or `high`."""
-        v = _host_view(t)
+        v = _moments.host_view(t)
         if v is not None:
             return self._put(float(np.count_nonzero((v <= low) | (v >= high))))[
                 0
@@ -639,7 +640,7 @@ class _Pending:
 
     def alive(self, t, axis):
         """Queues the count of units (along `axis`) not always zero."""
-        v = _host_view(t)
+        v = _moments.host_view(t)
         if v is not None:
             if axis == v.ndim - 1:
                 alive = np.any(v.reshape(-1, v.shape[-1]) != 0, axis=0)
@@ -675,65 +676,8 @@ class _Pending:
         return self.values
 
 
-# Chunks of a host tensor are reduced in a cache-sized buffer.
-_CHUNK = 1 << 16
-
-
-def _host_moments(v):
-    """`(mean, var)` of a 1-D float array, reading it once.
-
-    Each chunk is reduced with NumPy's pairwise sums in the array's
-    precision, two passes over the chunk while it is in cache (no
-    full-size temporary); the chunks are merged in float64 (Chan et al.,
-    1979), so the result is as accurate as a two-pass variance.
-    """
-    n = v.size
-    if n == 0:
-        return math.nan, math.nan  # measured by the NumPy fallback
-    buffer = np.empty(min(n, _CHUNK), v.dtype)
-    count, mean, m2 = 0, 0.0, 0.0
-    for start in range(0, n, _CHUNK):
-        chunk = v[start : start + _CHUNK]
-        k = chunk.size
-        b = buffer[:k]
-        chunk_mean = float(chunk.sum()) / k
-        center = v.dtype.type(chunk_mean)
-        np.subtract(chunk, center, out=b)
-        np.square(b, out=b)
-        # Sum of squares about `chunk_mean`, from the one about `center`.
-        shift = chunk_mean - float(center)
-        chunk_m2 = float(b.sum()) - k * shift * shift
-        delta = chunk_mean - mean
-        total = count + k
-        mean += delta * k / total
-        m2 += chunk_m2 + delta * delta * count * k / total
-        count = total
-    return mean, max(m2, 0.0) / n
-
-
 def _is_float(v):
     return isinstance(v, float)
-
-
-def _host_view(t):
-    """A read-only NumPy view of a tensor in host memory, else `None`."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        t = tf.convert_to_tensor(t)  # a variable's current value
-        if "CPU:" in t.device.rsplit("/", 1)[-1]:
-            return np.asarray(t)
-        return None
-    if backend == "torch":
-        if t.device.type == "cpu":
-            return t.detach().numpy()
-        return None
-    if backend == "jax":
-        if all(d.platform == "cpu" for d in t.devices()):
-            return np.asarray(t)
-        return None
-    return None
 
 
 def _float(t):

@@ -66,6 +66,7 @@ import keras
 import numpy as np
 
 from keras_winit import _compat
+from keras_winit import _moments
 
 # Kernel layers: their kernel sets the scale of their output.
 KERNEL_LAYER_TYPES = (
@@ -547,8 +548,7 @@ def _value(t):
 
 
 def _std(t):
-    v = _value(t)
-    return None if v is None else float(v.std())
+    return _moments.std(t)
 
 
 @contextlib.contextmanager
