@@ -54,6 +54,12 @@ def moments(v):
     n = v.size
     if n == 0:
         return math.nan, math.nan  # measured by the NumPy fallback
+    # Overflow and NaN give non-finite results, measured again by callers.
+    with np.errstate(all="ignore"):
+        return _chunked(v, n)
+
+
+def _chunked(v, n):
     buffer = np.empty(min(n, CHUNK), v.dtype)
     count, mean, m2 = 0, 0.0, 0.0
     for start in range(0, n, CHUNK):

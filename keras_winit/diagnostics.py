@@ -623,7 +623,12 @@ class _Pending:
         v = _moments.host_view(t)
         if v is not None:
             v = v.reshape(-1)
-            return self._put(float(np.dot(v, v)))[0]
+            with np.errstate(over="ignore"):
+                total = float(np.dot(v, v))
+            if math.isinf(total):  # squares beyond float32, values not
+                wide = v.astype(np.float64)
+                total = float(np.dot(wide, wide))
+            return self._put(total)[0]
         return self._put(keras.ops.sum(keras.ops.square(t)))[0]
 
     def saturated(self, t, low, high):
@@ -636,7 +641,7 @@ class _Pending:
         near = keras.ops.logical_or(
             keras.ops.less_equal(t, low), keras.ops.greater_equal(t, high)
         )
-        return self._put(keras.ops.count_nonzero(near))[0]
+        return self._put(_count(near))[0]
 
     def alive(self, t, axis):
         """Queues the count of units (along `axis`) not always zero."""
@@ -650,7 +655,7 @@ class _Pending:
             return self._put(float(np.count_nonzero(alive)))[0]
         other = tuple(a for a in range(len(t.shape)) if a != axis)
         alive = keras.ops.any(keras.ops.not_equal(t, 0), axis=other)
-        return self._put(keras.ops.count_nonzero(alive))[0]
+        return self._put(_count(alive))[0]
 
     def fetch(self):
         """The values as floats, backend scalars copied in one transfer."""
@@ -674,6 +679,12 @@ class _Pending:
             for i, v in zip(indices, stacked.tolist(), strict=True):
                 self.values[i] = float(v)
         return self.values
+
+
+def _count(t):
+    """Number of `True` values of a boolean tensor, as an integer tensor."""
+    # Not `ops.count_nonzero`: on torch it warns on a 0-d result.
+    return keras.ops.sum(keras.ops.cast(t, "int32"))
 
 
 def _is_float(v):
@@ -740,8 +751,8 @@ def _measure(records, eps):
         else:
             out = _signal._numpy(r.out)
             nonfinite += _nonfinite(out)
-            m["mean"] = float(out.mean())
             with np.errstate(all="ignore"):
+                m["mean"] = float(out.mean())
                 m["std"] = float(out.std(dtype=np.float64))
         m["pre_std"] = None
         if "pre" in plan:
@@ -750,7 +761,8 @@ def _measure(records, eps):
                 m["pre_std"] = math.sqrt(var)
             else:
                 with np.errstate(all="ignore"):
-                    m["pre_std"] = float(_signal._numpy(r.pre).std())
+                    pre = _signal._numpy(r.pre)
+                    m["pre_std"] = float(pre.std(dtype=np.float64))
         m["grad_std"] = None
         if "grad" in plan:
             _, var, exact = moments(plan["grad"])
