@@ -21,6 +21,8 @@ that machinery, once:
   the kernels, held in a `keras.StatelessScope`) on JAX. Each record
   also carries its call's structure from the walker (`kind`,
   `norm_after`, `branch`, `branch_end`, `parents`, `block`).
+  `probe_tensors` is the same pass with the signals left as backend
+  tensors, for callers that reduce them without a copy (`diagnose`).
 
 The TensorFlow, JAX and PyTorch backends are supported, and every kind of
 `keras.Model`.
@@ -269,7 +271,11 @@ def layer_path(layer):
 
 @dataclasses.dataclass
 class Record:
-    """What one layer call did during `probe` (NumPy arrays)."""
+    """What one layer call did during `probe`.
+
+    `pre`, `out`, `grad` and `kernel_grad` are NumPy arrays from `probe`,
+    backend tensors from `probe_tensors`.
+    """
 
     layer: object
     path: str
@@ -592,7 +598,7 @@ def _numpy(t):
     # cost of a pass on a real model.
     value = np.asarray(keras.ops.convert_to_numpy(t))
     if value.dtype != np.float64:
-        value = value.astype(np.float32)
+        value = value.astype(np.float32, copy=False)
     return value
 
 
