@@ -598,7 +598,7 @@ def cost(repeats=5, out=sys.stdout):
     med = {k: statistics.median(v) for k, v in times.items()}
     step = med["step"]
     rows = [
-        ("one training step (compiled)", step),
+        ("one training step (train_on_batch)", step),
         ("forward + backward, eager, nothing recorded", med["eager"]),
         ("diagnose, first call in the process", first),
         ("diagnose", med["diagnose"]),
