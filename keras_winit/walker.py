@@ -749,6 +749,14 @@ def _structure(walk, rec):
         return ancestors_cache[node]
 
     residuals: list[Residual] = []
+    # A stream's sum is the next block's skip: each tensor measured once
+    # (`rec.keep` holds them, so their ids stay unique).
+    stds: dict[int, Any] = {}
+
+    def std_of(t):
+        if id(t) not in stds:
+            stds[id(t)] = _std(t)
+        return stds[id(t)]
 
     def position(node):
         if isinstance(node, int):
@@ -788,9 +796,9 @@ def _structure(walk, rec):
             Residual(
                 at=at,
                 calls=members,
-                skip_std=_std(skip),
-                branch_std=_std(branch),
-                out_std=_std(total),
+                skip_std=std_of(skip),
+                branch_std=std_of(branch),
+                out_std=std_of(total),
                 _ids=(id(skip), id(total)),
             )
         )
