@@ -50,6 +50,12 @@ def moments(v):
     precision, two passes over the chunk while it is in cache (no
     full-size temporary); the chunks are merged in float64 (Chan et al.,
     1979), so the result is as accurate as a two-pass variance.
+
+    Examples:
+
+    >>> v = np.array([1001.0, 999.0] * 100_000, "float32")  # 4 chunks
+    >>> keras_winit._moments.moments(v)
+    (1000.0, 1.0)
     """
     n = v.size
     if n == 0:
