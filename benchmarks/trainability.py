@@ -530,8 +530,17 @@ def report(names=None, path=CACHE, out=sys.stdout):
 # Cost of diagnose against one training step.
 
 
-def cost(repeats=5):
-    """Median seconds of `diagnose` and of one compiled training step."""
+def cost(repeats=5, out=sys.stdout):
+    """Median seconds of `diagnose` and of one compiled training step.
+
+    Side by side in one process, alternated, `repeats` times: one compiled
+    training step (`train_on_batch`), the same batch forward and backward
+    through Keras eagerly with nothing recorded (the floor of an eager
+    probe pass), and `diagnose`. The first `diagnose` call of the process
+    is reported on its own. The load average is printed before and after:
+    the machine is shared, and eager execution slows down more than a
+    compiled step when the cores are busy.
+    """
     import statistics
 
     import keras
@@ -550,23 +559,85 @@ def cost(repeats=5):
         optimizer="sgd",
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=False),
     )
+    load_before = os.getloadavg()
     model.train_on_batch(x, y)  # compiles
-    diagnostics.diagnose(model, x)  # warm-up
-    step, diag = [], []
+    t = time.perf_counter()
+    diagnostics.diagnose(model, x)
+    first = time.perf_counter() - t
+    eager = _eager_forward_backward(model, x)
+    eager()  # warm-up
+    times = {"step": [], "eager": [], "diagnose": []}
     for _ in range(repeats):
-        t = time.perf_counter()
-        model.train_on_batch(x, y)
-        step.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        diagnostics.diagnose(model, x)
-        diag.append(time.perf_counter() - t)
-    s, d = statistics.median(step), statistics.median(diag)
-    print("| ResNet50V2 64x64, batch 8 | median s |")
-    print("|---|---|")
-    print(f"| one training step (compiled) | {s:.3f} |")
-    print(f"| diagnose | {d:.3f} |")
-    print(f"| ratio | {d / s:.1f}x |")
-    return s, d
+        for name, fn in (
+            ("step", lambda: model.train_on_batch(x, y)),
+            ("eager", eager),
+            ("diagnose", lambda: diagnostics.diagnose(model, x)),
+        ):
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    load_after = os.getloadavg()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    step = med["step"]
+    rows = [
+        ("one training step (train_on_batch)", step),
+        ("forward + backward, eager, nothing recorded", med["eager"]),
+        ("diagnose, first call in the process", first),
+        ("diagnose", med["diagnose"]),
+    ]
+    backend = keras.backend.backend()
+    print(
+        f"| ResNet50V2 64x64, batch 8 ({backend}) | median s | x step |",
+        file=out,
+    )
+    print("|---|---|---|", file=out)
+    for label, seconds in rows:
+        print(f"| {label} | {seconds:.3f} | {seconds / step:.1f}x |", file=out)
+    print(
+        f"medians of {repeats}; load average {load_before[0]:.1f} before, "
+        f"{load_after[0]:.1f} after",
+        file=out,
+    )
+    return step, med["diagnose"]
+
+
+def _eager_forward_backward(model, x):
+    """A plain eager forward and backward pass (kernel gradients)."""
+    import keras
+
+    backend = keras.backend.backend()
+    x = keras.ops.convert_to_tensor(x)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        def run():
+            with tf.GradientTape() as tape:
+                loss = keras.ops.sum(model(x, training=True))
+            return tape.gradient(loss, model.trainable_weights)
+
+        return run
+    if backend == "torch":
+        import torch
+
+        def run():
+            loss = keras.ops.sum(model(x, training=True))
+            weights = [w.value for w in model.trainable_weights]
+            return torch.autograd.grad(loss, weights)
+
+        return run
+    import jax
+
+    def run():
+        trainable = [w.value for w in model.trainable_weights]
+        rest = [w.value for w in model.non_trainable_weights]
+
+        def loss(values):
+            out, _ = model.stateless_call(values, rest, x, training=True)
+            return keras.ops.sum(out)
+
+        return jax.grad(loss)(trainable)
+
+    return run
 
 
 def main(argv=None):

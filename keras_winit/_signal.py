@@ -21,6 +21,8 @@ that machinery, once:
   the kernels, held in a `keras.StatelessScope`) on JAX. Each record
   also carries its call's structure from the walker (`kind`,
   `norm_after`, `branch`, `branch_end`, `parents`, `block`).
+  `probe_tensors` is the same pass with the signals left as backend
+  tensors, for callers that reduce them without a copy (`diagnose`).
 
 The TensorFlow, JAX and PyTorch backends are supported, and every kind of
 `keras.Model`.
@@ -269,7 +271,11 @@ def layer_path(layer):
 
 @dataclasses.dataclass
 class Record:
-    """What one layer call did during `probe` (NumPy arrays)."""
+    """What one layer call did during `probe`.
+
+    `pre`, `out`, `grad` and `kernel_grad` are NumPy arrays from `probe`,
+    backend tensors from `probe_tensors`.
+    """
 
     layer: object
     path: str
@@ -327,6 +333,28 @@ def probe(
         norm_training: Run `BatchNormalization` on batch statistics.
         return_walk: Also return the walk.
     """
+    records, description, walk = probe_tensors(
+        model, x, y, loss, training, seed, norm_training
+    )
+    for r in records:
+        r.pre = None if r.pre is None else _numpy(r.pre)
+        r.out = _numpy(r.out)
+        r.grad = None if r.grad is None else _numpy(r.grad)
+        r.kernel_grad = None if r.kernel_grad is None else _numpy(r.kernel_grad)
+    if return_walk:
+        return records, description, walk
+    return records, description
+
+
+def probe_tensors(
+    model, x, y=None, loss=None, training=False, seed=0, norm_training=False
+):
+    """`probe` whose records hold backend tensors, not NumPy arrays.
+
+    Returns `(records, loss_description, walk)`. For callers that reduce
+    the signals on the backend (`diagnose`) instead of copying every one
+    to the host.
+    """
     backend = keras.backend.backend()
     if backend == "jax":
         records, description, walk = _probe_jax(
@@ -337,9 +365,7 @@ def probe(
             model, x, y, loss, training, seed, norm_training
         )
     _annotate(records, walk)
-    if return_walk:
-        return records, description, walk
-    return records, description
+    return records, description, walk
 
 
 def _annotate(records, walk):
@@ -437,11 +463,21 @@ def _record(layer, count, z, a, grad, kernel_grad):
         path=layer_path(layer),
         call_index=count,
         activation=activation_of(layer),
-        pre=None if z is None else _numpy(z),
-        out=_numpy(a),
-        grad=None if grad is None else _numpy(grad),
-        kernel_grad=None if kernel_grad is None else _numpy(kernel_grad),
+        pre=z,
+        out=a,
+        grad=None if grad is None else _dense(grad),
+        kernel_grad=None if kernel_grad is None else _dense(kernel_grad),
     )
+
+
+def _dense(t):
+    """A gradient as a dense tensor (TensorFlow's `IndexedSlices`)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if isinstance(t, tf.IndexedSlices):
+            return tf.convert_to_tensor(t)
+    return t
 
 
 def _torch_requires_grad(t):
@@ -556,17 +592,13 @@ def _is_float_tensor(value):
 
 
 def _numpy(t):
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        if isinstance(t, tf.IndexedSlices):
-            t = tf.convert_to_tensor(t)
+    t = _dense(t)
     # float32 (or float64 when the tensor is): statistics of float32
     # signals need no more, and a float64 copy of every signal doubles the
     # cost of a pass on a real model.
     value = np.asarray(keras.ops.convert_to_numpy(t))
     if value.dtype != np.float64:
-        value = value.astype(np.float32)
+        value = value.astype(np.float32, copy=False)
     return value
 
 

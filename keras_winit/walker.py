@@ -67,6 +67,7 @@ import keras
 import numpy as np
 
 from keras_winit import _compat
+from keras_winit import _moments
 
 # Kernel layers: their kernel sets the scale of their output.
 KERNEL_LAYER_TYPES = (
@@ -548,8 +549,7 @@ def _value(t):
 
 
 def _std(t):
-    v = _value(t)
-    return None if v is None else float(v.std())
+    return _moments.std(t)
 
 
 @contextlib.contextmanager
@@ -750,6 +750,14 @@ def _structure(walk, rec):
         return ancestors_cache[node]
 
     residuals: list[Residual] = []
+    # A stream's sum is the next block's skip: each tensor measured once
+    # (`rec.keep` holds them, so their ids stay unique).
+    stds: dict[int, Any] = {}
+
+    def std_of(t):
+        if id(t) not in stds:
+            stds[id(t)] = _std(t)
+        return stds[id(t)]
 
     def position(node):
         if isinstance(node, int):
@@ -789,9 +797,9 @@ def _structure(walk, rec):
             Residual(
                 at=at,
                 calls=members,
-                skip_std=_std(skip),
-                branch_std=_std(branch),
-                out_std=_std(total),
+                skip_std=std_of(skip),
+                branch_std=std_of(branch),
+                out_std=std_of(total),
                 _ids=(id(skip), id(total)),
             )
         )

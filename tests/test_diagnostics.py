@@ -10,6 +10,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 import keras_winit
+from keras_winit import _moments
 from keras_winit import _signal
 from keras_winit import cli
 from keras_winit.diagnostics import _SHORT
@@ -506,6 +507,105 @@ def test_all_zero_init_is_flagged(digits):
     result = diagnose(_mlp(zeros, 5, 32, "relu"), digits[:64])
     assert "zero_signal" in _kinds(result)
     assert "Use a random initializer" in str(result.flags[0])
+
+
+# ----------------------------------------------------------------------
+# Statistics: reduced where the tensors live, as exact as float64 copies.
+
+
+@pytest.mark.parametrize(
+    "size",
+    [1, 2, _moments.CHUNK - 1, _moments.CHUNK, _moments.CHUNK + 1, 200_003],
+)
+def test_chunked_moments_match_float64(size):
+    rng = np.random.default_rng(size)
+    # A mean 1000x the std: the case a one-pass variance gets wrong.
+    v = (1e3 + rng.standard_normal(size)).astype("float32")
+    mean, var = _moments.moments(v)
+    ref = v.astype("float64")
+    assert mean == pytest.approx(ref.mean(), rel=1e-7)
+    assert var == pytest.approx(ref.var(), rel=1e-5, abs=1e-12)
+
+
+def test_constant_signal_has_std_exactly_zero(digits):
+    # Zero kernel, bias 0.1: every value is 0.1; a float32 mean is not
+    # exactly 0.1, so only the float64 fallback gives std == 0.
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            L.Dense(
+                16,
+                activation="relu",
+                kernel_initializer="zeros",
+                bias_initializer=keras.initializers.Constant(0.1),
+            ),
+            L.Dense(10),
+        ]
+    )
+    result = diagnose(model, digits[:32])
+    first = result.layers[0]
+    assert first.pre_std == 0.0 and first.std == 0.0
+    assert first.mean == pytest.approx(0.1)
+    assert "zero_signal" in first.flags
+
+
+def test_signal_overflow_counts_nonfinite_values(digits):
+    huge = keras.initializers.RandomNormal(stddev=1e25, seed=0)
+    model = keras.Sequential(
+        [keras.Input((64,))]
+        + [L.Dense(32, kernel_initializer=huge) for _ in range(3)]
+    )
+    x = digits[:16]
+    result = diagnose(model, x)
+    # float32 overflows to inf in the second layer (~1e25 * 1e25 * 8).
+    second = keras.ops.convert_to_numpy(model.layers[1](model.layers[0](x)))
+    assert not np.isfinite(second).all()
+    # The first layer's gradient is already non-finite (back from inf).
+    assert result.flags[0].kind == "nonfinite"
+    assert result.layers[1].nonfinite >= np.size(second) - np.count_nonzero(
+        np.isfinite(second)
+    )
+
+
+def _mixed_model():
+    inputs = keras.Input((64,))
+    h = L.Reshape((8, 8, 1))(inputs)
+    h = L.Conv2D(8, 3, activation="relu", kernel_initializer="he_normal")(h)
+    h = L.BatchNormalization()(h)
+    h = L.Flatten()(h)
+    h = L.Dense(
+        32,
+        activation="tanh",
+        kernel_initializer=keras.initializers.RandomNormal(stddev=1.0, seed=1),
+    )(h)
+    h = L.Dense(16, activation="sigmoid")(h)
+    h = L.Dense(16, kernel_initializer="zeros")(h)
+    return keras.Model(inputs, L.Dense(10, activation="softmax")(h))
+
+
+def test_backend_reductions_match_host_views(digits, monkeypatch):
+    # On an accelerator, tensors are reduced by backend ops and fetched at
+    # once; on CPU, through NumPy views. Both give the same table.
+    keras.utils.set_random_seed(0)
+    model = _mixed_model()
+    x, y = digits[:64], np.arange(64) % 10
+    host = diagnose(model, x, y)
+    monkeypatch.setattr(_moments, "host_view", lambda t: None)
+    device = diagnose(model, x, y)
+    assert [f.kind for f in device.flags] == [f.kind for f in host.flags]
+    assert {"saturated"} <= _kinds(host)
+    for a, b in zip(host.layers, device.layers, strict=True):
+        da, db = a.to_dict(), b.to_dict()
+        for key, value in da.items():
+            if isinstance(value, float):
+                # A mean near 0 is compared to the scale of the values.
+                tol = 1e-5 * a.std if key == "mean" else 1e-12
+                assert db[key] == pytest.approx(
+                    value, rel=1e-5, abs=tol, nan_ok=True
+                ), (a.name, key)
+            else:
+                assert db[key] == value, (a.name, key)
+    assert any(s.dead is not None for s in host.layers)
 
 
 def _resnet(blocks, end_init, norm=False, width=32):
