@@ -1752,13 +1752,13 @@ def _class_named(layer, names):
 
 
 def _is_kept_norm(layer):
-    """A normalization layer (`walker.is_normalization`) kept as a whole.
+    """A normalization layer (`walker.is_norm`) kept as a whole.
 
     Only one without weighted sublayers of its own: a layer that holds a
     kernel layer (keras_hub's `AdaptiveLayerNormalization`, a
     `ConvNormAct`) is opened, and its kernels are drawn.
     """
-    return walker.is_normalization(layer) and not any(
+    return walker.is_norm(layer) and not any(
         sub.weights for sub in _compat.sublayers(layer)
     )
 

@@ -141,12 +141,37 @@ KINDS = (
 )
 
 
+#: Class names of normalization layers of any package: Keras' and, by
+#: name, keras_hub's `LlamaLayerNorm`, `T5LayerNorm`, `RmsNorm2d`,
+#: `Qwen3_5RMSNormGated`, `Gemma3nRMSNorm`, `QKNorm`...
+NORM_CLASS_NAME = re.compile(
+    r"(Norm|Normalization)(1d|2d|3d|Gated)?$", re.IGNORECASE
+)
+
+
 def is_norm(layer: keras.layers.Layer) -> bool:
-    """Whether a layer normalizes its input (BatchNorm, LayerNorm, RMS…)."""
+    """Whether a layer normalizes its input (BatchNorm, LayerNorm, RMS…).
+
+    By type (`NORM_LAYER_TYPES`), or by class name: names ending in `Norm`
+    or `Normalization` (optionally followed by `1d`/`2d`/`3d`/`Gated`) and
+    names holding `RMSNorm`, so that other packages' norms count too.
+    `SpectralNormalization` (a wrapper of a kernel layer) is not a norm.
+
+    Examples:
+
+    >>> keras_winit.walker.is_norm(keras.layers.LayerNormalization())
+    True
+    >>> class T5LayerNorm(keras.layers.Layer):
+    ...     pass
+    >>> keras_winit.walker.is_norm(T5LayerNorm())
+    True
+    """
     if isinstance(layer, NORM_LAYER_TYPES):
         return True
-    name = type(layer).__name__.lower()
-    return "rmsnorm" in name or name.endswith("normalization")
+    if isinstance(layer, keras.layers.SpectralNormalization):
+        return False
+    name = type(layer).__name__
+    return "rmsnorm" in name.lower() or bool(NORM_CLASS_NAME.search(name))
 
 
 def kind_of(layer: keras.layers.Layer) -> str:
@@ -907,33 +932,7 @@ def _output_id(rec, index):
 
 
 # ----------------------------------------------------------------------
-# Added for `initialize` (layer_init): the wider normalization test and a
-# batch for models without symbolic inputs.
-
-#: Class names of normalization layers of any package: Keras' and, by
-#: name, keras_hub's `LlamaLayerNorm`, `T5LayerNorm`, `RmsNorm2d`,
-#: `Qwen3_5RMSNormGated`, `Gemma3nRMSNorm`, `QKNorm`...
-NORM_CLASS_NAME = re.compile(r"(Norm|Normalization)(1d|2d|3d|Gated)?$")
-
-
-def is_normalization(layer: keras.layers.Layer) -> bool:
-    """Whether a layer is a normalization layer, by type or class name.
-
-    `is_norm`, and also the layers whose class name ends in `Norm` or
-    `Normalization` (optionally followed by `1d`/`2d`/`3d`/`Gated`), which
-    `is_norm` misses (`LlamaLayerNorm`, `T5LayerNorm`, `QKNorm`…).
-
-    Examples:
-
-    >>> keras_winit.walker.is_normalization(keras.layers.LayerNormalization())
-    True
-    >>> class T5LayerNorm(keras.layers.Layer):
-    ...     pass
-    >>> w = keras_winit.walker
-    >>> w.is_norm(T5LayerNorm()), w.is_normalization(T5LayerNorm())
-    (False, True)
-    """
-    return is_norm(layer) or bool(NORM_CLASS_NAME.search(type(layer).__name__))
+# A batch for models without symbolic inputs (used by `initialize`).
 
 
 def built_batch(
