@@ -1378,6 +1378,9 @@ def test_large_variables_statistics_match_numpy():
         rng.normal(size=(130, 130)).astype("float32"),
         rng.normal(size=(7,)).astype("float32"),
         rng.normal(size=(128, 200)).astype("float32"),
+        # Mean >> spread: a one-pass variance would lose every digit.
+        (1e3 + 1e-2 * rng.normal(size=(150, 150))).astype("float32"),
+        np.full((129, 129), 0.25, "float32"),  # Constant: variance 0.
     ]
     grads[2][3, 4] = np.nan
     weights = [rng.normal(size=g.shape).astype("float32") for g in grads]
@@ -1396,6 +1399,7 @@ def test_large_variables_statistics_match_numpy():
             np.linalg.norm(w.astype("f8")),
         ]
         np.testing.assert_allclose(got[i, :5], expected, rtol=1e-4)
+    assert got[4, 0] == 0.0
 
 
 @pytest.mark.skipif(BACKEND == "torch", reason="eager: no traced graph")

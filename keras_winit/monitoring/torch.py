@@ -20,12 +20,30 @@ from keras_winit.monitoring.records import NONFINITE
 from keras_winit.monitoring.records import NUM_STATS
 
 
+def _is_keras_train_step(model):
+    step = getattr(type(model), "train_step", None)
+    return getattr(step, "__qualname__", "") == "TorchTrainer.train_step"
+
+
 class Hook(records_module.Records):
     """Wraps `optimizer.apply` during each step; statistics with torch ops."""
 
     def __init__(self, callback, model, writer):
         super().__init__(callback, model, writer)
         self._segment_ids = {}
+        # Unrecorded calls run Keras' own train function, unwrapped, when
+        # each call's optimizer steps are known in Python: Keras' own
+        # `train_step`, no loss scaling (skipped steps), no gradient
+        # accumulation.
+        self.split = (
+            _is_keras_train_step(model)
+            and not self.is_loss_scaled
+            and not self.inner.gradient_accumulation_steps
+        )
+        self.steps_per_execution = int(
+            getattr(model, "steps_per_execution", 1) or 1
+        )
+        self.next_step = None
         # (record, rows, variables, weights before the update) of the step
         # being applied, or None.
         self._before: Any = None
@@ -47,13 +65,34 @@ class Hook(records_module.Records):
             return apply
 
         def train_function(data):
+            if not hook._due_now():
+                return inner(data)  # Keras' own, nothing wrapped.
             with records_module.patched(optimizer, "apply", wrap):
                 return inner(data)
 
         return train_function
 
     def sync_step(self):
-        pass
+        """Re-reads the optimizer step (start of `fit`, end of each epoch)."""
+        if self.split:
+            self.next_step = self.current_step()
+
+    def _due_now(self):
+        """Whether the next call's steps may record something.
+
+        Counted in Python when each call runs `steps_per_execution`
+        optimizer steps (`split`); otherwise every call is wrapped and
+        `record` decides.
+        """
+        s = self.next_step
+        if s is None:
+            return True
+        self.next_step = s + self.steps_per_execution
+        last = s + self.steps_per_execution - 1
+        for f in (self.update_freq, self.histogram_freq):
+            if f and (last // f) * f >= s:
+                return True
+        return False
 
     def record(self, grads, trainable_variables=None):
         import torch
