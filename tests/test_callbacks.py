@@ -1580,3 +1580,42 @@ def test_update_ratio_of_large_and_small_variables(tmp_path, update_freq):
             np.testing.assert_allclose(
                 got, update / np.linalg.norm(w), rtol=2e-3, err_msg=path
             )
+
+
+# ------------------------------- issue 14: cost of update_freq=1 (defaults)
+
+
+@pytest.mark.parametrize("update_freq", [1, 3])
+def test_default_signals_log_update_ratio_every_tenth_step(
+    tmp_path, update_freq
+):
+    # With the defaults, update_ratio (its snapshot of the weights) only
+    # every max(update_freq, 10) steps, rounded up to a multiple of
+    # update_freq; listing it in `signals` logs it at every recorded step,
+    # with the same values.
+    from keras_winit.monitoring.records import SIGNALS
+
+    runs = {}
+    for name, signals in (("defaults", None), ("all", list(SIGNALS))):
+        model = _model()
+        model.compile(optimizer="sgd", loss="mse")
+        _fit(
+            model,
+            tmp_path / name,
+            epochs=2,
+            update_freq=update_freq,
+            warn=False,
+            signals=signals,
+        )
+        runs[name] = _read(tmp_path / name / "gradients")
+    tag = "update_ratio/mlp/out/kernel"
+    every = list(range(0, 12, update_freq))
+    ratio_every = 10 if update_freq == 1 else 12
+    assert _steps(runs["all"], tag) == every
+    assert _steps(runs["defaults"], tag) == list(range(0, 12, ratio_every))
+    for name in runs:
+        assert _steps(runs[name], "grad_norm/mlp/out/kernel") == every
+    for step in _steps(runs["defaults"], tag):
+        assert _value(runs["defaults"], tag, step) == pytest.approx(
+            _value(runs["all"], tag, step), rel=1e-5
+        )

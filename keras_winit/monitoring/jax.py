@@ -223,7 +223,7 @@ class Hook(records_module.Records):
         record = {
             "stats": jax.lax.cond(
                 kind > 0,
-                lambda: fused_stats(grads, weights, new_weights),
+                lambda: self._stats(grads, weights, new_weights, step),
                 lambda: jnp.zeros((len(rows), NUM_STATS), "float32"),
             )
         }
@@ -264,6 +264,18 @@ class Hook(records_module.Records):
         )
         self.traced.append((record, (tuple(rows), tuple(weight_rows))))
         return result
+
+    def _stats(self, grads, weights, new_weights, step):
+        """`fused_stats`, the update's norm only on `update_ratio` steps."""
+        import jax
+
+        if new_weights is None or self.update_ratio_freq == self.update_freq:
+            return fused_stats(grads, weights, new_weights)
+        return jax.lax.cond(
+            step % self.update_ratio_freq == 0,
+            lambda: fused_stats(grads, weights, new_weights),
+            lambda: fused_stats(grads, weights),
+        )
 
     def fetch(self, keep=0):
         """Writes the records of the steps run, but the newest `keep`."""

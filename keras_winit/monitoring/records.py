@@ -94,6 +94,23 @@ def _ratio(a, b):
     return a / b
 
 
+# With the default signals, `update_ratio` (the most expensive signal: a
+# copy of the weights before the update and a pass over their difference)
+# is logged at most every this many steps.
+UPDATE_RATIO_DEFAULT_EVERY = 10
+
+
+def update_ratio_freq(update_freq, signals_given):
+    """The steps whose `update_ratio` is logged: every `update_freq` steps
+    when the signals were chosen (`signals_given`); with the defaults, the
+    smallest multiple of `update_freq` that is at least
+    `UPDATE_RATIO_DEFAULT_EVERY` (10 for `update_freq=1`, 12 for 3, the
+    same for 10 and more)."""
+    if signals_given:
+        return update_freq
+    return update_freq * -(-UPDATE_RATIO_DEFAULT_EVERY // update_freq)
+
+
 # Kinds of record: statistics of an applied step, or a skipped step.
 KIND_APPLIED, KIND_SKIPPED = 0, 1
 # Largest number of records kept between two writes (ring buffer).
@@ -213,6 +230,10 @@ class Records:
         self.layout_written = False
         self.signals = frozenset(callback.signals)
         self.update_ratio = "update_ratio" in self.signals
+        # Steps whose `update_ratio` is logged (a multiple of update_freq).
+        self.update_ratio_freq = update_ratio_freq(
+            self.update_freq, callback.signals_given
+        )
         self.weights_written_at = None
         # Layer of each variable (its path without the variable name), and
         # the index of that layer in forward order.
@@ -382,9 +403,11 @@ class Records:
             self.writer.scalars(step, values)
             return
         rows = stats[present]
+        with_ratio = step % self.update_ratio_freq == 0
+        present, tags = self._present_and_tags(with_ratio)
         # Per-variable values, row by row (variables in forward order,
         # signals in `_PER_VARIABLE` order), as one array.
-        table = _per_variable_table(rows, self._logged_signals())
+        table = _per_variable_table(rows, self._logged_signals(with_ratio))
         values = head + list(zip(tags, table.ravel().tolist(), strict=True))
         values.append(
             (
@@ -422,29 +445,39 @@ class Records:
         ]
         self.callback._check_records(step, variable_records)
 
-    def _logged_signals(self):
-        return [name for name, _ in _PER_VARIABLE if name in self.signals]
+    def _logged_signals(self, with_ratio=True):
+        """The per-variable signals logged (`update_ratio` only at the
+        steps of `update_ratio_freq`: `with_ratio`)."""
+        return [
+            name
+            for name, _ in _PER_VARIABLE
+            if name in self.signals and (with_ratio or name != "update_ratio")
+        ]
 
-    def _present_and_tags(self):
+    def _present_and_tags(self, with_ratio=True):
         """Sorted present rows and their per-variable tags (cached)."""
-        key = len(self.present)
-        cached = getattr(self, "_tags_cache", None)
-        if cached is None or cached[0] != key:
+        caches = self.__dict__.setdefault("_tags_cache", {})
+        cached = caches.get(with_ratio)
+        if cached is None or cached[0] != len(self.present):
             present = sorted(self.present)
-            names = self._logged_signals()
-            tags = [
-                f"{name}/{self.paths[i]}" for i in present for name in names
-            ]
+            names = self._logged_signals(with_ratio)
+            tags = [f"{n}/{self.paths[i]}" for i in present for n in names]
             kernels = [
-                i for i, k in enumerate(present) if len(self.shapes[k]) >= 2
+                k for k, i in enumerate(present) if len(self.shapes[i]) >= 2
             ]
-            cached = (key, present, tags, kernels or list(range(len(present))))
-            self._tags_cache = cached
+            cached = (
+                len(self.present),
+                present,
+                tags,
+                kernels or list(range(len(present))),
+            )
+            caches[with_ratio] = cached
+        self._kernel_rows = cached[3]
         return cached[1], cached[2]
 
     def _log10_variance_ratio(self, rows, present):
         """`log10_variance_ratio(...)[0]` of the present rows' records."""
-        kernels = self._tags_cache[3]
+        kernels = self._kernel_rows
         if not kernels:
             return math.nan
         floored = np.maximum(rows[kernels, VARIANCE], VARIANCE_FLOOR)
@@ -465,7 +498,7 @@ class Records:
         # `import keras_winit`.
         from keras_winit.monitoring import overview
 
-        logged = [name for name, _ in _PER_VARIABLE if name in self.signals]
+        logged = self._logged_signals()
         if not self.layout_written:
             self.layout_written = True
             written = set(logged)
@@ -478,7 +511,12 @@ class Records:
                 )
         if not self.histogram_freq or step % self.histogram_freq:
             return
-        profiled = [n for n in DEPTH_PROFILES if n in logged]
+        with_ratio = step % self.update_ratio_freq == 0
+        profiled = [
+            n
+            for n in DEPTH_PROFILES
+            if n in logged and (with_ratio or n != "update_ratio")
+        ]
         if not profiled or not present:
             return
         read = dict(_PER_VARIABLE)

@@ -230,11 +230,21 @@ class Hook(records_module.Records):
             due = tf.logical_and(due, step % self.update_freq == 0)
         n = len(self.variables)
         all_rows = rows == list(range(n))
+        # `update_ratio` at every record, or only on some (defaults).
+        ratio_every_record = self.update_ratio_freq == self.update_freq
+        ratio_due = tf.logical_and(due, step % self.update_ratio_freq == 0)
 
         def store():
             values = [v.value for v in variables]
             stats = fused_stats(grads, values)
-            if self.update_ratio:
+            if self.update_ratio and not ratio_every_record:
+
+                def snapshot():
+                    self._take_snapshot(rows, values)
+                    return tf.constant(True)
+
+                _cond(ratio_due, snapshot)
+            elif self.update_ratio:
                 self._take_snapshot(rows, values)
             if not all_rows:
                 stats = tf.scatter_nd(
@@ -344,10 +354,10 @@ class Hook(records_module.Records):
                 )
                 return tf.constant(True)
 
-            if every_call:
+            if every_call and ratio_every_record:
                 update()  # As `store`: no tf.cond.
             else:
-                _cond(due, update)
+                _cond(ratio_due, update)
 
         return after
 

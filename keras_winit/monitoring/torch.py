@@ -129,7 +129,7 @@ class Hook(records_module.Records):
             if due:
                 stats = self.fused_stats(rows, grads, weights)
                 self.add_record(step, False, rows, stats)
-                if self.update_ratio:
+                if self.update_ratio and step % self.update_ratio_freq == 0:
                     # The weights before the update (a copy).
                     self._before = (
                         self.pending[-1],
