@@ -14,9 +14,11 @@ shows:
   `tests/_real_models.py` builds its nets (no download);
 - `mlp500`: 64 -> 249 x 32 tanh -> 10, batch 64 (500 variables).
 
-The logger runs with its default signals (all on), and once at
-`update_freq=1` without `update_ratio` (its most expensive signal: a copy
-of the weights before each recorded update), to show that signal's cost.
+The logger runs with its default signals (all on, `update_ratio` every
+10 steps at `update_freq=1`), and at `update_freq=1` also with every
+signal at every step (`signals=SIGNALS`) and without `update_ratio` (its
+most expensive signal: a copy of the weights before each recorded update),
+to show that signal's cost.
 
 Configurations take turns: each trains in its own thread, one `fit` of
 `WARMUP_STEPS + repeats * steps` steps, and only the thread holding the
@@ -73,7 +75,7 @@ WARMUP_STEPS = 20
 
 
 def _configs(log_dir):
-    def logger(update_freq, histogram_freq=0, signals=None):
+    def logger(update_freq, histogram_freq=0, signals=None, name="defaults"):
         # One run per configuration: they train at the same time.
         return lambda: [
             GradientVarianceLogger(
@@ -81,19 +83,24 @@ def _configs(log_dir):
                 update_freq=update_freq,
                 histogram_freq=histogram_freq,
                 warn=False,
-                run_name=f"u{update_freq}_h{histogram_freq}_{bool(signals)}",
+                run_name=f"u{update_freq}_h{histogram_freq}_{name}",
                 signals=signals,
             )
         ]
 
     without_update_ratio = [s for s in SIGNALS if s != "update_ratio"]
-    # `signals=None`: the defaults, every signal on.
+    # `signals=None`: the defaults (update_ratio every 10 steps at
+    # update_freq=1); `list(SIGNALS)`: every signal at every recorded step.
     configs = [
         ("plain fit", lambda: []),
-        ("GradientVarianceLogger(update_freq=1)", logger(1)),
+        ("GradientVarianceLogger(update_freq=1) (defaults)", logger(1)),
+        (
+            "GradientVarianceLogger(update_freq=1, all signals)",
+            logger(1, signals=list(SIGNALS), name="all"),
+        ),
         (
             "GradientVarianceLogger(update_freq=1, no update_ratio)",
-            logger(1, signals=without_update_ratio),
+            logger(1, signals=without_update_ratio, name="no_ratio"),
         ),
         ("GradientVarianceLogger(update_freq=10)", logger(10)),
         ("GradientVarianceLogger(update_freq=100)", logger(100)),
