@@ -1384,11 +1384,25 @@ def test_large_variables_statistics_match_numpy():
     ]
     grads[2][3, 4] = np.nan
     weights = [rng.normal(size=g.shape).astype("float32") for g in grads]
-    if BACKEND == "tensorflow":
-        from keras_winit.monitoring import tensorflow as hook_module
+    if BACKEND == "torch":
+        from keras_winit.monitoring import torch as hook_module
+
+        hook = object.__new__(hook_module.Hook)  # Only its id cache.
+        hook._segment_ids = {}
+        tensors = [keras.ops.convert_to_tensor(t) for t in grads + weights]
+        got = hook.fused_stats(
+            list(range(len(grads))),
+            tensors[: len(grads)],
+            tensors[len(grads) :],
+        )
     else:
-        from keras_winit.monitoring import jax as hook_module
-    got = keras.ops.convert_to_numpy(hook_module.fused_stats(grads, weights))
+        if BACKEND == "tensorflow":
+            from keras_winit.monitoring import tensorflow as hook_module
+        else:
+            from keras_winit.monitoring import jax as hook_module
+        got = keras.ops.convert_to_numpy(
+            hook_module.fused_stats(grads, weights)
+        )
     for i, (g, w) in enumerate(zip(grads, weights, strict=True)):
         finite = np.isfinite(g).all()
         expected = [
