@@ -1634,3 +1634,35 @@ def test_default_signals_log_update_ratio_every_tenth_step(
         assert _value(runs["defaults"], tag, step) == pytest.approx(
             _value(runs["all"], tag, step), rel=1e-5
         )
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="tested above")
+def test_unrecorded_steps_run_keras_step_on_jax_and_torch(tmp_path):
+    # Issue 14: as on TensorFlow, the steps that record nothing run Keras'
+    # own step (JAX: its jitted `train_step`; PyTorch: its train function,
+    # nothing wrapped), decided in Python by the counted step.
+    import unittest.mock
+
+    if BACKEND == "jax":
+        from keras_winit.monitoring import jax as hook_module
+
+        name = "_due"
+    else:
+        from keras_winit.monitoring import torch as hook_module
+
+        name = "_due_now"
+    decide = getattr(hook_module.Hook, name)
+    calls = []
+
+    def spy(hook, *args):
+        calls.append(decide(hook, *args))
+        return calls[-1]
+
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    with unittest.mock.patch.object(hook_module.Hook, name, spy):
+        _fit(model, tmp_path, epochs=2, update_freq=4, warn=False)
+    assert calls == [True, False, False, False] * 3
+    events = _read(tmp_path / "gradients")
+    assert _steps(events, "grad_variance/mlp/out/kernel") == [0, 4, 8]
+    assert _iterations(model) == 12
