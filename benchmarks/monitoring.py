@@ -45,7 +45,8 @@ script once per backend to compare:
 
 Usage:
     python benchmarks/monitoring.py [--steps 100] [--repeats 15] [--threads 1]
-        [--models mlp,mobilenetv2,mlp500] [--json out]
+        [--models mlp,mobilenetv2,mlp500] [--configs "defaults|all"]
+        [--json out]
 """
 
 import argparse
@@ -296,7 +297,7 @@ def _paired_overhead(windows, plain, column):
     )
 
 
-def run(steps=100, repeats=15, threads=None, models=("mlp",)):
+def run(steps=100, repeats=15, threads=None, models=("mlp",), configs=None):
     """Times every configuration; returns one dict per configuration.
 
     For each model of `models` (names of `MODELS`), each configuration
@@ -313,6 +314,8 @@ def run(steps=100, repeats=15, threads=None, models=("mlp",)):
     `torch.set_num_threads`, XLA's CPU Eigen threads on JAX; it must be
     set before the backend runs any op; `None` keeps the defaults): with
     one thread, CPU time counts work, not idle pool threads spinning.
+    `configs`: parts of the configuration names to run (all if `None`;
+    the plain fit always runs).
     """
     if steps < 1 or repeats < 1:
         raise ValueError(
@@ -338,12 +341,16 @@ def run(steps=100, repeats=15, threads=None, models=("mlp",)):
         x = rng.normal(size=(total * batch, *shape)).astype("float32")
         y = rng.integers(0, 10, size=(total * batch,))
         with tempfile.TemporaryDirectory() as log_dir:
-            configs = _configs(log_dir)
-            samples = _time_configs(
-                configs, x, y, warmup, steps, repeats, model
-            )
+            chosen = [
+                c
+                for c in _configs(log_dir)
+                if configs is None
+                or c[0] == "plain fit"
+                or any(part in c[0] for part in configs)
+            ]
+            samples = _time_configs(chosen, x, y, warmup, steps, repeats, model)
         plain = samples["plain fit"]
-        for name, _ in configs:
+        for name, _ in chosen:
             windows = samples[name]
             rows.append(
                 {
@@ -404,6 +411,12 @@ def main(argv=None):
         default=",".join(MODELS),
         help=f"comma-separated models among {', '.join(MODELS)}",
     )
+    parser.add_argument(
+        "--configs",
+        default=None,
+        help="'|'-separated parts of the configuration names to run "
+        "(the plain fit always runs); fewer configurations, less noise",
+    )
     parser.add_argument("--json", default=None, help="write results here")
     args = parser.parse_args(argv)
     models = tuple(m for m in args.models.split(",") if m)
@@ -417,6 +430,7 @@ def main(argv=None):
         repeats=args.repeats,
         threads=args.threads or None,
         models=models,
+        configs=args.configs.split("|") if args.configs else None,
     )
     print(_table(rows))
     if args.json:
