@@ -12,6 +12,8 @@ host callback is traced into the step: a step that contains one costs more
 on every call, whether the callback fires or not.
 """
 
+from typing import Any
+
 import keras
 import numpy as np
 
@@ -62,7 +64,7 @@ class Hook(records_module.Records):
             and not self.is_loss_scaled
             and not self.inner.gradient_accumulation_steps
         )
-        self.next_step = None
+        self.next_step: int | None = None
         # Steps run since the oldest record still in flight was made.
         self.steps_since_record = 0
 
@@ -101,7 +103,8 @@ class Hook(records_module.Records):
 
         if jitted:
             step_and_records = jit(step_and_records)
-        plain_step = []  # Keras' own step, made at the first unrecorded one.
+        # Keras' own step, made at the first unrecorded one.
+        plain_step: list[Any] = []
 
         def plain(state, data):
             if not plain_step:
@@ -121,7 +124,7 @@ class Hook(records_module.Records):
         def one_step(state, data):
             step = hook.next_step
             if step is not None:
-                hook.next_step += 1
+                hook.next_step = step + 1
                 if not hook._due(step):
                     hook.steps_since_record += 1
                     return plain(state, data)
