@@ -14,9 +14,11 @@ shows:
   `tests/_real_models.py` builds its nets (no download);
 - `mlp500`: 64 -> 249 x 32 tanh -> 10, batch 64 (500 variables).
 
-The logger runs with its default signals (all on), and once at
-`update_freq=1` without `update_ratio` (its most expensive signal: a copy
-of the weights before each recorded update), to show that signal's cost.
+The logger runs with its default signals (all on, `update_ratio` every
+10 steps at `update_freq=1`), and at `update_freq=1` also with every
+signal at every step (`signals=SIGNALS`) and without `update_ratio` (its
+most expensive signal: a copy of the weights before each recorded update),
+to show that signal's cost.
 
 Configurations take turns: each trains in its own thread, one `fit` of
 `WARMUP_STEPS + repeats * steps` steps, and only the thread holding the
@@ -43,7 +45,8 @@ script once per backend to compare:
 
 Usage:
     python benchmarks/monitoring.py [--steps 100] [--repeats 15] [--threads 1]
-        [--models mlp,mobilenetv2,mlp500] [--json out]
+        [--models mlp,mobilenetv2,mlp500] [--configs "defaults|all"]
+        [--json out]
 """
 
 import argparse
@@ -73,7 +76,7 @@ WARMUP_STEPS = 20
 
 
 def _configs(log_dir):
-    def logger(update_freq, histogram_freq=0, signals=None):
+    def logger(update_freq, histogram_freq=0, signals=None, name="defaults"):
         # One run per configuration: they train at the same time.
         return lambda: [
             GradientVarianceLogger(
@@ -81,19 +84,24 @@ def _configs(log_dir):
                 update_freq=update_freq,
                 histogram_freq=histogram_freq,
                 warn=False,
-                run_name=f"u{update_freq}_h{histogram_freq}_{bool(signals)}",
+                run_name=f"u{update_freq}_h{histogram_freq}_{name}",
                 signals=signals,
             )
         ]
 
     without_update_ratio = [s for s in SIGNALS if s != "update_ratio"]
-    # `signals=None`: the defaults, every signal on.
+    # `signals=None`: the defaults (update_ratio every 10 steps at
+    # update_freq=1); `list(SIGNALS)`: every signal at every recorded step.
     configs = [
         ("plain fit", lambda: []),
-        ("GradientVarianceLogger(update_freq=1)", logger(1)),
+        ("GradientVarianceLogger(update_freq=1) (defaults)", logger(1)),
+        (
+            "GradientVarianceLogger(update_freq=1, all signals)",
+            logger(1, signals=list(SIGNALS), name="all"),
+        ),
         (
             "GradientVarianceLogger(update_freq=1, no update_ratio)",
-            logger(1, signals=without_update_ratio),
+            logger(1, signals=without_update_ratio, name="no_ratio"),
         ),
         ("GradientVarianceLogger(update_freq=10)", logger(10)),
         ("GradientVarianceLogger(update_freq=100)", logger(100)),
@@ -289,7 +297,7 @@ def _paired_overhead(windows, plain, column):
     )
 
 
-def run(steps=100, repeats=15, threads=None, models=("mlp",)):
+def run(steps=100, repeats=15, threads=None, models=("mlp",), configs=None):
     """Times every configuration; returns one dict per configuration.
 
     For each model of `models` (names of `MODELS`), each configuration
@@ -306,6 +314,8 @@ def run(steps=100, repeats=15, threads=None, models=("mlp",)):
     `torch.set_num_threads`, XLA's CPU Eigen threads on JAX; it must be
     set before the backend runs any op; `None` keeps the defaults): with
     one thread, CPU time counts work, not idle pool threads spinning.
+    `configs`: parts of the configuration names to run (all if `None`;
+    the plain fit always runs).
     """
     if steps < 1 or repeats < 1:
         raise ValueError(
@@ -331,12 +341,16 @@ def run(steps=100, repeats=15, threads=None, models=("mlp",)):
         x = rng.normal(size=(total * batch, *shape)).astype("float32")
         y = rng.integers(0, 10, size=(total * batch,))
         with tempfile.TemporaryDirectory() as log_dir:
-            configs = _configs(log_dir)
-            samples = _time_configs(
-                configs, x, y, warmup, steps, repeats, model
-            )
+            chosen = [
+                c
+                for c in _configs(log_dir)
+                if configs is None
+                or c[0] == "plain fit"
+                or any(part in c[0] for part in configs)
+            ]
+            samples = _time_configs(chosen, x, y, warmup, steps, repeats, model)
         plain = samples["plain fit"]
-        for name, _ in configs:
+        for name, _ in chosen:
             windows = samples[name]
             rows.append(
                 {
@@ -397,6 +411,12 @@ def main(argv=None):
         default=",".join(MODELS),
         help=f"comma-separated models among {', '.join(MODELS)}",
     )
+    parser.add_argument(
+        "--configs",
+        default=None,
+        help="'|'-separated parts of the configuration names to run "
+        "(the plain fit always runs); fewer configurations, less noise",
+    )
     parser.add_argument("--json", default=None, help="write results here")
     args = parser.parse_args(argv)
     models = tuple(m for m in args.models.split(",") if m)
@@ -410,6 +430,7 @@ def main(argv=None):
         repeats=args.repeats,
         threads=args.threads or None,
         models=models,
+        configs=args.configs.split("|") if args.configs else None,
     )
     print(_table(rows))
     if args.json:

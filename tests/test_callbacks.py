@@ -1100,12 +1100,13 @@ def test_interrupted_fit_leaves_nothing_patched(tmp_path, error):
             callbacks=[logger, _Interrupt(error("stop"))],
         )
     assert not _wrapped(model.optimizer)
-    # Every step run so far is on disk already (flushed), before any
-    # clean-up; on JAX, records are fetched in groups: the clean-up
-    # writes them.
+    # On PyTorch every step run so far is on disk already (flushed),
+    # before any clean-up; on JAX and TensorFlow, records are fetched in
+    # groups (TensorFlow: the first at once, then every 8 recorded steps;
+    # issue 14): the clean-up writes them.
     events = _read(tmp_path / "gradients")
     on_disk = [s for s, _ in events.get("grad_variance/mlp/out/kernel", [])]
-    assert on_disk == ([] if BACKEND == "jax" else [0, 1, 2])
+    assert on_disk == {"jax": [], "tensorflow": [0]}.get(BACKEND, [0, 1, 2])
     # A later plain fit removes what is left, logs nothing and trains as
     # Keras does.
     model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0)
@@ -1378,14 +1379,31 @@ def test_large_variables_statistics_match_numpy():
         rng.normal(size=(130, 130)).astype("float32"),
         rng.normal(size=(7,)).astype("float32"),
         rng.normal(size=(128, 200)).astype("float32"),
+        # Mean >> spread: a one-pass variance would lose every digit.
+        (1e3 + 1e-2 * rng.normal(size=(150, 150))).astype("float32"),
+        np.full((129, 129), 0.25, "float32"),  # Constant: variance 0.
     ]
     grads[2][3, 4] = np.nan
     weights = [rng.normal(size=g.shape).astype("float32") for g in grads]
-    if BACKEND == "tensorflow":
-        from keras_winit.monitoring import tensorflow as hook_module
+    if BACKEND == "torch":
+        from keras_winit.monitoring import torch as hook_module
+
+        hook = object.__new__(hook_module.Hook)  # Only its id cache.
+        hook._segment_ids = {}
+        tensors = [keras.ops.convert_to_tensor(t) for t in grads + weights]
+        got = hook.fused_stats(
+            list(range(len(grads))),
+            tensors[: len(grads)],
+            tensors[len(grads) :],
+        )
     else:
-        from keras_winit.monitoring import jax as hook_module
-    got = keras.ops.convert_to_numpy(hook_module.fused_stats(grads, weights))
+        if BACKEND == "tensorflow":
+            from keras_winit.monitoring import tensorflow as hook_module
+        else:
+            from keras_winit.monitoring import jax as hook_module
+        got = keras.ops.convert_to_numpy(
+            hook_module.fused_stats(grads, weights)
+        )
     for i, (g, w) in enumerate(zip(grads, weights, strict=True)):
         finite = np.isfinite(g).all()
         expected = [
@@ -1396,6 +1414,7 @@ def test_large_variables_statistics_match_numpy():
             np.linalg.norm(w.astype("f8")),
         ]
         np.testing.assert_allclose(got[i, :5], expected, rtol=1e-4)
+    assert got[4, 0] == 0.0
 
 
 @pytest.mark.skipif(BACKEND == "torch", reason="eager: no traced graph")
@@ -1576,3 +1595,74 @@ def test_update_ratio_of_large_and_small_variables(tmp_path, update_freq):
             np.testing.assert_allclose(
                 got, update / np.linalg.norm(w), rtol=2e-3, err_msg=path
             )
+
+
+# ------------------------------- issue 14: cost of update_freq=1 (defaults)
+
+
+@pytest.mark.parametrize("update_freq", [1, 3])
+def test_default_signals_log_update_ratio_every_tenth_step(
+    tmp_path, update_freq
+):
+    # With the defaults, update_ratio (its snapshot of the weights) only
+    # every max(update_freq, 10) steps, rounded up to a multiple of
+    # update_freq; listing it in `signals` logs it at every recorded step,
+    # with the same values.
+    from keras_winit.monitoring.records import SIGNALS
+
+    runs = {}
+    for name, signals in (("defaults", None), ("all", list(SIGNALS))):
+        model = _model()
+        model.compile(optimizer="sgd", loss="mse")
+        _fit(
+            model,
+            tmp_path / name,
+            epochs=2,
+            update_freq=update_freq,
+            warn=False,
+            signals=signals,
+        )
+        runs[name] = _read(tmp_path / name / "gradients")
+    tag = "update_ratio/mlp/out/kernel"
+    every = list(range(0, 12, update_freq))
+    ratio_every = 10 if update_freq == 1 else 12
+    assert _steps(runs["all"], tag) == every
+    assert _steps(runs["defaults"], tag) == list(range(0, 12, ratio_every))
+    for name in runs:
+        assert _steps(runs[name], "grad_norm/mlp/out/kernel") == every
+    for step in _steps(runs["defaults"], tag):
+        assert _value(runs["defaults"], tag, step) == pytest.approx(
+            _value(runs["all"], tag, step), rel=1e-5
+        )
+
+
+@pytest.mark.skipif(BACKEND == "tensorflow", reason="tested above")
+def test_unrecorded_steps_run_keras_step_on_jax_and_torch(tmp_path):
+    # Issue 14: as on TensorFlow, the steps that record nothing run Keras'
+    # own step (JAX: its jitted `train_step`; PyTorch: its train function,
+    # nothing wrapped), decided in Python by the counted step.
+    import unittest.mock
+
+    if BACKEND == "jax":
+        from keras_winit.monitoring import jax as hook_module
+
+        name = "_due"
+    else:
+        from keras_winit.monitoring import torch as hook_module
+
+        name = "_due_now"
+    decide = getattr(hook_module.Hook, name)
+    calls = []
+
+    def spy(hook, *args):
+        calls.append(decide(hook, *args))
+        return calls[-1]
+
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    with unittest.mock.patch.object(hook_module.Hook, name, spy):
+        _fit(model, tmp_path, epochs=2, update_freq=4, warn=False)
+    assert calls == [True, False, False, False] * 3
+    events = _read(tmp_path / "gradients")
+    assert _steps(events, "grad_variance/mlp/out/kernel") == [0, 4, 8]
+    assert _iterations(model) == 12

@@ -243,6 +243,60 @@ def test_tensorflow_framing_is_byte_identical_to_tensorboard(tmp_path):
     assert data == reference.getvalue()
 
 
+def _proto_scalars(step, wall_time, tags_and_values, with_metadata):
+    """The `Event` bytes of `EventWriter.scalars`, built with the protos
+    (as `tf.summary.scalar` writes them)."""
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.plugins.scalar import metadata
+
+    summary = summary_pb2.Summary()
+    for tag, value in tags_and_values:
+        item = summary.value.add(tag=tag)
+        item.tensor.dtype = 1  # DT_FLOAT
+        item.tensor.float_val.append(float(value))
+        item.tensor.tensor_shape.SetInParent()
+        if tag in with_metadata:
+            item.metadata.CopyFrom(
+                metadata.create_summary_metadata(
+                    display_name=None, description=None
+                )
+            )
+    event = event_pb2.Event(wall_time=wall_time, step=step)
+    event.summary.CopyFrom(summary)
+    return event.SerializeToString()
+
+
+def test_scalars_are_byte_identical_to_the_protos(tmp_path):
+    # The cached per-tag prefixes against the protos, byte for byte: first
+    # values (with metadata), later ones, a new tag among known ones,
+    # values out of float32 range, not finite, negative zero, step 0 and a
+    # multi-byte step.
+    from tensorboard.compat.proto import event_pb2
+
+    special = [np.nan, np.inf, -np.inf, 1e300, -1e300, 1e-50, -0.0, 1 / 3]
+    calls = [
+        (0, [("a/x", 0.5), ("b/y", special[0])]),
+        (1, [("a/x", v) for v in special[:1]] + [("b/y", 2.0)]),
+        (300, [("a/x", s) for s in special] + [("b/y", -7.25)]),
+        (300, [("a/x", s) for s in special] + [("b/y", -7.25)]),
+        (2**40, [("c/new", 1.0), ("a/x", 3.0), ("b/y", np.float32(4.5))]),
+        (5, []),
+    ]
+    with writer_module.EventWriter(tmp_path) as writer:
+        for step, pairs in calls:
+            writer.scalars(step, pairs)
+        path = writer.path
+    payloads = _records(path)[1][1:]  # After the file version event.
+    assert len(payloads) == len(calls)
+    seen = set()
+    for payload, (step, pairs) in zip(payloads, calls, strict=True):
+        wall_time = event_pb2.Event.FromString(payload).wall_time
+        first = {t for t, _ in pairs if t not in seen}
+        assert payload == _proto_scalars(step, wall_time, pairs, first)
+        seen |= first
+
+
 def test_without_tensorflow_same_events(tmp_path, monkeypatch):
     for name, use_tf in (("tf", True), ("tb", False)):
         monkeypatch.setattr(writer_module, "use_tensorflow", use_tf)

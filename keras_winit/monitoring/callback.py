@@ -245,9 +245,14 @@ class GradientVarianceLogger(keras.callbacks.Callback):
       (not for the steps `LossScaleOptimizer` skips: skipping them is its
       job).
 
-    Each signal can be turned off with `signals`; `update_ratio` keeps one
-    copy of the weights (float32) during `fit` on TensorFlow and PyTorch
-    (the weights before the update, on recorded steps).
+    Each signal can be turned off with `signals`. `update_ratio`, the most
+    expensive one (a copy of the weights before the update and a pass over
+    their difference; on TensorFlow and PyTorch it keeps one float32 copy
+    of the weights during `fit`), is logged with the default signals
+    (`signals=None`) only every `max(update_freq, 10)` steps (the smallest
+    multiple of `update_freq` that is at least 10: steps 0, 10, 20, ... at
+    `update_freq=1`); name it in `signals` to log it at every recorded
+    step.
 
     Optionally, each at its own frequency: gradient histograms
     (`grad_histogram/<variable path>`, every `histogram_freq` steps) and the
@@ -273,16 +278,19 @@ class GradientVarianceLogger(keras.callbacks.Callback):
     train function: it wraps the optimizer's `apply` (TensorFlow,
     PyTorch) or `stateless_apply` (JAX) only while that function runs, so
     nothing stays patched when an exception or an interrupt ends `fit`. On
-    TensorFlow, the statistics are stored in non-trainable `tf.Variable`s
-    (not tracked by the model: saving is unaffected) and written from
-    Python between steps; no summary op is traced, so `jit_compile=True`
-    works and no `tf.summary.record_if` can drop them. With Keras' own
-    `train_step` (no loss scaling, no gradient accumulation), unrecorded
-    steps run Keras' unmodified train function. On JAX, the jitted step
+    TensorFlow, the statistics are stored in a ring buffer of
+    non-trainable `tf.Variable`s (not tracked by the model: saving is
+    unaffected), read and written from Python between steps (the first
+    record at once, then every 8 recorded steps or so, and at the end of
+    each epoch); no summary op is traced, so `jit_compile=True` works and
+    no `tf.summary.record_if` can drop them. On JAX, the jitted step
     returns the statistics next to the logs; they are fetched every 32
-    steps, without waiting for the step in flight, and at the end of each
-    epoch. On PyTorch, they are computed eagerly on recorded steps only.
-    Cost: `docs/gradient_monitoring.md`.
+    recorded steps, without waiting for the step in flight, and at the
+    end of each epoch. On PyTorch, they are computed eagerly on recorded
+    steps only. With Keras' own `train_step` (no loss scaling, no gradient
+    accumulation), unrecorded steps run Keras' unmodified train function
+    (TensorFlow, PyTorch) or jitted `train_step` (JAX), chosen in Python
+    by the step number. Cost: `docs/gradient_monitoring.md#cost`.
 
     Steps are optimizer steps (`model.optimizer.iterations` before the
     update, starting at 0), so they do not depend on `steps_per_execution`
@@ -363,15 +371,16 @@ class GradientVarianceLogger(keras.callbacks.Callback):
             `"grad_variance"`, `"grad_mean"`, `"grad_norm"`,
             `"grad_nonfinite"`, `"update_ratio"`, `"grad_weight_ratio"`,
             `"global_norm"` and `"first_nonfinite_layer"`; `None` (default)
-            logs all. `grad_summary/log10_variance_ratio` (and the warning)
-            and `grad_summary/skipped_steps` are always logged. The signals
+            logs all, `update_ratio` every `max(update_freq, 10)` steps
+            (rounded up to a multiple of `update_freq`); a collection logs
+            each named signal at every recorded step.
+            `grad_summary/log10_variance_ratio` (and the warning) and
+            `grad_summary/skipped_steps` are always logged. The signals
             cost only on recorded steps; `update_ratio` costs the most (a
-            copy of the weights before the update, and their difference
-            after it: about a third of a recorded step's cost on the
-            project's MLP, <= 0.3% of the training time at
-            `update_freq=100`), so all stay on by default; leave it out
-            when logging every step. Measurements:
-            `docs/gradient_monitoring.md`.
+            copy of the weights before the update and their difference
+            after it: +10% to +20% of a step on the project's MLP when
+            logged every step). Measurements:
+            `docs/gradient_monitoring.md#cost`.
 
     Reference:
         - [Glorot & Bengio, 2010](
@@ -408,6 +417,7 @@ class GradientVarianceLogger(keras.callbacks.Callback):
                 )
         _checks.boolean("warn", warn)
         _checks.run_name(run_name)
+        self.signals_given = signals is not None
         signals = _check_signals(signals)
         self.log_dir = log_dir
         self.update_freq = int(update_freq)

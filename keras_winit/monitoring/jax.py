@@ -12,6 +12,8 @@ host callback is traced into the step: a step that contains one costs more
 on every call, whether the callback fires or not.
 """
 
+from typing import Any
+
 import keras
 import numpy as np
 
@@ -19,6 +21,11 @@ from keras_winit import _compat
 from keras_winit.monitoring import records as records_module
 from keras_winit.monitoring.records import HISTOGRAM_BINS
 from keras_winit.monitoring.records import NUM_STATS
+
+
+def _is_keras_train_step(model):
+    step = getattr(type(model), "train_step", None)
+    return getattr(step, "__qualname__", "") == "JAXTrainer.train_step"
 
 
 class Hook(records_module.Records):
@@ -35,6 +42,9 @@ class Hook(records_module.Records):
     # still running (JAX dispatches steps asynchronously).
     fetch_every = 32
     in_flight_kept = 2
+    # Records are also fetched when the oldest one in flight is this many
+    # steps old (e.g. every 4 recorded steps at `update_freq=100`).
+    fetch_after_steps = 256
 
     def __init__(self, callback, model, writer):
         super().__init__(callback, model, writer)
@@ -45,6 +55,18 @@ class Hook(records_module.Records):
         self.layouts = []
         # Records (device arrays) of the steps run since the last fetch.
         self.in_flight = []
+        # Unrecorded steps run Keras' own jitted `train_step` when each
+        # call of the step is one optimizer step, known in Python: Keras'
+        # own `train_step`, no loss scaling (skipped steps), no gradient
+        # accumulation. `next_step`: the optimizer step of the next call.
+        self.split = (
+            _is_keras_train_step(model)
+            and not self.is_loss_scaled
+            and not self.inner.gradient_accumulation_steps
+        )
+        self.next_step: int | None = None
+        # Steps run since the oldest record still in flight was made.
+        self.steps_since_record = 0
 
     def install(self):
         """Makes this `fit`'s train function and returns it.
@@ -69,13 +91,29 @@ class Hook(records_module.Records):
             hook.layouts = [layout for _, layout in traced]
             return (logs, tuple(record for record, _ in traced)), state
 
-        if not model.run_eagerly and model.jit_compile:
+        jitted = not model.run_eagerly and model.jit_compile
+
+        def jit(function):
             out_shardings = None
             if keras.distribution.distribution() is not None:
                 out_shardings = (None, _compat.state_sharding_spec(model))
-            step_and_records = jax.jit(
-                step_and_records, donate_argnums=0, out_shardings=out_shardings
+            return jax.jit(
+                function, donate_argnums=0, out_shardings=out_shardings
             )
+
+        if jitted:
+            step_and_records = jit(step_and_records)
+        # Keras' own step, made at the first unrecorded one.
+        plain_step: list[Any] = []
+
+        def plain(state, data):
+            if not plain_step:
+
+                def keras_step(state, data):
+                    return train_step(model, state, data)
+
+                plain_step.append(jit(keras_step) if jitted else keras_step)
+            return plain_step[0](state, data)
 
         def wrap(method):
             def stateless_apply(*args, **kwargs):
@@ -84,15 +122,25 @@ class Hook(records_module.Records):
             return stateless_apply
 
         def one_step(state, data):
+            step = hook.next_step
+            if step is not None:
+                hook.next_step = step + 1
+                if not hook._due(step):
+                    hook.steps_since_record += 1
+                    return plain(state, data)
             with records_module.patched(optimizer, "stateless_apply", wrap):
                 (logs, records), state = step_and_records(state, data)
             if records:
+                if not hook.in_flight:
+                    hook.steps_since_record = 0
                 hook.in_flight.append(records)
-                if (
-                    len(hook.in_flight)
-                    >= hook.fetch_every + hook.in_flight_kept
+                hook.steps_since_record += 1
+                kept = hook.in_flight_kept
+                if len(hook.in_flight) >= hook.fetch_every + kept or (
+                    hook.steps_since_record > hook.fetch_after_steps
+                    and len(hook.in_flight) > kept
                 ):
-                    hook.fetch(keep=hook.in_flight_kept)
+                    hook.fetch(keep=kept)
             return logs, state
 
         steps_per_execution = model.steps_per_execution
@@ -111,7 +159,30 @@ class Hook(records_module.Records):
         return train_function
 
     def sync_step(self):
-        pass
+        """Reads the optimizer step once, at the start of `fit`.
+
+        Later, each call of the step is one optimizer step (`split`): the
+        steps are counted in Python (the model's variables are not synced
+        with the trainer's state during an epoch on JAX).
+        """
+        if not self.split or self.next_step is not None:
+            return
+        iterations = self.optimizer.iterations
+        if getattr(iterations, "_value", None) is None:
+            # Purged by the JAX trainer during an epoch (a model built by
+            # its first step starts the hook inside that step): the step
+            # is unknown, every call runs the recording step.
+            self.split = False
+            return
+        self.next_step = self.current_step()
+
+    def _due(self, step):
+        """Whether optimizer step `step` records something."""
+        if step % self.update_freq == 0:
+            return True
+        if self.histogram_freq and step % self.histogram_freq == 0:
+            return True
+        return bool(self.weights_freq) and (step + 1) % self.weights_freq == 0
 
     def record(self, stateless_apply, optimizer_variables, grads, variables):
         """Traced: `stateless_apply`, and this step's record."""
@@ -155,7 +226,7 @@ class Hook(records_module.Records):
         record = {
             "stats": jax.lax.cond(
                 kind > 0,
-                lambda: fused_stats(grads, weights, new_weights),
+                lambda: self._stats(grads, weights, new_weights, step),
                 lambda: jnp.zeros((len(rows), NUM_STATS), "float32"),
             )
         }
@@ -196,6 +267,18 @@ class Hook(records_module.Records):
         )
         self.traced.append((record, (tuple(rows), tuple(weight_rows))))
         return result
+
+    def _stats(self, grads, weights, new_weights, step):
+        """`fused_stats`, the update's norm only on `update_ratio` steps."""
+        import jax
+
+        if new_weights is None or self.update_ratio_freq == self.update_freq:
+            return fused_stats(grads, weights, new_weights)
+        return jax.lax.cond(
+            step % self.update_ratio_freq == 0,
+            lambda: fused_stats(grads, weights, new_weights),
+            lambda: fused_stats(grads, weights),
+        )
 
     def fetch(self, keep=0):
         """Writes the records of the steps run, but the newest `keep`."""

@@ -57,11 +57,58 @@ _PER_VARIABLE = (
 )
 
 
+def _per_variable_table(rows, names):
+    """`[len(rows), len(names)]` float64: the per-variable signals `names`
+    (in `_PER_VARIABLE` order) of the statistics `rows`, as `_PER_VARIABLE`
+    reads them one by one."""
+    columns = {
+        "grad_variance": rows[:, VARIANCE],
+        "grad_mean": rows[:, MEAN],
+        "grad_norm": rows[:, NORM],
+        "grad_nonfinite": rows[:, NONFINITE],
+    }
+    out = np.empty((len(rows), len(names)), np.float64)
+    for j, name in enumerate(names):
+        if name == "update_ratio":
+            out[:, j] = _ratios(rows[:, UPDATE_NORM], rows[:, WEIGHT_NORM])
+        elif name == "grad_weight_ratio":
+            out[:, j] = _ratios(rows[:, NORM], rows[:, WEIGHT_NORM])
+        else:
+            out[:, j] = columns[name]
+    return out
+
+
+def _ratios(a, b):
+    """`_ratio` of arrays, elementwise."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.asarray(a, np.float64) / np.asarray(b, np.float64)
+    zero = b == 0
+    out[zero] = np.where(a[zero] == 0, 0.0, math.inf)
+    return out
+
+
 def _ratio(a, b):
     """`a / b`; `inf` for `a > 0 = b`, `0` for `a = b = 0`."""
     if b == 0:
         return 0.0 if a == 0 else math.inf
     return a / b
+
+
+# With the default signals, `update_ratio` (the most expensive signal: a
+# copy of the weights before the update and a pass over their difference)
+# is logged at most every this many steps.
+UPDATE_RATIO_DEFAULT_EVERY = 10
+
+
+def update_ratio_freq(update_freq, signals_given):
+    """The steps whose `update_ratio` is logged: every `update_freq` steps
+    when the signals were chosen (`signals_given`); with the defaults, the
+    smallest multiple of `update_freq` that is at least
+    `UPDATE_RATIO_DEFAULT_EVERY` (10 for `update_freq=1`, 12 for 3, the
+    same for 10 and more)."""
+    if signals_given:
+        return update_freq
+    return update_freq * -(-UPDATE_RATIO_DEFAULT_EVERY // update_freq)
 
 
 # Kinds of record: statistics of an applied step, or a skipped step.
@@ -183,6 +230,10 @@ class Records:
         self.layout_written = False
         self.signals = frozenset(callback.signals)
         self.update_ratio = "update_ratio" in self.signals
+        # Steps whose `update_ratio` is logged (a multiple of update_freq).
+        self.update_ratio_freq = update_ratio_freq(
+            self.update_freq, callback.signals_given
+        )
         self.weights_written_at = None
         # Layer of each variable (its path without the variable name), and
         # the index of that layer in forward order.
@@ -328,21 +379,22 @@ class Records:
         stats = record[: n * NUM_STATS].reshape(n, NUM_STATS)
         step, kind, skipped_total = record[n * NUM_STATS :]
         step = int(step)
-        present = sorted(self.present)
-        paths, signals = self.paths, self.signals
+        present, tags = self._present_and_tags()
+        signals = self.signals
         first = self._first_nonfinite(stats, present)
-        values: list[tuple[str, float]] = []
+        head: list[tuple[str, float]] = []
         if first is not None and "first_nonfinite_layer" in signals:
-            values.append(
+            head.append(
                 (
                     "grad_summary/first_nonfinite_layer",
                     self.layer_index[self.layer_of[first]],
                 )
             )
         if kind == KIND_SKIPPED:
+            values = head
             if "grad_nonfinite" in signals:
                 values += [
-                    (f"grad_nonfinite/{paths[i]}", stats[i, NONFINITE])
+                    (f"grad_nonfinite/{self.paths[i]}", stats[i, NONFINITE])
                     for i in present
                 ]
             values.append(("grad_summary/skipped_steps", skipped_total))
@@ -350,14 +402,38 @@ class Records:
             # at the start of training, while the scale settles).
             self.writer.scalars(step, values)
             return
-        for i in present:
-            row = stats[i]
-            for name, read in _PER_VARIABLE:
-                if name in signals:
-                    values.append((f"{name}/{paths[i]}", read(row)))
+        rows = stats[present]
+        with_ratio = step % self.update_ratio_freq == 0
+        present, tags = self._present_and_tags(with_ratio)
+        # Per-variable values, row by row (variables in forward order,
+        # signals in `_PER_VARIABLE` order), as one array.
+        table = _per_variable_table(rows, self._logged_signals(with_ratio))
+        values = head + list(zip(tags, table.ravel().tolist(), strict=True))
+        values.append(
+            (
+                "grad_summary/log10_variance_ratio",
+                self._log10_variance_ratio(rows, present),
+            )
+        )
+        if "global_norm" in signals:
+            norms = [float(x) for x in rows[:, NORM]]
+            values.append(
+                (
+                    "grad_summary/global_norm",
+                    math.sqrt(sum(x**2 for x in norms)),
+                )
+            )
+        self.writer.scalars(step, values)
+        self._write_overview(step, stats, present)
+        if first is not None:
+            self.callback._nonfinite(
+                step, self.layer_of[first], self.paths[first]
+            )
+        if getattr(self.callback, "_judged", False):
+            return  # Only the first records are judged.
         variable_records = [
             VariableRecord(
-                paths[i],
+                self.paths[i],
                 self.shapes[i],
                 float(stats[i, VARIANCE]),
                 float(stats[i, NORM]),
@@ -367,20 +443,48 @@ class Records:
             )
             for i in present
         ]
-        ratio = log10_variance_ratio(variable_records)[0]
-        values.append(("grad_summary/log10_variance_ratio", ratio))
-        if "global_norm" in signals:
-            values.append(
-                (
-                    "grad_summary/global_norm",
-                    math.sqrt(sum(float(stats[i, NORM]) ** 2 for i in present)),
-                )
-            )
-        self.writer.scalars(step, values)
-        self._write_overview(step, stats, present)
-        if first is not None:
-            self.callback._nonfinite(step, self.layer_of[first], paths[first])
         self.callback._check_records(step, variable_records)
+
+    def _logged_signals(self, with_ratio=True):
+        """The per-variable signals logged (`update_ratio` only at the
+        steps of `update_ratio_freq`: `with_ratio`)."""
+        return [
+            name
+            for name, _ in _PER_VARIABLE
+            if name in self.signals and (with_ratio or name != "update_ratio")
+        ]
+
+    def _present_and_tags(self, with_ratio=True):
+        """Sorted present rows and their per-variable tags (cached)."""
+        caches = self.__dict__.setdefault("_tags_cache", {})
+        cached = caches.get(with_ratio)
+        if cached is None or cached[0] != len(self.present):
+            present = sorted(self.present)
+            names = self._logged_signals(with_ratio)
+            tags = [f"{n}/{self.paths[i]}" for i in present for n in names]
+            kernels = [
+                k for k, i in enumerate(present) if len(self.shapes[i]) >= 2
+            ]
+            cached = (
+                len(self.present),
+                present,
+                tags,
+                kernels or list(range(len(present))),
+            )
+            caches[with_ratio] = cached
+        self._kernel_rows = cached[3]
+        return cached[1], cached[2]
+
+    def _log10_variance_ratio(self, rows, present):
+        """`log10_variance_ratio(...)[0]` of the present rows' records."""
+        kernels = self._kernel_rows
+        if not kernels:
+            return math.nan
+        floored = np.maximum(rows[kernels, VARIANCE], VARIANCE_FLOOR)
+        high, low = float(floored.max()), float(floored.min())
+        if not (math.isfinite(high) and math.isfinite(low)):
+            return math.nan
+        return math.log10(high / low)
 
     def _write_overview(self, step, stats, present):
         """The all-layers overview (`keras_winit.monitoring.overview`).
@@ -394,7 +498,7 @@ class Records:
         # `import keras_winit`.
         from keras_winit.monitoring import overview
 
-        logged = [name for name, _ in _PER_VARIABLE if name in self.signals]
+        logged = self._logged_signals()
         if not self.layout_written:
             self.layout_written = True
             written = set(logged)
@@ -407,7 +511,12 @@ class Records:
                 )
         if not self.histogram_freq or step % self.histogram_freq:
             return
-        profiled = [n for n in DEPTH_PROFILES if n in logged]
+        with_ratio = step % self.update_ratio_freq == 0
+        profiled = [
+            n
+            for n in DEPTH_PROFILES
+            if n in logged and (with_ratio or n != "update_ratio")
+        ]
         if not profiled or not present:
             return
         read = dict(_PER_VARIABLE)
@@ -425,10 +534,8 @@ class Records:
     @staticmethod
     def _first_nonfinite(stats, present):
         """First row, in forward order, with a non-finite gradient."""
-        for i in present:
-            if stats[i, NONFINITE] > 0:
-                return i
-        return None
+        hits = np.flatnonzero(stats[present, NONFINITE] > 0)
+        return present[int(hits[0])] if len(hits) else None
 
     def write_histograms(self, step, rows, tables):
         self.writer.histograms(

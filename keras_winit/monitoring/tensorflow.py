@@ -55,7 +55,10 @@ class Hook(records_module.Records):
             and not self.is_loss_scaled
             and not self.inner.gradient_accumulation_steps
         )
-        self.recorded_since_read = True
+        # Recording calls since the buffer was last read (split), and
+        # whether the next batch end must read it (a histogram is due).
+        self.recorded_since_read = 1
+        self.must_read = False
         self.next_step = None
         self.traced_applies = 0
         n = len(self.variables)
@@ -149,8 +152,10 @@ class Hook(records_module.Records):
             # stays on the optimizer after the call, whatever happens.
             with records_module.patched(optimizer, "apply", wrap_apply):
                 logs = recording(iterator)
-            hook.recorded_since_read = True
+            hook.recorded_since_read += 1
             if hook.next_step is not None:
+                if hook._histogram_due(hook.next_step):
+                    hook.must_read = True  # One histogram is kept.
                 hook.next_step += hook.steps_per_execution
             return logs
 
@@ -160,6 +165,27 @@ class Hook(records_module.Records):
         """Re-reads the optimizer step (start of `fit`, end of each epoch)."""
         if self.split:
             self.next_step = self.current_step()
+
+    def _histogram_due(self, s):
+        """Whether the call starting at step `s` holds a histogram step."""
+        f = self.histogram_freq
+        last = s + self.steps_per_execution - 1
+        return bool(f) and (last // f) * f >= s
+
+    def _read_due(self):
+        """Whether a batch end reads the record buffer (split).
+
+        After the first recording call (the first records are judged
+        early), then when half the ring buffer may be filled, or when a
+        histogram (one kept) was stored: a recorded step costs no read of
+        its own.
+        """
+        if not self.recorded_since_read:
+            return False
+        if self.must_read or not self.written:
+            return True
+        filled = self.recorded_since_read * self.steps_per_execution
+        return filled >= self.buffer_size // 2
 
     def _due_now(self):
         """Whether the next call's steps hold a recorded one."""
@@ -204,11 +230,21 @@ class Hook(records_module.Records):
             due = tf.logical_and(due, step % self.update_freq == 0)
         n = len(self.variables)
         all_rows = rows == list(range(n))
+        # `update_ratio` at every record, or only on some (defaults).
+        ratio_every_record = self.update_ratio_freq == self.update_freq
+        ratio_due = tf.logical_and(due, step % self.update_ratio_freq == 0)
 
         def store():
             values = [v.value for v in variables]
             stats = fused_stats(grads, values)
-            if self.update_ratio:
+            if self.update_ratio and not ratio_every_record:
+
+                def snapshot():
+                    self._take_snapshot(rows, values)
+                    return tf.constant(True)
+
+                _cond(ratio_due, snapshot)
+            elif self.update_ratio:
                 self._take_snapshot(rows, values)
             if not all_rows:
                 stats = tf.scatter_nd(
@@ -318,10 +354,10 @@ class Hook(records_module.Records):
                 )
                 return tf.constant(True)
 
-            if every_call:
+            if every_call and ratio_every_record:
                 update()  # As `store`: no tf.cond.
             else:
-                _cond(due, update)
+                _cond(ratio_due, update)
 
         return after
 
@@ -363,7 +399,7 @@ class Hook(records_module.Records):
                 tf.cast(new[i], tf.float32)
                 - self.snapshot_large[rows[i]].read_value()
             )
-            parts.append(tf.sqrt(_dot(tf.reshape(delta, [-1])))[None])
+            parts.append(tf.sqrt(_sum_of_squares(delta))[None])
         return _in_order(parts, small + large)
 
     # Between steps --------------------------------------------------------
@@ -378,12 +414,13 @@ class Hook(records_module.Records):
         if not force:
             self.batch_ends += 1
             if self.split:
-                if not self.recorded_since_read:
+                if not self._read_due():
                     self._write_weights_if_due()
                     return
             elif self.batch_ends < self.next_read:
                 return
-        self.recorded_since_read = False
+        self.recorded_since_read = 0
+        self.must_read = False
         buf = self.buf.numpy()
         count = int(buf[0, 0])
         if count > self.written:
@@ -497,14 +534,6 @@ def _in_order(parts, order):
     return tf.gather(out, np.argsort(order))
 
 
-def _dot(x):
-    """`sum(x * x)` of a flat tensor (a matmul: vectorized, threaded)."""
-    import tensorflow as tf
-
-    row = tf.reshape(x, [1, -1])
-    return tf.reshape(tf.matmul(row, row, transpose_b=True), [])
-
-
 def fused_stats(grads, weights):
     """`[len(grads), 6]`: variance, mean, L2 norm, non-finite, weight norm.
 
@@ -514,10 +543,14 @@ def fused_stats(grads, weights):
     reduced with segment sums, so the number of ops does not grow with
     their number; larger ones are reduced one by one (vectorized sums are
     several times faster than a CPU scatter-add, and their launch is
-    negligible next to their work). Two passes: the sums, then the centred
-    squares (`sum(g**2) = sum((g - mean)**2) + n * mean**2`). Non-finite
-    entries are counted, in one `tf.cond`, only when some sum is not
-    finite.
+    negligible next to their work). The small ones' variance takes two
+    passes (the sums, then the centred squares); the large ones' one pass
+    (`sum(g)` and `sum(g**2)`, no temporary: a CPU elementwise op costs
+    more than a reduction), `Var = sum(g**2) / n - mean**2`, which is
+    exact to float32 rounding when `mean**2 <= Var`; when some large
+    variable's is not, their variances are recomputed in two passes (one
+    functional `tf.cond`, taken only then). Non-finite entries are counted,
+    in one `tf.cond`, only when some sum is not finite.
     """
     import tensorflow as tf
 
@@ -529,23 +562,9 @@ def fused_stats(grads, weights):
                 [grads[i] for i in small], [weights[i] for i in small]
             )
         )
-    for i in large:
-        g = tf.reshape(grads[i], [-1])
-        w = tf.reshape(tf.cast(weights[i], tf.float32), [-1])
-        n = float(int(np.prod(grads[i].shape)))
-        mean = tf.reduce_sum(g) / n
-        squares = _dot(g - mean)
+    if large:
         parts.append(
-            tf.stack(
-                [
-                    squares / n,
-                    mean,
-                    tf.sqrt(squares + n * mean * mean),
-                    tf.constant(0.0),
-                    tf.sqrt(_dot(w)),
-                    tf.constant(0.0),
-                ]
-            )[None]
+            _large_stats([grads[i] for i in large], [weights[i] for i in large])
         )
     stats = _in_order(parts, small + large)
     if not large:
@@ -564,9 +583,65 @@ def fused_stats(grads, weights):
 
     # Non-finite entries of the large ones are counted (one `tf.cond`)
     # only when some statistic is not finite.
-    return tf.cond(
+    return _cond_value(
         tf.reduce_all(tf.math.is_finite(stats[:, :3])), lambda: stats, count
     )
+
+
+def _sum_of_squares(x):
+    """`sum(x ** 2)` in one fused reduction (`l2_loss` is half of it)."""
+    import tensorflow as tf
+
+    return 2.0 * tf.nn.l2_loss(x)
+
+
+def _large_stats(grads, weights):
+    """`fused_stats` rows of the large variables, reduced one by one."""
+    import tensorflow as tf
+
+    flat = [tf.reshape(g, [-1]) for g in grads]
+    counts = tf.constant(
+        [float(int(np.prod(g.shape))) for g in grads], tf.float32
+    )
+    sums = tf.stack([tf.reduce_sum(g) for g in flat])
+    squares = tf.stack([_sum_of_squares(g) for g in flat])
+    means = sums / counts
+    variances = squares / counts - means * means
+
+    def two_pass():
+        return (
+            tf.stack(
+                [_sum_of_squares(g - means[k]) for k, g in enumerate(flat)]
+            )
+            / counts
+        )
+
+    # NaN fails the test too (two passes give NaN as well).
+    exact = tf.reduce_all(means * means <= variances)
+    variances = _cond_value(exact, lambda: variances, two_pass)
+    weight_norms = tf.stack(
+        [tf.sqrt(_sum_of_squares(tf.cast(w, tf.float32))) for w in weights]
+    )
+    zeros = tf.zeros_like(sums)
+    return tf.stack(
+        [variances, means, tf.sqrt(squares), zeros, weight_norms, zeros],
+        axis=1,
+    )
+
+
+def _cond_value(pred, true_fn, false_fn):
+    """`tf.cond(pred, true_fn, false_fn)`, kept functional in a graph (the
+    branch not taken costs nothing; see `_cond`)."""
+    import tensorflow as tf
+
+    out = tf.cond(pred, true_fn, false_fn)
+    if not tf.executing_eagerly():
+        op = out.op
+        while op.type not in ("If", "StatelessIf") and op.inputs:
+            op = op.inputs[0].op
+        if op.type in ("If", "StatelessIf"):
+            _compat.keep_functional_cond(op)
+    return out
 
 
 def _segment_stats(grads, weights):
@@ -586,7 +661,7 @@ def _segment_stats(grads, weights):
     centered = flat - tf.gather(means, ids)
     squares = segment_sum(centered * centered)
     norms = tf.sqrt(squares + counts * means * means)
-    nonfinite = tf.cond(
+    nonfinite = _cond_value(
         tf.reduce_all(tf.math.is_finite(means + squares)),
         lambda: tf.zeros([n]),
         lambda: segment_sum(tf.cast(~tf.math.is_finite(flat), tf.float32)),

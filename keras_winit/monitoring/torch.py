@@ -20,12 +20,30 @@ from keras_winit.monitoring.records import NONFINITE
 from keras_winit.monitoring.records import NUM_STATS
 
 
+def _is_keras_train_step(model):
+    step = getattr(type(model), "train_step", None)
+    return getattr(step, "__qualname__", "") == "TorchTrainer.train_step"
+
+
 class Hook(records_module.Records):
     """Wraps `optimizer.apply` during each step; statistics with torch ops."""
 
     def __init__(self, callback, model, writer):
         super().__init__(callback, model, writer)
         self._segment_ids = {}
+        # Unrecorded calls run Keras' own train function, unwrapped, when
+        # each call's optimizer steps are known in Python: Keras' own
+        # `train_step`, no loss scaling (skipped steps), no gradient
+        # accumulation.
+        self.split = (
+            _is_keras_train_step(model)
+            and not self.is_loss_scaled
+            and not self.inner.gradient_accumulation_steps
+        )
+        self.steps_per_execution = int(
+            getattr(model, "steps_per_execution", 1) or 1
+        )
+        self.next_step = None
         # (record, rows, variables, weights before the update) of the step
         # being applied, or None.
         self._before: Any = None
@@ -47,13 +65,34 @@ class Hook(records_module.Records):
             return apply
 
         def train_function(data):
+            if not hook._due_now():
+                return inner(data)  # Keras' own, nothing wrapped.
             with records_module.patched(optimizer, "apply", wrap):
                 return inner(data)
 
         return train_function
 
     def sync_step(self):
-        pass
+        """Re-reads the optimizer step (start of `fit`, end of each epoch)."""
+        if self.split:
+            self.next_step = self.current_step()
+
+    def _due_now(self):
+        """Whether the next call's steps may record something.
+
+        Counted in Python when each call runs `steps_per_execution`
+        optimizer steps (`split`); otherwise every call is wrapped and
+        `record` decides.
+        """
+        s = self.next_step
+        if s is None:
+            return True
+        self.next_step = s + self.steps_per_execution
+        last = s + self.steps_per_execution - 1
+        for f in (self.update_freq, self.histogram_freq):
+            if f and (last // f) * f >= s:
+                return True
+        return False
 
     def record(self, grads, trainable_variables=None):
         import torch
@@ -90,7 +129,7 @@ class Hook(records_module.Records):
             if due:
                 stats = self.fused_stats(rows, grads, weights)
                 self.add_record(step, False, rows, stats)
-                if self.update_ratio:
+                if self.update_ratio and step % self.update_ratio_freq == 0:
                     # The weights before the update (a copy).
                     self._before = (
                         self.pending[-1],
@@ -170,7 +209,8 @@ class Hook(records_module.Records):
         The variables smaller than `records.LARGE_VARIABLE` entries are
         flattened into one buffer and reduced with `index_add_` (segment
         sums), so their number costs nothing; larger ones one by one
-        (vectorized sums beat a scatter-add). One transfer to the host.
+        (vectorized sums beat a scatter-add; one pass each, see
+        `_large_rows`). Two transfers to the host.
         Non-finite entries are counted only when some statistic is not
         finite.
         """
@@ -191,28 +231,28 @@ class Hook(records_module.Records):
                     [weights[k] for k in small],
                 )
             )
-        for k in large:
-            g = grads[k].detach().reshape(-1)
-            w = weights[k].detach().reshape(-1).float()
-            n = float(g.numel())
-            mean = g.mean()
-            centered = g - mean
-            squares = torch.dot(centered, centered)
-            zero = torch.zeros((), device=g.device)
-            parts.append(
-                torch.stack(
-                    [
-                        squares / n,
-                        mean,
-                        torch.sqrt(squares + n * mean * mean),
-                        zero,
-                        torch.sqrt(torch.dot(w, w)),
-                        zero,
-                    ]
-                )[None]
+        if large:
+            # One pass each: sum(g), sum(g**2), sum(w**2) (no temporary);
+            # see `_large_rows`.
+            flat = [grads[k].detach().reshape(-1) for k in large]
+            sums = torch.stack(
+                [
+                    torch.stack([g.sum(), torch.dot(g, g), torch.dot(w, w)])
+                    for g, w in zip(
+                        flat,
+                        (
+                            weights[k].detach().reshape(-1).float()
+                            for k in large
+                        ),
+                        strict=True,
+                    )
+                ]
             )
+            parts.append(_large_rows(flat, sums.cpu().numpy()))
         order = small + large
-        stats = torch.cat(parts).cpu().numpy()[np.argsort(order)]
+        stats = np.concatenate(
+            [p if isinstance(p, np.ndarray) else p.cpu().numpy() for p in parts]
+        )[np.argsort(order)]
         if not np.isfinite(stats[:, :3]).all():
             stats[:, NONFINITE] = [
                 int((~torch.isfinite(g)).sum()) for g in grads
@@ -261,6 +301,39 @@ class Hook(records_module.Records):
         self.write_buffered()
         if self.weights_freq:
             self.write_weights()
+
+
+def _large_rows(flat, sums):
+    """`fused_stats` rows (NumPy) of large variables from their `[k, 3]`
+    sums `sum(g)`, `sum(g**2)`, `sum(w**2)`.
+
+    `Var = sum(g**2) / n - mean**2` is exact to float32 rounding when
+    `mean**2 <= Var`; the variables where it is not (or not finite) get
+    the two-pass variance, `sum((g - mean)**2) / n`.
+    """
+    import torch
+
+    sums = sums.astype(np.float64)
+    n = np.array([float(g.numel()) for g in flat])
+    means = sums[:, 0] / n
+    with np.errstate(invalid="ignore", over="ignore"):
+        variances = sums[:, 1] / n - means * means
+        inexact = ~(means * means <= variances)
+    for k in np.flatnonzero(inexact):
+        centered = flat[k] - flat[k].mean()
+        variances[k] = float(torch.dot(centered, centered)) / n[k]
+    zeros = np.zeros_like(means)
+    return np.stack(
+        [
+            variances,
+            means,
+            np.sqrt(sums[:, 1]),
+            zeros,
+            np.sqrt(sums[:, 2]),
+            zeros,
+        ],
+        axis=1,
+    )
 
 
 def _finite(values):
