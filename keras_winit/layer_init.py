@@ -1000,17 +1000,22 @@ class _Writer:
         into = variable.value if n == 1 else None
         for g in range(n):
             block_seed = _seeds.mix(self.seed, index, g)
-            with sampling.draw_into(into):
+            with sampling.draw_into(into), sampling.recording_std() as record:
                 values, label, fans, target = self._draw(
                     item, g, block_shape, variable.dtype, block_seed
                 )
+            # Measured with the draw where that is free (JAX), else here.
+            std = record.std(values)
             if factor is not None:
                 values = keras.ops.multiply(values, factor)
                 label = f"{label} ×{factor:.4g} ({note})"
                 target = None if target is None else target * abs(factor)
+                std = None if std is None else std * abs(factor)
             values = keras.ops.cast(values, variable.dtype)
             blocks.append(values)
-            specs.append((label, fans, target, _std(values)))
+            specs.append(
+                (label, fans, target, _std(values) if std is None else std)
+            )
         values = blocks[0] if n == 1 else keras.ops.concatenate(blocks, -1)
         if values is not into:
             # One thread for the copy (see `sampling.single_cpu_thread`).

@@ -420,7 +420,11 @@ def _sample_jax(plan, shape, dtype, sizes, seeds):
             padded, kind, compute_dtype, dtype, plan["clip"] is not None
         )
         parts.append(fn(_compat.jax_key(seed), *args))
-    return _jax_assemble_fn(tuple(sizes), tuple(shape))(*parts)
+    values, moments = _jax_assemble_fn(tuple(sizes), tuple(shape))(*parts)
+    record = _RECORD.get()
+    if record is not None:
+        record.add(values, moments, sum(sizes))
+    return values
 
 
 # Smallest chunk JAX draws (padded): 256 values.
@@ -455,16 +459,86 @@ def _jax_assemble_fn(sizes, shape):
     """A jitted `fn(*chunks)`: the chunks cut to `sizes`, joined, reshaped.
 
     One small program per shape instead of an eager slice, concatenation
-    and reshape, each compiled on its own.
+    and reshape, each compiled on its own. It also returns the sum and the
+    sum of squares of the values (in float32, float64 for float64 values)
+    for `recording_std`: measuring them here costs no compilation of its
+    own. The values are not changed by it (no arithmetic touches them).
     """
     import jax
+    import jax.numpy as jnp
 
     def fn(*parts):
         cut = [part[:size] for part, size in zip(parts, sizes, strict=True)]
         flat = cut[0] if len(cut) == 1 else keras.ops.concatenate(cut)
-        return keras.ops.reshape(flat, shape)
+        wide = flat.dtype == jnp.float64
+        x = flat.astype(jnp.float64 if wide else jnp.float32)
+        moments = jnp.stack([jnp.sum(x), jnp.sum(x * x)])
+        return keras.ops.reshape(flat, shape), moments
 
     return jax.jit(fn)
+
+
+# The `_DrawRecord` of the enclosing `recording_std`, if any.
+_RECORD = contextvars.ContextVar("keras_winit_sampling_record", default=None)
+
+
+class _DrawRecord:
+    """What `sample` drew inside `recording_std`: `std(values)` from it."""
+
+    def __init__(self):
+        self._draws = []
+
+    def add(self, values, moments, count):
+        self._draws.append((values, moments, count))
+
+    def std(self, values):
+        """The std of `values` if `sample` drew them here, else None.
+
+        From the sums measured with the draw (`var = Σx²/n - mean²`);
+        None also where that would lose precision (`mean² > var`; never
+        for a fresh draw, whose mean is near 0).
+        """
+        for drawn, moments, count in reversed(self._draws):
+            if drawn is values:
+                total, squares = (
+                    float(m) for m in keras.ops.convert_to_numpy(moments)
+                )
+                mean = total / count
+                var = squares / count - mean * mean
+                if mean * mean > var or not math.isfinite(var):
+                    return None
+                return math.sqrt(var)
+        return None
+
+
+@contextlib.contextmanager
+def recording_std():
+    """Lets `sample` measure the std of what it draws in the block.
+
+    Yields a record whose `std(values)` is the std of `values` if they are
+    a tensor that `sample` returned inside the block (the same object),
+    else None. On JAX the sums it needs are computed by the program that
+    assembles the draw, which is compiled anyway; a separate std would
+    compile a program per shape (`initialize` on GPT-2: about half of its
+    first call). Other backends record nothing (`sample_std` measures
+    there without compiling). The record is dropped on exit, also after
+    an exception.
+
+    Example:
+
+    >>> with keras_winit.sampling.recording_std() as record:
+    ...     x = keras_winit.sampling.sample(
+    ...         "uniform", (64, 64), 0.1, "float32", seed=0)
+    >>> std = record.std(x)
+    >>> std is None or abs(std - 0.1) < 0.005  # None off JAX
+    True
+    """
+    record = _DrawRecord()
+    token = _RECORD.set(record)
+    try:
+        yield record
+    finally:
+        _RECORD.reset(token)
 
 
 def _fill_uniform(x, low, high, generator):
@@ -599,7 +673,12 @@ def sample_std(values) -> float:
       restored right after): a reduction split over the threads of a busy
       CPU waits for each of them, and these are memory-bound. Measured
       against NumPy in float64: relative error below 1e-7.
-    - **Other backends**: `keras.ops.std` in float32 (float64 for float64
+    - **JAX**: `jnp.std` in float32 (float64 for float64 tensors) in
+      one jitted program per shape (XLA fuses it: no temporary). Values
+      drawn inside `recording_std` are measured with the draw instead.
+    - **TensorFlow and JAX**: a constant tensor (minimum = maximum) gives
+      exactly 0.
+    - **TensorFlow**: `keras.ops.std` in float32 (float64 for float64
       tensors); tensors over 4M values are reduced slice by slice along
       their first axis in two passes (the mean, then the squared
       deviations), each slice's sum brought to the host as one float, so
@@ -627,7 +706,28 @@ def _sample_std(values, slice_size):
         return 0.0
     if keras.backend.backend() == "torch":
         return _std_torch(values, slice_size)
+    if keras.backend.backend() == "jax":
+        return float(_jax_std_fn()(values))
     return _std_generic(values, slice_size)
+
+
+@functools.cache
+def _jax_std_fn():
+    """A jitted std (float32, float64 for float64): one program per shape.
+
+    XLA fuses the centering and squaring into the reductions, so no
+    temporary of the tensor is made; eager slices would each compile.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    def fn(x):
+        wide = x.dtype == jnp.float64
+        x = x.astype(jnp.float64 if wide else jnp.float32)
+        # A constant's std is 0, not the round-off of its float32 mean.
+        return jnp.where(jnp.min(x) == jnp.max(x), 0.0, jnp.std(x))
+
+    return jax.jit(fn)
 
 
 def _std_torch(values, slice_size):
@@ -684,10 +784,13 @@ def _std_torch(values, slice_size):
 
 
 def _std_generic(values, slice_size):
-    """`sample_std` with `keras.ops` (TensorFlow, JAX)."""
+    """`sample_std` with `keras.ops` (TensorFlow)."""
     dtype = keras.backend.standardize_dtype(values.dtype)
     dtype = "float64" if dtype == "float64" else "float32"
     size = math.prod(values.shape)
+    # A constant's std is 0, not the round-off of its float32 mean.
+    if bool(keras.ops.min(values) == keras.ops.max(values)):
+        return 0.0
     if size <= slice_size or len(values.shape) == 0:
         std = keras.ops.std(keras.ops.cast(values, dtype))
         return float(keras.ops.convert_to_numpy(std))

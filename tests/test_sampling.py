@@ -462,3 +462,38 @@ def test_initialize_draws_into_the_parameters(residual, monkeypatch):
         ]
 
     assert numbers(report.rows) == numbers(expected.rows)
+
+
+# --- recording_std ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("distribution", sampling.DISTRIBUTIONS)
+def test_recording_std_matches_sample_std(distribution, dtype):
+    with sampling.recording_std() as record:
+        x = sampling.sample(distribution, (3, 700), STD, dtype, seed=1)
+    other = keras.ops.multiply(x, 2.0)
+    assert record.std(other) is None  # not what `sample` returned
+    std = record.std(x)
+    if keras.backend.backend() != "jax":
+        assert std is None  # measured by `sample_std` there
+        return
+    np.testing.assert_allclose(std, np.std(to_numpy(x)), rtol=1e-5)
+    assert sampling._RECORD.get() is None
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX's jit")
+def test_jax_initialize_compiles_no_std_for_drawn_values():
+    model = keras.Sequential(
+        [keras.Input((13,)), keras.layers.Dense(17, use_bias=False)]
+    )
+    sampling._jax_std_fn.cache_clear()
+    try:
+        report = keras_winit.initialize(model, "he_normal", seed=0)
+        kernel = to_numpy(model.weights[0].value)
+        np.testing.assert_allclose(
+            report.rows[0]["measured_std"], kernel.std(), rtol=1e-5
+        )
+        assert sampling._jax_std_fn.cache_info().currsize == 0
+    finally:
+        sampling._jax_std_fn.cache_clear()
