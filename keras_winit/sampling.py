@@ -51,6 +51,18 @@ Two backends take their own path to the same values' distribution:
   shape), and one small program per shape that cuts, joins and reshapes
   the chunks.
 
+Three helpers serve `initialize`, which writes every variable of a model
+and reports each one's measured std:
+
+- `draw_into(tensor)`: on PyTorch, the next `sample` of the tensor's
+  shape and dtype draws straight into its storage (a variable's
+  `torch.nn.Parameter`), with the same values: no copy of the model.
+- `sample_std(values)`: the std of a tensor on its device, one pass of
+  fast reductions on PyTorch.
+- `recording_std()`: on JAX, the std of what `sample` draws, from sums
+  computed by the program that assembles the draw: no program compiled
+  per shape just to measure it.
+
 Before anything is drawn, `sample` checks what it was asked for:
 
 - **Size.** The output's bytes are compared with `max_output_bytes()` (the
