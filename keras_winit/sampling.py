@@ -87,6 +87,8 @@ import contextvars
 import functools
 import math
 import os
+from collections.abc import Iterator
+from typing import Any
 
 import keras
 import ml_dtypes  # also registers bfloat16 with NumPy
@@ -491,7 +493,9 @@ def _jax_assemble_fn(sizes, shape):
 
 
 # The `_DrawRecord` of the enclosing `recording_std`, if any.
-_RECORD = contextvars.ContextVar("keras_winit_sampling_record", default=None)
+_RECORD: contextvars.ContextVar["_DrawRecord | None"] = contextvars.ContextVar(
+    "keras_winit_sampling_record", default=None
+)
 
 
 class _DrawRecord:
@@ -524,7 +528,7 @@ class _DrawRecord:
 
 
 @contextlib.contextmanager
-def recording_std():
+def recording_std() -> Iterator["_DrawRecord"]:
     """Lets `sample` measure the std of what it draws in the block.
 
     Yields a record whose `std(values)` is the std of `values` if they are
@@ -597,11 +601,13 @@ def single_cpu_thread():
 
 
 # The tensor `draw_into` hands to the next matching `sample` (PyTorch).
-_TARGET = contextvars.ContextVar("keras_winit_sampling_target", default=None)
+_TARGET: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "keras_winit_sampling_target", default=None
+)
 
 
 @contextlib.contextmanager
-def draw_into(target):
+def draw_into(target: Any) -> Iterator[None]:
     """Lets the next matching `sample` write into `target` (PyTorch only).
 
     Inside the block, the first `sample` call whose shape and dtype are
@@ -669,7 +675,7 @@ _STD_ROW = 1024
 _STD_SLICE = 1 << 22
 
 
-def sample_std(values) -> float:
+def sample_std(values: Any) -> float:
     """The standard deviation of a tensor, computed on its device.
 
     Population std (`ddof=0`) of every value, in float64 arithmetic on
@@ -689,7 +695,8 @@ def sample_std(values) -> float:
       one jitted program per shape (XLA fuses it: no temporary). Values
       drawn inside `recording_std` are measured with the draw instead.
     - **TensorFlow and JAX**: a constant tensor (minimum = maximum) gives
-      exactly 0.
+      exactly 0 (on TensorFlow checked only where the std is below
+      `2**-16` of the first value, i.e. could be round-off).
     - **TensorFlow**: `keras.ops.std` in float32 (float64 for float64
       tensors); tensors over 4M values are reduced slice by slice along
       their first axis in two passes (the mean, then the squared
@@ -797,12 +804,32 @@ def _std_torch(values, slice_size):
 
 def _std_generic(values, slice_size):
     """`sample_std` with `keras.ops` (TensorFlow)."""
+    std = _std_two_pass(values, slice_size)
+    if std and std <= _ROUND_OFF * abs(_first_value(values)):
+        # Near the round-off of the float32 mean: is it a constant, whose
+        # std is 0? (Checked only here: min and max cost two passes.)
+        if bool(keras.ops.min(values) == keras.ops.max(values)):
+            return 0.0
+    return std
+
+
+# A std below this fraction of a tensor's values may be round-off.
+_ROUND_OFF = 2.0**-16
+
+
+def _first_value(values):
+    """The tensor's first value, a float."""
+    first = keras.ops.reshape(values, (-1,))[:1]
+    return float(
+        keras.ops.convert_to_numpy(keras.ops.cast(first, "float32"))[0]
+    )
+
+
+def _std_two_pass(values, slice_size):
+    """Mean, then mean squared deviation, in slices of large tensors."""
     dtype = keras.backend.standardize_dtype(values.dtype)
     dtype = "float64" if dtype == "float64" else "float32"
     size = math.prod(values.shape)
-    # A constant's std is 0, not the round-off of its float32 mean.
-    if bool(keras.ops.min(values) == keras.ops.max(values)):
-        return 0.0
     if size <= slice_size or len(values.shape) == 0:
         std = keras.ops.std(keras.ops.cast(values, dtype))
         return float(keras.ops.convert_to_numpy(std))
