@@ -1007,7 +1007,7 @@ class _Writer:
             # Measured with the draw where that is free (JAX), else here.
             std = record.std(values)
             if factor is not None:
-                values = keras.ops.multiply(values, factor)
+                values = self._scale(values, factor, values is into)
                 label = f"{label} ×{factor:.4g} ({note})"
                 target = None if target is None else target * abs(factor)
                 std = None if std is None else std * abs(factor)
@@ -1028,6 +1028,24 @@ class _Writer:
             )
             rows.append(row)
         return rows
+
+    @staticmethod
+    def _scale(values, factor, in_place):
+        """`keras.ops.multiply(values, factor)`; in place if `in_place`.
+
+        In place for values drawn into a PyTorch variable (`draw_into`),
+        on one thread: the same kernel and operands as
+        `keras.ops.multiply` (which turns `factor` into a tensor of
+        Keras' float dtype), so the same bits, without a new tensor and
+        its copy into the variable.
+        """
+        if not in_place:
+            return keras.ops.multiply(values, factor)
+        import torch
+
+        with torch.no_grad(), sampling.single_cpu_thread():
+            values.mul_(keras.ops.convert_to_tensor(factor))
+        return values
 
     def _draw(self, item, gate, shape, dtype, seed):
         """Returns `(values, init label, fans used, target std)`."""

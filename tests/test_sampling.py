@@ -410,19 +410,20 @@ def test_draw_into_writes_a_parameter_and_forgets_it_on_error():
 
 
 @pytest.mark.skipif(not TORCH, reason="PyTorch draws in place")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("residual", ["none", "gpt2"])
-def test_initialize_draws_into_the_parameters(residual, monkeypatch):
+def test_initialize_draws_into_the_parameters(residual, dtype, monkeypatch):
     import torch
 
     def model():
         keras.utils.set_random_seed(0)
-        h = x = keras.Input((16,))
+        h = x = keras.Input((16,), dtype=dtype)
         for i in range(2):
-            f = keras.layers.Dense(32, activation="relu")(h)
-            f = keras.layers.Dense(16, name=f"out{i}")(f)
-            h = keras.layers.Add()([h, f])
-        out = keras.layers.LSTM(4)(keras.layers.Reshape((4, 4))(h))
-        return keras.Model(x, out)
+            f = keras.layers.Dense(32, activation="relu", dtype=dtype)(h)
+            f = keras.layers.Dense(16, name=f"out{i}", dtype=dtype)(f)
+            h = keras.layers.Add(dtype=dtype)([h, f])
+        h = keras.layers.Reshape((4, 4), dtype=dtype)(h)
+        return keras.Model(x, keras.layers.LSTM(4, dtype=dtype)(h))
 
     taken = []
     take = sampling._take_target
@@ -434,6 +435,7 @@ def test_initialize_draws_into_the_parameters(residual, monkeypatch):
 
     monkeypatch.setattr(sampling, "_take_target", spy)
     fast = model()
+    assert {v.dtype for v in fast.weights} == {dtype}
     pointers = [v.value.data_ptr() for v in fast.weights]
     parameters = [v.value for v in fast.weights]
     report = keras_winit.initialize(
