@@ -24,9 +24,13 @@ he_normal` ≤ median of `keras`; its peak RSS ≤ parameter bytes + 1 GB.
 
 Usage:
     python benchmarks/initialize_speed.py [--repeats 3] [--quick]
+        [--baseline DIR]
 
 `--quick` uses a 2-layer GPT-2 of width 64 (a smoke test, not a
-measurement).
+measurement). `--baseline DIR` also times the two `initialize he_normal`
+configurations with the `keras_winit` of another checkout (e.g. the main
+branch before a change), in the same alternating rounds: a before/after
+comparison under the same load.
 """
 
 import argparse
@@ -108,12 +112,25 @@ print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak": status()["VmHWM"],
 """
 
 
-def measure(config, kwargs):
-    """Runs one configuration in a fresh interpreter; returns its dict."""
+#: Configurations also timed with `--baseline`'s checkout.
+BASELINE_CONFIGS = (
+    "initialize he_normal",
+    "initialize he_normal, embeddings_stddev=0.02",
+)
+BASELINE = " (baseline)"
+
+
+def measure(config, kwargs, root=None):
+    """Runs one configuration in a fresh interpreter; returns its dict.
+
+    `root`: the checkout whose `keras_winit` is imported (default: this
+    one).
+    """
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     env["MALLOC_MMAP_THRESHOLD_"] = "131072"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if root is None:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, json.dumps(config), json.dumps(kwargs)],
         check=True,
@@ -125,8 +142,14 @@ def measure(config, kwargs):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(repeats=3, quick=False):
+def run(repeats=3, quick=False, baseline=None):
     """Measures every configuration `repeats` times, in alternating rounds.
+
+    Args:
+        repeats: Positive int.
+        quick: Bool, the small GPT-2.
+        baseline: Optional directory of another checkout: the
+            `BASELINE_CONFIGS` are also measured with its `keras_winit`.
 
     Returns:
         A list of dicts, one per configuration: `name`, medians of
@@ -138,13 +161,25 @@ def run(repeats=3, quick=False):
             f"Argument `repeats` must be a positive int. Received: "
             f"repeats={repeats}"
         )
+    if baseline is not None and not os.path.isdir(
+        os.path.join(baseline, "keras_winit")
+    ):
+        raise ValueError(
+            "Argument `baseline` must be a checkout holding `keras_winit/`. "
+            f"Received: baseline={baseline!r}"
+        )
     config = QUICK if quick else FULL
-    samples = {name: [] for name in CONFIGS}
+    runs = {name: (CONFIGS[name], None) for name in CONFIGS}
+    if baseline is not None:
+        for name in BASELINE_CONFIGS:
+            runs[name + BASELINE] = (CONFIGS[name], baseline)
+    samples = {name: [] for name in runs}
     for round_ in range(repeats):
-        names = list(CONFIGS)
+        names = list(runs)
         names = names[round_ % len(names) :] + names[: round_ % len(names)]
         for name in names:
-            samples[name].append(measure(config, CONFIGS[name]))
+            kwargs, root = runs[name]
+            samples[name].append(measure(config, kwargs, root))
     rows = []
     for name, runs in samples.items():
         rows.append(
@@ -207,11 +242,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--baseline", default=None)
     args = parser.parse_args(argv)
     import keras
 
-    print(f"backend: {keras.backend.backend()}, repeats: {args.repeats}")
-    print(table(run(args.repeats, args.quick)))
+    print(
+        f"backend: {keras.backend.backend()}, repeats: {args.repeats}"
+        + (f", baseline: {args.baseline}" if args.baseline else "")
+    )
+    print(table(run(args.repeats, args.quick, args.baseline)))
 
 
 if __name__ == "__main__":

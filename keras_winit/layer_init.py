@@ -69,6 +69,7 @@ from keras_winit import _seeds
 from keras_winit import gains
 from keras_winit import initializers as init_lib
 from keras_winit import layouts
+from keras_winit import sampling
 from keras_winit import walker
 
 #: Bias options of `initialize`.
@@ -925,7 +926,10 @@ class _Writer:
     """Draws and assigns the values of `_Item`s, and makes report rows.
 
     Variable by variable: each is drawn on the backend's device, assigned,
-    and its std measured there; only the scalar std comes to the host.
+    and its std measured there; only the scalar std comes to the host. On
+    PyTorch a variable of one block, whose values need no further step,
+    is drawn straight into its `torch.nn.Parameter` (`sampling.draw_into`)
+    and not copied.
     `adjust` maps `id(variable)` to the `(factor, note)` of a residual rule,
     applied to the values before they are assigned.
     """
@@ -995,20 +999,32 @@ class _Writer:
         n = len(item.gates)
         block_shape = shape[:-1] + (shape[-1] // n,)
         blocks, specs = [], []
+        # One block: drawn straight into the variable's storage where the
+        # backend allows it (PyTorch), so that nothing needs copying.
+        into = variable.value if n == 1 else None
         for g in range(n):
             block_seed = _seeds.mix(self.seed, index, g)
-            values, label, fans, target = self._draw(
-                item, g, block_shape, variable.dtype, block_seed
-            )
+            with sampling.draw_into(into), sampling.recording_std() as record:
+                values, label, fans, target = self._draw(
+                    item, g, block_shape, variable.dtype, block_seed
+                )
+            # Measured with the draw where that is free (JAX), else here.
+            std = record.std(values)
             if factor is not None:
-                values = keras.ops.multiply(values, factor)
+                values = self._scale(values, factor, values is into)
                 label = f"{label} ×{factor:.4g} ({note})"
                 target = None if target is None else target * abs(factor)
+                std = None if std is None else std * abs(factor)
             values = keras.ops.cast(values, variable.dtype)
             blocks.append(values)
-            specs.append((label, fans, target, _std(values)))
+            specs.append(
+                (label, fans, target, _std(values) if std is None else std)
+            )
         values = blocks[0] if n == 1 else keras.ops.concatenate(blocks, -1)
-        variable.assign(values)
+        if values is not into:
+            # One thread for the copy (see `sampling.single_cpu_thread`).
+            with sampling.single_cpu_thread():
+                variable.assign(values)
         rows = []
         for g, (label, fans, target, std) in enumerate(specs):
             row = _row(
@@ -1016,6 +1032,24 @@ class _Writer:
             )
             rows.append(row)
         return rows
+
+    @staticmethod
+    def _scale(values, factor, in_place):
+        """`keras.ops.multiply(values, factor)`; in place if `in_place`.
+
+        In place for values drawn into a PyTorch variable (`draw_into`),
+        on one thread: the same kernel and operands as
+        `keras.ops.multiply` (which turns `factor` into a tensor of
+        Keras' float dtype), so the same bits, without a new tensor and
+        its copy into the variable.
+        """
+        if not in_place:
+            return keras.ops.multiply(values, factor)
+        import torch
+
+        with torch.no_grad(), sampling.single_cpu_thread():
+            values.mul_(keras.ops.convert_to_tensor(factor))
+        return values
 
     def _draw(self, item, gate, shape, dtype, seed):
         """Returns `(values, init label, fans used, target std)`."""
@@ -1830,43 +1864,15 @@ def _is_float(variable):
 # Tensors larger than this many elements have their std computed slice by
 # slice, so that no temporary of the whole tensor is made (GPT-2's token
 # table is 38.6M values: 147 MB per float32 temporary).
-_STD_CHUNK = 1 << 22
+_STD_CHUNK = sampling._STD_SLICE
 
 
 def _std(values):
     """The std of a tensor, computed on its device; a float on the host.
 
-    Large tensors are reduced in slices along their first axis (two
-    passes: the mean, then the squared deviations), each slice's sum
-    brought to the host as one float.
+    See `keras_winit.sampling.sample_std`.
     """
-    dtype = keras.backend.standardize_dtype(values.dtype)
-    dtype = "float64" if dtype == "float64" else "float32"
-    size = math.prod(values.shape)
-    if not size:
-        return 0.0
-    if size <= _STD_CHUNK or len(values.shape) == 0:
-        std = keras.ops.std(keras.ops.cast(values, dtype))
-        return float(keras.ops.convert_to_numpy(std))
-    rows = int(values.shape[0])
-    step = max(1, _STD_CHUNK // (size // rows))
-    slices = [
-        (start, min(start + step, rows)) for start in range(0, rows, step)
-    ]
-
-    def total(fn):
-        return math.fsum(
-            float(
-                keras.ops.convert_to_numpy(
-                    keras.ops.sum(fn(keras.ops.cast(values[a:b], dtype)))
-                )
-            )
-            for a, b in slices
-        )
-
-    mean = total(lambda chunk: chunk) / size
-    square = total(lambda chunk: keras.ops.square(chunk - mean))
-    return math.sqrt(square / size)
+    return sampling._sample_std(values, _STD_CHUNK)
 
 
 def _describe(initializer):

@@ -51,6 +51,18 @@ Two backends take their own path to the same values' distribution:
   shape), and one small program per shape that cuts, joins and reshapes
   the chunks.
 
+Three helpers serve `initialize`, which writes every variable of a model
+and reports each one's measured std:
+
+- `draw_into(tensor)`: on PyTorch, the next `sample` of the tensor's
+  shape and dtype draws straight into its storage (a variable's
+  `torch.nn.Parameter`), with the same values: no copy of the model.
+- `sample_std(values)`: the std of a tensor on its device, one pass of
+  fast reductions on PyTorch.
+- `recording_std()`: on JAX, the std of what `sample` draws, from sums
+  computed by the program that assembles the draw: no program compiled
+  per shape just to measure it.
+
 Before anything is drawn, `sample` checks what it was asked for:
 
 - **Size.** The output's bytes are compared with `max_output_bytes()` (the
@@ -71,9 +83,12 @@ Before anything is drawn, `sample` checks what it was asked for:
 """
 
 import contextlib
+import contextvars
 import functools
 import math
 import os
+from collections.abc import Iterator
+from typing import Any
 
 import keras
 import ml_dtypes  # also registers bfloat16 with NumPy
@@ -189,7 +204,9 @@ def sample(distribution, shape, stddev, dtype, seed, truncation=2.0):
     seeds = _chunk_seeds(seed, len(sizes))
     if keras.backend.backend() == "torch":
         plan = _plan(distribution, stddev, dtype, truncation)
-        return _sample_torch(plan, shape, dtype, sizes, seeds)
+        return _sample_torch(
+            plan, shape, dtype, sizes, seeds, _take_target(shape, dtype)
+        )
     if keras.backend.backend() == "jax":
         plan = _plan(distribution, stddev, dtype, truncation)
         return _sample_jax(plan, shape, dtype, sizes, seeds)
@@ -340,25 +357,30 @@ def _chunk_sampler(distribution, stddev, dtype, truncation):
     return draw
 
 
-def _sample_torch(plan, shape, dtype, sizes, seeds):
+def _sample_torch(plan, shape, dtype, sizes, seeds, target=None):
     """`sample` on PyTorch: in place, into the output, on one thread.
 
     Each chunk is drawn straight into its slice of the output (through a
     float32 buffer for half precision) with in-place ops: no temporary,
-    no concatenation. On the CPU the draw runs on one intra-op thread:
-    PyTorch splits `erfinv` across threads from a few thousand values
-    on, and on a loaded machine every chunk then waits for the other
-    threads (measured on 2 busy cores: 1M float32 `erfinv` 2.9 ms on one
-    thread, 15 ms on two). The generator behind `uniform_`/`normal_` is
-    serial anyway. The thread count is restored on exit, also after an
-    exception.
+    no concatenation. The output is `target` when given (see
+    `draw_into`), else a new tensor. On the CPU the draw runs on one
+    intra-op thread: PyTorch splits `erfinv` across threads from a few
+    thousand values on, and on a loaded machine every chunk then waits
+    for the other threads (measured on 2 busy cores: 1M float32 `erfinv`
+    2.9 ms on one thread, 15 ms on two). The generator behind
+    `uniform_`/`normal_` is serial anyway. The thread count is restored
+    on exit, also after an exception.
     """
     import torch
 
     device = _compat.torch_device()
-    out = torch.empty(
-        sum(sizes), dtype=_compat.torch_dtype(dtype), device=device
-    ).reshape(-1)
+    if target is not None:
+        device = target.device
+        out = target.detach().view(-1)
+    else:
+        out = torch.empty(
+            sum(sizes), dtype=_compat.torch_dtype(dtype), device=device
+        ).reshape(-1)
     compute_dtype = _compat.torch_dtype(plan["compute_dtype"])
     buffer = (
         torch.empty(max(sizes, default=0), dtype=compute_dtype, device=device)
@@ -369,8 +391,8 @@ def _sample_torch(plan, shape, dtype, sizes, seeds):
     with torch.no_grad(), single_cpu_thread():
         start = 0
         for size, seed in zip(sizes, seeds, strict=True):
-            target = out[start : start + size]
-            x = target if buffer is None else buffer[:size]
+            part = out[start : start + size]
+            x = part if buffer is None else buffer[:size]
             generator = _compat.torch_generator(seed)
             if kind == "normal":
                 x.normal_(0.0, plan["stddev"], generator=generator)
@@ -382,9 +404,9 @@ def _sample_torch(plan, shape, dtype, sizes, seeds):
             if limit is not None:
                 x.clamp_(-limit, limit)
             if buffer is not None:
-                target.copy_(x)
+                part.copy_(x)
             start += size
-    return out.reshape(shape)
+    return out.reshape(shape) if target is None else target
 
 
 def _sample_jax(plan, shape, dtype, sizes, seeds):
@@ -412,7 +434,11 @@ def _sample_jax(plan, shape, dtype, sizes, seeds):
             padded, kind, compute_dtype, dtype, plan["clip"] is not None
         )
         parts.append(fn(_compat.jax_key(seed), *args))
-    return _jax_assemble_fn(tuple(sizes), tuple(shape))(*parts)
+    values, moments = _jax_assemble_fn(tuple(sizes), tuple(shape))(*parts)
+    record = _RECORD.get()
+    if record is not None:
+        record.add(values, moments, sum(sizes))
+    return values
 
 
 # Smallest chunk JAX draws (padded): 256 values.
@@ -447,16 +473,88 @@ def _jax_assemble_fn(sizes, shape):
     """A jitted `fn(*chunks)`: the chunks cut to `sizes`, joined, reshaped.
 
     One small program per shape instead of an eager slice, concatenation
-    and reshape, each compiled on its own.
+    and reshape, each compiled on its own. It also returns the sum and the
+    sum of squares of the values (in float32, float64 for float64 values)
+    for `recording_std`: measuring them here costs no compilation of its
+    own. The values are not changed by it (no arithmetic touches them).
     """
     import jax
+    import jax.numpy as jnp
 
     def fn(*parts):
         cut = [part[:size] for part, size in zip(parts, sizes, strict=True)]
         flat = cut[0] if len(cut) == 1 else keras.ops.concatenate(cut)
-        return keras.ops.reshape(flat, shape)
+        wide = flat.dtype == jnp.float64
+        x = flat.astype(jnp.float64 if wide else jnp.float32)
+        moments = jnp.stack([jnp.sum(x), jnp.sum(x * x)])
+        return keras.ops.reshape(flat, shape), moments
 
     return jax.jit(fn)
+
+
+# The `_DrawRecord` of the enclosing `recording_std`, if any.
+_RECORD: contextvars.ContextVar["_DrawRecord | None"] = contextvars.ContextVar(
+    "keras_winit_sampling_record", default=None
+)
+
+
+class _DrawRecord:
+    """What `sample` drew inside `recording_std`: `std(values)` from it."""
+
+    def __init__(self):
+        self._draws = []
+
+    def add(self, values, moments, count):
+        self._draws.append((values, moments, count))
+
+    def std(self, values):
+        """The std of `values` if `sample` drew them here, else None.
+
+        From the sums measured with the draw (`var = Σx²/n - mean²`);
+        None also where that would lose precision (`mean² > var`; never
+        for a fresh draw, whose mean is near 0).
+        """
+        for drawn, moments, count in reversed(self._draws):
+            if drawn is values:
+                total, squares = (
+                    float(m) for m in keras.ops.convert_to_numpy(moments)
+                )
+                mean = total / count
+                var = squares / count - mean * mean
+                if mean * mean > var or not math.isfinite(var):
+                    return None
+                return math.sqrt(var)
+        return None
+
+
+@contextlib.contextmanager
+def recording_std() -> Iterator["_DrawRecord"]:
+    """Lets `sample` measure the std of what it draws in the block.
+
+    Yields a record whose `std(values)` is the std of `values` if they are
+    a tensor that `sample` returned inside the block (the same object),
+    else None. On JAX the sums it needs are computed by the program that
+    assembles the draw, which is compiled anyway; a separate std would
+    compile a program per shape (`initialize` on GPT-2: about half of its
+    first call). Other backends record nothing (`sample_std` measures
+    there without compiling). The record is dropped on exit, also after
+    an exception.
+
+    Example:
+
+    >>> with keras_winit.sampling.recording_std() as record:
+    ...     x = keras_winit.sampling.sample(
+    ...         "uniform", (64, 64), 0.1, "float32", seed=0)
+    >>> std = record.std(x)
+    >>> std is None or abs(std - 0.1) < 0.005  # None off JAX
+    True
+    """
+    record = _DrawRecord()
+    token = _RECORD.set(record)
+    try:
+        yield record
+    finally:
+        _RECORD.reset(token)
 
 
 def _fill_uniform(x, low, high, generator):
@@ -500,6 +598,265 @@ def single_cpu_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+# The tensor `draw_into` hands to the next matching `sample` (PyTorch).
+_TARGET: contextvars.ContextVar[list[Any] | None] = contextvars.ContextVar(
+    "keras_winit_sampling_target", default=None
+)
+
+
+@contextlib.contextmanager
+def draw_into(target: Any) -> Iterator[None]:
+    """Lets the next matching `sample` write into `target` (PyTorch only).
+
+    Inside the block, the first `sample` call whose shape and dtype are
+    `target`'s draws its values straight into `target`'s storage and
+    returns `target` itself, instead of a new tensor that would then be
+    copied into it (e.g. by `variable.assign`): `initialize` draws a
+    variable's values into its `torch.nn.Parameter`, and saves a copy of
+    the whole model. The values are bit-identical to those of a plain
+    `sample` call. Later calls, and calls of another shape or dtype, draw
+    as usual. A no-op on other backends (their arrays are immutable or
+    assigned by Keras), for a tensor that is not contiguous or not on
+    Keras' device, and inside `torch.compile`/meta-device tracing. The
+    target is forgotten on exit, also after an exception.
+
+    Args:
+        target: A tensor (on PyTorch, a `torch.Tensor` or
+            `torch.nn.Parameter`, written in place without autograd).
+
+    Example:
+
+    >>> if keras.backend.backend() == "torch":
+    ...     import torch
+    ...     out = torch.empty(4, 4)
+    ...     with keras_winit.sampling.draw_into(out):
+    ...         x = keras_winit.sampling.sample(
+    ...             "uniform", (4, 4), 0.1, "float32", seed=0)
+    ...     assert x is out
+    """
+    token = _TARGET.set([target])
+    try:
+        yield
+    finally:
+        _TARGET.reset(token)
+
+
+def _take_target(shape, dtype):
+    """The `draw_into` target if it fits `shape` and `dtype`, once."""
+    slot = _TARGET.get()
+    if not slot:
+        return None
+    import torch
+
+    target = slot[0]
+    if (
+        not isinstance(target, torch.Tensor)
+        or tuple(target.shape) != tuple(shape)
+        or target.dtype != _compat.torch_dtype(dtype)
+        or not target.is_contiguous()
+        or target.is_meta
+        or target.device != torch.empty(0, device=_compat.torch_device()).device
+    ):
+        return None
+    slot.clear()  # used once
+    return target
+
+
+# Values per row of `sample_std`'s partial sums on PyTorch: float32 sums of
+# 1024 values are exact to ~1e-7, and their float64 total to ~1e-9 over
+# GPT-2's 38.6M-value token table (a single float32 dot product of it
+# is off by 2e-4).
+_STD_ROW = 1024
+# Values per slice of `sample_std`: half-precision tensors are converted to
+# float32 a slice at a time, and the centered pass makes its temporaries
+# slice by slice (16 MB in float32).
+_STD_SLICE = 1 << 22
+
+
+def sample_std(values: Any) -> float:
+    """The standard deviation of a tensor, computed on its device.
+
+    Population std (`ddof=0`) of every value, in float64 arithmetic on
+    float32 partial sums (float64 for float64 tensors), returned as a
+    Python float; only scalars come to the host.
+
+    - **PyTorch**: one pass of two fast reductions, row sums and row
+      Euclidean norms over rows of 1024 values, totalled in float64:
+      `var = Σx²/n - mean²`. Where cancellation could cost precision
+      (`mean² > var`), a constant tensor gives 0 and any other a second
+      pass, centered on the mean rounded to the tensor's precision. The
+      reductions run on one intra-op thread (`single_cpu_thread`,
+      restored right after): a reduction split over the threads of a busy
+      CPU waits for each of them, and these are memory-bound. Measured
+      against NumPy in float64: relative error below 1e-7.
+    - **JAX**: `jnp.std` in float32 (float64 for float64 tensors) in
+      one jitted program per shape (XLA fuses it: no temporary). Values
+      drawn inside `recording_std` are measured with the draw instead.
+    - **TensorFlow and JAX**: a constant tensor (minimum = maximum) gives
+      exactly 0 (on TensorFlow checked only where the std is below
+      `2**-16` of the first value, i.e. could be round-off).
+    - **TensorFlow**: `keras.ops.std` in float32 (float64 for float64
+      tensors); tensors over 4M values are reduced slice by slice along
+      their first axis in two passes (the mean, then the squared
+      deviations), each slice's sum brought to the host as one float, so
+      that no temporary of the whole tensor is made.
+
+    Deviations below about `1e-19` (float32; `1e-154` in float64) have
+    squares under the dtype's smallest normal number and lose precision
+    (JAX's CPU backend flushes them to zero); such weights do not occur
+    in practice.
+
+    Args:
+        values: A tensor of any shape and floating-point dtype.
+
+    Returns:
+        A float; 0.0 for an empty tensor.
+
+    Example:
+
+    >>> x = keras.ops.convert_to_tensor([[1.0, 2.0], [3.0, 4.0]])
+    >>> round(keras_winit.sampling.sample_std(x), 6)  # sqrt(1.25)
+    1.118034
+    """
+    return _sample_std(values, _STD_SLICE)
+
+
+def _sample_std(values, slice_size):
+    """`sample_std` in slices of `slice_size` values."""
+    size = math.prod(values.shape)
+    if not size:
+        return 0.0
+    if keras.backend.backend() == "torch":
+        return _std_torch(values, slice_size)
+    if keras.backend.backend() == "jax":
+        return float(_jax_std_fn()(values))
+    return _std_generic(values, slice_size)
+
+
+@functools.cache
+def _jax_std_fn():
+    """A jitted std (float32, float64 for float64): one program per shape.
+
+    XLA fuses the centering and squaring into the reductions, so no
+    temporary of the tensor is made; eager slices would each compile.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    def fn(x):
+        wide = x.dtype == jnp.float64
+        x = x.astype(jnp.float64 if wide else jnp.float32)
+        # A constant's std is 0, not the round-off of its float32 mean.
+        return jnp.where(jnp.min(x) == jnp.max(x), 0.0, jnp.std(x))
+
+    return jax.jit(fn)
+
+
+def _std_torch(values, slice_size):
+    """`sample_std` on PyTorch."""
+    import torch
+
+    flat = values.detach().reshape(-1)
+    wide = flat.dtype == torch.float64
+    acc = torch.float64 if wide else torch.float32
+    slices = [
+        flat[a : a + slice_size] for a in range(0, flat.numel(), slice_size)
+    ]
+
+    def rows(chunk):
+        chunk = chunk.to(acc)
+        bulk = (chunk.numel() // _STD_ROW) * _STD_ROW
+        parts = [chunk[:bulk].view(-1, _STD_ROW)] if bulk else []
+        if bulk < chunk.numel():
+            parts.append(chunk[bulk:].view(1, -1))
+        return parts
+
+    def totals(shift):
+        sums, squares = [], []
+        for chunk in slices:
+            for part in rows(chunk):
+                if shift is not None:
+                    part = part - shift
+                sums.append(torch.sum(part, dim=1).double().sum())
+                squares.append(
+                    torch.linalg.vector_norm(part, dim=1)
+                    .double()
+                    .square()
+                    .sum()
+                )
+        return torch.stack(sums + squares).tolist()
+
+    n = flat.numel()
+    with torch.no_grad(), single_cpu_thread():
+        parts = totals(None)
+        half = len(parts) // 2
+        mean = math.fsum(parts[:half]) / n
+        var = math.fsum(parts[half:]) / n - mean * mean
+        if mean * mean > var:
+            # Σx²/n and mean² nearly cancel: 0 for a constant, else the
+            # centered pass.
+            low, high = torch.aminmax(flat)
+            if bool(low == high):
+                return 0.0
+            shift = torch.tensor(mean, dtype=acc, device=flat.device)
+            parts = totals(shift)
+            residual = math.fsum(parts[:half]) / n
+            var = math.fsum(parts[half:]) / n - residual * residual
+    return math.sqrt(max(var, 0.0))
+
+
+def _std_generic(values, slice_size):
+    """`sample_std` with `keras.ops` (TensorFlow)."""
+    std = _std_two_pass(values, slice_size)
+    if std and std <= _ROUND_OFF * abs(_first_value(values)):
+        # Near the round-off of the float32 mean: is it a constant, whose
+        # std is 0? (Checked only here: min and max cost two passes.)
+        if bool(keras.ops.min(values) == keras.ops.max(values)):
+            return 0.0
+    return std
+
+
+# A std below this fraction of a tensor's values may be round-off.
+_ROUND_OFF = 2.0**-16
+
+
+def _first_value(values):
+    """The tensor's first value, a float."""
+    first = keras.ops.reshape(values, (-1,))[:1]
+    return float(
+        keras.ops.convert_to_numpy(keras.ops.cast(first, "float32"))[0]
+    )
+
+
+def _std_two_pass(values, slice_size):
+    """Mean, then mean squared deviation, in slices of large tensors."""
+    dtype = keras.backend.standardize_dtype(values.dtype)
+    dtype = "float64" if dtype == "float64" else "float32"
+    size = math.prod(values.shape)
+    if size <= slice_size or len(values.shape) == 0:
+        std = keras.ops.std(keras.ops.cast(values, dtype))
+        return float(keras.ops.convert_to_numpy(std))
+    rows = int(values.shape[0])
+    step = max(1, slice_size // (size // rows))
+    slices = [
+        (start, min(start + step, rows)) for start in range(0, rows, step)
+    ]
+
+    def total(fn):
+        return math.fsum(
+            float(
+                keras.ops.convert_to_numpy(
+                    keras.ops.sum(fn(keras.ops.cast(values[a:b], dtype)))
+                )
+            )
+            for a, b in slices
+        )
+
+    mean = total(lambda chunk: chunk) / size
+    square = total(lambda chunk: keras.ops.square(chunk - mean))
+    return math.sqrt(square / size)
 
 
 def _chunk_sizes(n, min_chunks=_MIN_CHUNKS["half"], power_of_two=False):
