@@ -153,6 +153,7 @@ def _check_step0_matches_reference(events, expected):
         ({"weights_freq": "1"}, "Received: weights_freq='1'"),
         ({"warn": 0}, "Received: warn=0"),
         ({"warn": "big"}, "Received: warn='big'"),
+        ({"warn": "Gradients"}, "Received: warn='Gradients'"),
         ({"log_dir": ""}, "Received: log_dir=''"),
         ({"log_dir": None}, "Received: log_dir=None"),
         ({"run_name": "a/b"}, "Received: run_name='a/b'"),

@@ -233,15 +233,28 @@ def test_flags_without_a_recorded_step_are_raised_at_the_end(tmp_path, digits):
 
 
 @_not_jax
-def test_warn_false_skips_the_probe(tmp_path, digits, monkeypatch):
+@pytest.mark.parametrize("warn", [False, "gradients"])
+def test_warn_false_or_gradients_skips_the_probe(
+    tmp_path, digits, monkeypatch, warn
+):
     calls = []
     monkeypatch.setattr(
         first_batch, "check", lambda *a, **k: calls.append(1) or []
     )
     x, y = digits
     model = _zoo_case("mlp10-sigmoid-kumar")
-    messages, logger = _fit(model, x, y, tmp_path, warn=False)
+    messages, logger = _fit(model, x, y, tmp_path, warn=warn)
     assert messages == [] and calls == [] and not logger._probed
+
+
+@_not_jax
+def test_warn_gradients_keeps_the_gradient_rule(tmp_path, digits):
+    x, y = digits
+    model = _zoo_case("mlp30-relu-glorot")
+    messages, logger = _fit(model, x, y, tmp_path, warn="gradients")
+    assert not logger._probed
+    assert len(messages) == 1, messages
+    assert messages[0].startswith("At optimizer step 0")
 
 
 def test_health_warning_combines_flags_and_records():

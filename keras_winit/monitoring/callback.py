@@ -360,10 +360,13 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         weights_freq: Non-negative integer. Log the variance of the weights
             every `weights_freq` optimizer steps (read after the step's
             update) and before the first step; `0` (default) disables it.
-        warn: Boolean. Judge the first batch (one `diagnose` pass per
-            `fit`) and the first recorded step, and warn (once) when the
-            model will not train, as above. `False` skips both. Defaults
-            to `True`.
+        warn: `True`, `False` or `"gradients"`. `True`: judge the first
+            batch (one `diagnose` pass per `fit`) and the first recorded
+            step, and warn (once) when the model will not train, as
+            above. `"gradients"`: judge the first recorded step's
+            gradients only (no extra pass; on JAX the first pass of a
+            process compiles every op, see docs/gradient_monitoring.md).
+            `False` skips both. Defaults to `True`.
         run_name: Name of the run, the subdirectory of `log_dir` that
             receives the summaries (not `.` or `..`). Defaults to
             `"gradients"`.
@@ -415,7 +418,11 @@ class GradientVarianceLogger(keras.callbacks.Callback):
                     f"Argument `{name}` must be a non-negative integer. "
                     f"Received: {name}={value!r}" + _too_large(value)
                 )
-        _checks.boolean("warn", warn)
+        if not isinstance(warn, bool) and warn != "gradients":
+            raise ValueError(
+                'Argument `warn` must be True, False or "gradients". '
+                f"Received: warn={warn!r}"
+            )
         _checks.run_name(run_name)
         self.signals_given = signals is not None
         signals = _check_signals(signals)
@@ -545,7 +552,7 @@ class GradientVarianceLogger(keras.callbacks.Callback):
                 remove_stale_patches(model)
                 model.make_train_function()
                 return model.train_function(*args, **kwargs)
-            if logger.warn and not logger._probed:
+            if logger.warn is True and not logger._probed:
                 args = logger._check_first_batch(model, args)
             return train_function(*args, **kwargs)
 
