@@ -487,14 +487,7 @@ def _cond(pred, true_fn):
     """
     import tensorflow as tf
 
-    out = tf.cond(pred, true_fn, lambda: tf.constant(False))
-    if not tf.executing_eagerly():
-        op = out.op
-        while op.type not in ("If", "StatelessIf") and op.inputs:
-            op = op.inputs[0].op
-        if op.type in ("If", "StatelessIf"):
-            _compat.keep_functional_cond(op)
-    return out
+    return _cond_value(pred, true_fn, lambda: tf.constant(False))
 
 
 def _flatten(tensors):
