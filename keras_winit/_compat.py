@@ -325,3 +325,22 @@ def jax_key(seed: Any) -> Any:
             "`keras.src.backend.jax.random.jax_draw_seed`", error
         ) from error
     return jax_draw_seed(seed)
+
+
+def variable_storage(variable: Any) -> Any:
+    """A `keras.Variable`'s backing value, `None` when detached.
+
+    Keras' JAX trainer detaches the model's variables during `fit`
+    (`_purge_model_variables` sets `_value = None`) and passes their
+    values in `state`.
+    """
+    if not hasattr(variable, "_value"):
+        raise _missing("`keras.Variable._value`", AttributeError("_value"))
+    return variable._value
+
+
+def set_variable_storage(variable: Any, value: Any) -> None:
+    """Sets what `variable_storage` reads (no cast, no copy, no check)."""
+    if not hasattr(variable, "_value"):
+        raise _missing("`keras.Variable._value`", AttributeError("_value"))
+    variable._value = value

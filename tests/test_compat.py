@@ -249,3 +249,17 @@ def test_jax_key():
     a = jax.random.uniform(_compat.jax_key(3), (4,))
     b = jax.random.uniform(_compat.jax_key(3), (4,))
     assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_variable_storage_detach_and_restore():
+    variable = keras.Variable(np.arange(3.0, dtype="float32"))
+    stored = _compat.variable_storage(variable)
+    assert stored is not None
+    _compat.set_variable_storage(variable, None)
+    assert _compat.variable_storage(variable) is None
+    _compat.set_variable_storage(variable, stored)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(variable.value), [0.0, 1.0, 2.0]
+    )
+    with pytest.raises(RuntimeError, match="keras.Variable._value"):
+        _compat.variable_storage(object())

@@ -37,6 +37,7 @@ from typing import Any
 
 import keras
 
+from keras_winit import _compat
 from keras_winit import diagnostics
 
 
@@ -143,9 +144,10 @@ class attached:
                 (trainable, non_trainable, metrics), values, strict=True
             ):
                 for i, v in enumerate(variables):
-                    self.saved.append((v, v._value))
-                    if v._value is None and i < len(arrays):
-                        v._value = arrays[i]
+                    stored = _compat.variable_storage(v)
+                    self.saved.append((v, stored))
+                    if stored is None and i < len(arrays):
+                        _compat.set_variable_storage(v, arrays[i])
             return self
         for v in non_trainable + metrics:
             self.saved.append((v, keras.ops.convert_to_numpy(v.value)))
@@ -154,7 +156,7 @@ class attached:
     def __exit__(self, *exc):
         if keras.backend.backend() == "jax":
             for v, value in self.saved:
-                v._value = value
+                _compat.set_variable_storage(v, value)
         else:
             for v, value in self.saved:
                 v.assign(value)
