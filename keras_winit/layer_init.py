@@ -587,13 +587,13 @@ class _Collector:
             self._einsum(layer)
         elif isinstance(layer, keras.layers.Dense):
             self._dense(layer)
-        elif isinstance(layer, _SEPARABLE_CONV_CLASSES):
+        elif isinstance(layer, walker.SEPARABLE_CONV_TYPES):
             self._separable(layer)
-        elif isinstance(layer, _DEPTHWISE_CONV_CLASSES):
+        elif isinstance(layer, walker.DEPTHWISE_CONV_TYPES):
             self._conv(layer, "depthwise")
-        elif isinstance(layer, _CONV_TRANSPOSE_CLASSES):
+        elif isinstance(layer, walker.CONV_TRANSPOSE_TYPES):
             self._conv(layer, "conv_transpose")
-        elif isinstance(layer, _CONV_CLASSES):
+        elif isinstance(layer, walker.CONV_TYPES):
             self._conv(layer, "conv")
         elif isinstance(layer, keras.layers.Embedding):
             self._embedding(layer)
@@ -1590,7 +1590,7 @@ def _output_kernel(layer):
     if not isinstance(layer, walker.KERNEL_LAYER_TYPES):
         return None
     name = "kernel"
-    if isinstance(layer, _SEPARABLE_CONV_CLASSES):
+    if isinstance(layer, walker.SEPARABLE_CONV_TYPES):
         name = "pointwise_kernel"
     for variable in layer.weights:
         if variable.name == name and _is_float(variable):
@@ -1755,29 +1755,6 @@ def _scheme_label(base):
         if type(base) is cls:
             return name
     return type(base).__name__
-
-
-# Keras' public convolution classes, by kernel layout. Keras derives them
-# from four private bases (`BaseConv`, ...), none a subclass of another,
-# so the dispatch order among these tuples does not matter.
-_CONV_CLASSES = (
-    keras.layers.Conv1D,
-    keras.layers.Conv2D,
-    keras.layers.Conv3D,
-)
-_CONV_TRANSPOSE_CLASSES = (
-    keras.layers.Conv1DTranspose,
-    keras.layers.Conv2DTranspose,
-    keras.layers.Conv3DTranspose,
-)
-_DEPTHWISE_CONV_CLASSES = (
-    keras.layers.DepthwiseConv1D,
-    keras.layers.DepthwiseConv2D,
-)
-_SEPARABLE_CONV_CLASSES = (
-    keras.layers.SeparableConv1D,
-    keras.layers.SeparableConv2D,
-)
 
 
 def _class_named(layer, names):

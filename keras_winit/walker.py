@@ -69,20 +69,35 @@ import numpy as np
 from keras_winit import _compat
 from keras_winit import _moments
 
-# Kernel layers: their kernel sets the scale of their output.
-KERNEL_LAYER_TYPES = (
-    keras.layers.Dense,
-    keras.layers.EinsumDense,
+# Keras' public convolution classes, by kernel layout. Keras derives them
+# from four private bases (`BaseConv`, ...), none a subclass of another,
+# so the dispatch order among these tuples does not matter.
+CONV_TYPES = (
     keras.layers.Conv1D,
     keras.layers.Conv2D,
     keras.layers.Conv3D,
+)
+CONV_TRANSPOSE_TYPES = (
     keras.layers.Conv1DTranspose,
     keras.layers.Conv2DTranspose,
     keras.layers.Conv3DTranspose,
+)
+DEPTHWISE_CONV_TYPES = (
     keras.layers.DepthwiseConv1D,
     keras.layers.DepthwiseConv2D,
+)
+SEPARABLE_CONV_TYPES = (
     keras.layers.SeparableConv1D,
     keras.layers.SeparableConv2D,
+)
+
+# Kernel layers: their kernel sets the scale of their output.
+KERNEL_LAYER_TYPES = (
+    (keras.layers.Dense, keras.layers.EinsumDense)
+    + CONV_TYPES
+    + CONV_TRANSPOSE_TYPES
+    + DEPTHWISE_CONV_TYPES
+    + SEPARABLE_CONV_TYPES
 )
 
 NORM_LAYER_TYPES = (
