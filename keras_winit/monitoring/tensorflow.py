@@ -120,22 +120,34 @@ class Hook(records_module.Records):
     # Train functions ------------------------------------------------------
 
     def install(self):
-        """Makes this `fit`'s train function(s); returns the one to call."""
+        """Makes this `fit`'s train function(s); returns the one to call.
+
+        Split: Keras' own train function for the calls without a recorded
+        step, a recording one, and, when `update_ratio` is logged on some
+        recorded steps only (the defaults), a third that also takes the
+        update's norm: the one to run is chosen in Python, so no branch of
+        the graph waits untaken. Each is traced on its first call.
+        """
         model = self.model
         make = type(model).make_train_function
-        make(model, force=True)
-        recording = model.train_function
-        plain = None
-        if self.split:
-            make(model, force=True)
-            plain = model.train_function
         hook = self
         optimizer = self.optimizer
 
-        def wrap_apply(method):
+        def new_function():
+            make(model, force=True)
+            return model.train_function
+
+        plain = with_ratio = None
+        recording = new_function()
+        if self.split:
+            plain = new_function()
+            if self.update_ratio and not self._ratio_every_record:
+                with_ratio = new_function()
+
+        def wrap_apply(method, ratio):
             def apply(grads, trainable_variables=None, *args, **kwargs):
                 hook.traced_applies += 1
-                after = hook.record(grads, trainable_variables)
+                after = hook.record(grads, trainable_variables, ratio)
                 out = method(grads, trainable_variables, *args, **kwargs)
                 if after is not None:
                     after()
@@ -143,15 +155,33 @@ class Hook(records_module.Records):
 
             return apply
 
+        def wrap_plain(method):
+            return wrap_apply(method, None)
+
+        def wrap_ratio(method):
+            return wrap_apply(method, True)
+
+        def wrap_no_ratio(method):
+            return wrap_apply(method, False)
+
+        # Split: whether the recording function takes `update_ratio` is
+        # fixed at its trace (always, or never when `with_ratio` does).
+        recording_wrapper = wrap_plain
+        if plain is not None:
+            every = self.update_ratio and with_ratio is None
+            recording_wrapper = wrap_ratio if every else wrap_no_ratio
+
         def train_function(iterator):
             if plain is not None and not hook._due_now():
-                if hook.next_step is not None:
-                    hook.next_step += hook.steps_per_execution
+                hook.next_step += hook.steps_per_execution
                 return plain(iterator)
+            function, wrapper = recording, recording_wrapper
+            if with_ratio is not None and hook._ratio_due_now():
+                function, wrapper = with_ratio, wrap_ratio
             # The wrapper is seen by a trace (inside this call); it never
             # stays on the optimizer after the call, whatever happens.
-            with records_module.patched(optimizer, "apply", wrap_apply):
-                logs = recording(iterator)
+            with records_module.patched(optimizer, "apply", wrapper):
+                logs = function(iterator)
             hook.recorded_since_read += 1
             if hook.next_step is not None:
                 if hook._histogram_due(hook.next_step):
@@ -188,20 +218,34 @@ class Hook(records_module.Records):
         return filled >= self.buffer_size // 2
 
     def _due_now(self):
-        """Whether the next call's steps hold a recorded one."""
+        """Whether the next call's steps hold a recorded one (split)."""
+        return self._holds(self.update_freq) or self._holds(self.histogram_freq)
+
+    def _ratio_due_now(self):
+        """Whether the next call's steps hold one whose `update_ratio` is
+        logged (split)."""
+        return self._holds(self.update_ratio_freq)
+
+    def _holds(self, f):
+        """Whether the next call's steps hold a multiple of `f` (split)."""
         s = self.next_step
-        if s is None:
-            return True
         last = s + self.steps_per_execution - 1
-        for f in (self.update_freq, self.histogram_freq):
-            if f and (last // f) * f >= s:
-                return True
-        return False
+        return bool(f) and (last // f) * f >= s
 
     # In the training graph ----------------------------------------------
 
-    def record(self, grads, trainable_variables):
-        """Computes and stores the statistics (traced into `train_step`)."""
+    @property
+    def _ratio_every_record(self):
+        """Whether `update_ratio` is logged at every recorded step."""
+        return self.update_ratio_freq == self.update_freq
+
+    def record(self, grads, trainable_variables, ratio=None):
+        """Computes and stores the statistics (traced into `train_step`).
+
+        `ratio`: whether the trace takes the update's norm (`update_ratio`)
+        — `True`/`False` in the split recording functions, whose steps are
+        chosen in Python; `None`: decided in the graph, by the step.
+        """
         import tensorflow as tf
 
         grads = [None if g is None else tf.convert_to_tensor(g) for g in grads]
@@ -231,20 +275,25 @@ class Hook(records_module.Records):
         n = len(self.variables)
         all_rows = rows == list(range(n))
         # `update_ratio` at every record, or only on some (defaults).
-        ratio_every_record = self.update_ratio_freq == self.update_freq
+        take_ratio = self.update_ratio if ratio is None else ratio
+        # A call of the split `with_ratio` function holds one step, whose
+        # `update_ratio` is due, or several (`steps_per_execution`), some.
+        ratio_every_record = self._ratio_every_record or (
+            ratio is True and self.steps_per_execution == 1
+        )
         ratio_due = tf.logical_and(due, step % self.update_ratio_freq == 0)
 
         def store():
             values = [v.value for v in variables]
             stats = fused_stats(grads, values)
-            if self.update_ratio and not ratio_every_record:
+            if take_ratio and not ratio_every_record:
 
                 def snapshot():
                     self._take_snapshot(rows, values)
                     return tf.constant(True)
 
                 _cond(ratio_due, snapshot)
-            elif self.update_ratio:
+            elif take_ratio:
                 self._take_snapshot(rows, values)
             if not all_rows:
                 stats = tf.scatter_nd(
@@ -330,7 +379,7 @@ class Hook(records_module.Records):
             )
             _cond(hist_due, store_histograms)
 
-        if not self.update_ratio:
+        if not take_ratio:
             return None
 
         def after():
