@@ -406,30 +406,23 @@ class Records:
         with_ratio = step % self.update_ratio_freq == 0
         present, tags = self._present_and_tags(with_ratio)
         # Per-variable values, row by row (variables in forward order,
-        # signals in `_PER_VARIABLE` order), as one array.
+        # signals in `_PER_VARIABLE` order), as one array, then the
+        # summaries; their tags are cached as one tuple.
         table = _per_variable_table(rows, self._logged_signals(with_ratio))
-        values = head + list(zip(tags, table.ravel().tolist(), strict=True))
-        values.append(
-            (
-                "grad_summary/log10_variance_ratio",
-                self._log10_variance_ratio(rows, present),
-            )
-        )
+        tail = [self._log10_variance_ratio(rows, present)]
         if "global_norm" in signals:
-            norms = [float(x) for x in rows[:, NORM]]
-            values.append(
-                (
-                    "grad_summary/global_norm",
-                    math.sqrt(sum(x**2 for x in norms)),
-                )
-            )
-        self.writer.scalars(step, values)
+            norms = rows[:, NORM]
+            tail.append(math.sqrt(float(np.dot(norms, norms))))
+        values = np.concatenate([[v for _, v in head], table.ravel(), tail])
+        self.writer.scalar_array(
+            step, self._record_tags(with_ratio, head), values
+        )
         self._write_overview(step, stats, present)
         if first is not None:
             self.callback._nonfinite(
                 step, self.layer_of[first], self.paths[first]
             )
-        if getattr(self.callback, "_judged", False):
+        if not self.callback.warn or self.callback._judged:
             return  # Only the first records are judged.
         variable_records = [
             VariableRecord(
@@ -444,6 +437,19 @@ class Records:
             for i in present
         ]
         self.callback._check_records(step, variable_records)
+
+    def _record_tags(self, with_ratio, head):
+        """The tags of an applied record's values, one tuple (cached)."""
+        key = (with_ratio, tuple(tag for tag, _ in head), len(self.present))
+        caches = self.__dict__.setdefault("_record_tags_cache", {})
+        tags = caches.get(key)
+        if tags is None:
+            tail = ["grad_summary/log10_variance_ratio"]
+            if "global_norm" in self.signals:
+                tail.append("grad_summary/global_norm")
+            tags = (*key[1], *self._present_and_tags(with_ratio)[1], *tail)
+            caches[key] = tags
+        return tags
 
     def _logged_signals(self, with_ratio=True):
         """The per-variable signals logged (`update_ratio` only at the
@@ -534,6 +540,8 @@ class Records:
     @staticmethod
     def _first_nonfinite(stats, present):
         """First row, in forward order, with a non-finite gradient."""
+        if not stats[:, NONFINITE].any():
+            return None
         hits = np.flatnonzero(stats[present, NONFINITE] > 0)
         return present[int(hits[0])] if len(hits) else None
 

@@ -289,17 +289,29 @@ class EventWriter:
             step: The step, an integer `>= 0`.
             tags_and_values: Iterable of `(tag, real number)` pairs.
         """
-        self._check_open("scalars")
-        _check_step(step)
         pairs = list(tags_and_values)
         if not pairs:
+            self._check_open("scalars")
+            _check_step(step)
             self.write_summary(_summary_pb2().Summary(), step)
             return
-        tags = tuple(tag for tag, _ in pairs)
+        self.scalar_array(
+            step, tuple(tag for tag, _ in pairs), [v for _, v in pairs]
+        )
+
+    def scalar_array(self, step, tags, values):
+        """`scalars(step, zip(tags, values))` for a tuple of tags that
+        repeats (a record's), without building the pairs.
+
+        Args:
+            step: The step, an integer `>= 0`.
+            tags: Tuple of tags (not empty).
+            values: Sequence or array of real numbers, one per tag.
+        """
+        self._check_open("scalars")
+        _check_step(step)
         with np.errstate(over="ignore"):  # Out of float32 range: +-inf.
-            floats = np.array([v for _, v in pairs], np.float64).astype(
-                np.float32
-            )
+            floats = np.asarray(values, np.float64).astype(np.float32)
         template = self._scalar_templates.get(tags)
         if template is None and all(t in self._scalar_prefixes for t in tags):
             template = self._template(tags)
@@ -315,7 +327,7 @@ class EventWriter:
             self._write_event(step, b"".join(parts))
             return
         summary, offsets = template
-        buffer = np.array(summary)
+        buffer = summary.copy()
         buffer[offsets] = floats.view(np.uint8).reshape(-1, 4)
         self._write_event(step, buffer.tobytes())
 
@@ -647,6 +659,9 @@ class NullWriter:
         pass
 
     def scalars(self, step, tags_and_values):
+        pass
+
+    def scalar_array(self, step, tags, values):
         pass
 
     def histograms(self, step, tags_and_tables):
