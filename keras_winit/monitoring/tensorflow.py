@@ -549,11 +549,12 @@ def _flatten(tensors):
 
 
 def _segment_ids(tensors):
-    """`[total]` int32: the index of the tensor each flat entry belongs to."""
+    """`[total]` int32 constant: the index of the tensor each flat entry
+    belongs to."""
     import tensorflow as tf
 
     sizes = [int(np.prod(t.shape)) for t in tensors]
-    return tf.repeat(tf.range(len(sizes)), sizes)
+    return tf.constant(np.repeat(np.arange(len(sizes), dtype=np.int32), sizes))
 
 
 def _groups(tensors):
@@ -638,22 +639,23 @@ def _sum_of_squares(x):
 
 
 def _large_stats(grads, weights):
-    """`fused_stats` rows of the large variables, reduced one by one."""
+    """`fused_stats` rows of the large variables, reduced one by one (three
+    reductions each: `sum(g)`, `sum(g**2)`, `sum(w**2)`)."""
     import tensorflow as tf
 
-    flat = [tf.reshape(g, [-1]) for g in grads]
     counts = tf.constant(
         [float(int(np.prod(g.shape))) for g in grads], tf.float32
     )
-    sums = tf.stack([tf.reduce_sum(g) for g in flat])
-    squares = tf.stack([_sum_of_squares(g) for g in flat])
+    sums = tf.stack([tf.reduce_sum(g) for g in grads])
+    # `l2_loss` is half the sum of squares, in one fused reduction.
+    squares = 2.0 * tf.stack([tf.nn.l2_loss(g) for g in grads])
     means = sums / counts
     variances = squares / counts - means * means
 
     def two_pass():
         return (
             tf.stack(
-                [_sum_of_squares(g - means[k]) for k, g in enumerate(flat)]
+                [_sum_of_squares(g - means[k]) for k, g in enumerate(grads)]
             )
             / counts
         )
@@ -661,8 +663,8 @@ def _large_stats(grads, weights):
     # NaN fails the test too (two passes give NaN as well).
     exact = tf.reduce_all(means * means <= variances)
     variances = _cond_value(exact, lambda: variances, two_pass)
-    weight_norms = tf.stack(
-        [tf.sqrt(_sum_of_squares(tf.cast(w, tf.float32))) for w in weights]
+    weight_norms = tf.sqrt(
+        2.0 * tf.stack([tf.nn.l2_loss(tf.cast(w, tf.float32)) for w in weights])
     )
     zeros = tf.zeros_like(sums)
     return tf.stack(
