@@ -25,12 +25,13 @@ Weights are variables: new values need no retrace. A model whose layers,
 variables, trainable flags, activations or configs changed (its
 fingerprint) loses its cached passes and is traced again.
 
-When to compile (`jit_compile="auto"`): the trace costs about as much as
-`AUTO_AFTER` eager passes (ResNet50V2, measured in
-benchmarks/trainability.py --cost), so "auto" runs eagerly until the same
-model and signature has been probed `AUTO_AFTER` times, then compiles
-(the rule of renting until the rent paid equals the price: never more
-than twice the better choice made in hindsight). A pass that cannot be
+When to compile (`jit_compile="auto"`): on ResNet50V2 (64x64, batch 8,
+benchmarks/trainability.py --cost, five runs) the trace costs 4.6-8.3 s
+and saves 0.5-1.1 s a call: it pays after 7.2-11.5 calls (median 7.8).
+So "auto" runs eagerly until the same model and signature has been
+probed `AUTO_AFTER` times, then compiles (the rule of renting until the
+rent paid equals the price: never more than twice the better choice
+made in hindsight). A pass that cannot be
 traced (a layer that needs concrete values) runs eagerly from then on
 under "auto"; with `jit_compile=True` the error is raised.
 """
@@ -48,7 +49,10 @@ from keras_winit import walker
 
 #: Under `jit_compile="auto"`, the number of eager probe passes of one
 #: model and signature after which the next one is compiled.
-AUTO_AFTER = 6
+AUTO_AFTER = 8
+
+#: Signatures cached per model; the least recently used is dropped.
+MAX_SIGNATURES = 8
 
 # id(model) -> _ModelCache; entries removed when the model dies.
 _CACHES: dict[int, "_ModelCache"] = {}
@@ -179,7 +183,10 @@ def probe(model, x, y, loss, training, seed, norm_training, jit_compile):
         seed,
         norm_training,
     )
-    entry = cache.entries.setdefault(key, _Entry())
+    entry = cache.entries.pop(key, None) or _Entry()
+    cache.entries[key] = entry  # the most recent last
+    while len(cache.entries) > MAX_SIGNATURES:
+        cache.entries.pop(next(iter(cache.entries)))
     entry.count += 1
     compile_now = jit_compile is True or (
         not entry.failed and entry.count > AUTO_AFTER

@@ -401,16 +401,16 @@ def diagnose(
             backward pass runs as one traced `tf.function`, cached per
             model and signature (shapes and dtypes of `x` and `y`, `loss`,
             `training`, `seed`); the results are the eager pass's, to
-            float32 round-off. Tracing costs about as much as
-            `keras_winit._compiled.AUTO_AFTER` eager passes (ResNet50V2,
-            64x64, batch 8: trace ~4-7 s, warm compiled `diagnose`
-            ~1-1.5x one training step, eager ~3-4x), so `"auto"` compiles
-            from the call after `AUTO_AFTER` eager calls with the same
-            model and signature, and stays eager if the pass cannot be
-            traced. New weight values need no retrace; a changed model
-            (layers, variables, configs, activations) is traced again.
-            The model is never kept alive by the cache. Ignored on JAX and
-            PyTorch.
+            float32 round-off. Tracing pays after about 8 calls
+            (ResNet50V2, 64x64, batch 8: trace 4.6-8.3 s; warm compiled
+            `diagnose` 1.3-1.9x one training step, eager 2.4-4.2x;
+            benchmarks/trainability.py --cost), so `"auto"` compiles from
+            the call after `keras_winit._compiled.AUTO_AFTER` (8) eager
+            calls with the same model and signature, and stays eager if
+            the pass cannot be traced. New weight values need no
+            retrace; a changed model (layers, variables, configs,
+            activations) is traced again. The cache never keeps a model
+            alive. Ignored on JAX and PyTorch.
 
     Returns:
         A `Diagnosis` with `.layers` (one `LayerStats` each), `.flags`,
