@@ -981,3 +981,22 @@ def test_nothing_left_patched_after_an_error_in_the_traced_pass(
     auto = diagnose(model, digits[:16])
     _assert_same(diagnose(model, digits[:16], jit_compile=False), auto)
     assert _compat.layer_call_class().__call__ is call
+
+
+@pytest.mark.tensorflow_only
+def test_compiled_pass_follows_the_output_from_probabilities_to_logits(
+    digits,
+):
+    # Cross-entropy's `from_logits` is decided from the output's values:
+    # a constant 0.1 output sums to 1 (probabilities); random biases make
+    # it logits. The compiled pass notices and runs the pass again.
+    model = _mlp(lambda s: keras_winit.HeNormal(seed=s), 2, 16, "relu")
+    head = model.layers[-1]
+    head.kernel.assign(np.zeros(head.kernel.shape, "float32"))
+    head.bias.assign(np.full(head.bias.shape, 0.1, "float32"))
+    x, y = digits[:16], np.arange(16) % 10
+    assert "from_logits=False" in diagnose(model, x, y, jit_compile=True).loss
+    head.bias.assign(np.linspace(-1, 1, 10).astype("float32"))
+    compiled = diagnose(model, x, y, jit_compile=True)
+    assert "from_logits=True" in compiled.loss
+    _assert_same(diagnose(model, x, y, jit_compile=False), compiled)
