@@ -284,8 +284,6 @@ class Hook(records_module.Records):
 
     def fetch(self, keep=0):
         """Writes the records of the steps run, but the newest `keep`."""
-        import jax
-
         count = len(self.in_flight) - keep
         if count <= 0:
             return
@@ -294,7 +292,7 @@ class Hook(records_module.Records):
         del self.made_at[:count]
         layouts = self.layouts
         # One transfer for the flags, one for the arrays that are due.
-        flags = jax.device_get([[r["flags"] for r in rs] for rs in steps])
+        flags = _to_host([[r["flags"] for r in rs] for rs in steps])
         due = []
         for records, step_flags in zip(steps, flags, strict=True):
             for record, layout, (kind, step, hist, weights) in zip(
@@ -308,7 +306,7 @@ class Hook(records_module.Records):
                     due.append(("weights", 0, step + 1, layout[1], record))
         if not due:
             return
-        values = jax.device_get([record[key] for key, *_, record in due])
+        values = _to_host([record[key] for key, *_, record in due])
         for (key, kind, step, rows, _), value in zip(due, values, strict=True):
             if key == "stats":
                 skipped = kind == records_module.KIND_SKIPPED
@@ -331,6 +329,20 @@ class Hook(records_module.Records):
         # this may run on Keras' callback thread, see `async_safe`).
         if force:
             self.fetch()
+
+
+def _to_host(tree):
+    """NumPy values of the device arrays of `tree`.
+
+    On the CPU backend, `np.asarray` of each array (0.8 µs each on the
+    benchmark machine; `jax.device_get` first starts an asynchronous copy
+    of each: 7.6 µs); elsewhere `jax.device_get`, whose copies overlap.
+    """
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return jax.device_get(tree)
+    return jax.tree.map(np.asarray, tree)
 
 
 def fused_stats(grads, weights, new_weights=None):
