@@ -1,4 +1,5 @@
-"""JAX monitoring: grouped statistics and fetching records in groups."""
+"""JAX monitoring: grouped statistics, fetching records in groups; no
+warning records without a warning (every backend)."""
 
 import warnings
 
@@ -14,7 +15,7 @@ from tests.test_callbacks import _model
 from tests.test_callbacks import _read
 from tests.test_callbacks import _steps
 
-pytestmark = pytest.mark.skipif(
+jax_only = pytest.mark.skipif(
     keras.backend.backend() != "jax", reason="the JAX backend's hook"
 )
 
@@ -37,6 +38,7 @@ def _expected(grads, weights, new_weights):
     return np.array(rows)
 
 
+@jax_only
 @pytest.mark.parametrize("with_nan", [False, True])
 def test_grouped_statistics_match_numpy(with_nan):
     # Small variables of one size share reductions (here three groups: of
@@ -69,6 +71,7 @@ def test_grouped_statistics_match_numpy(with_nan):
     assert not without[:, records_module.UPDATE_NORM].any()
 
 
+@jax_only
 def test_records_are_fetched_when_the_oldest_is_old(tmp_path, monkeypatch):
     # At update_freq=1 with a large `fetch_every`, a fetch happens when the
     # oldest record in flight is `fetch_after_steps` calls old, keeping the
@@ -102,8 +105,9 @@ def test_records_are_fetched_when_the_oldest_is_old(tmp_path, monkeypatch):
 
 
 def test_no_warning_no_variable_records(tmp_path, monkeypatch):
-    # With `warn=False`, the per-variable records of the warning are not
-    # built at each recorded step (nothing judges them).
+    # Every backend (`records.Records.write_record`): with `warn=False`,
+    # the per-variable records of the warning are not built at each
+    # recorded step (nothing judges them).
     built = []
     original = records_module.VariableRecord
 
