@@ -354,13 +354,14 @@ def fused_stats(grads, weights, new_weights=None):
     squares: a one-pass variance loses every digit when the mean is large
     against the spread) and one over each weight. The variables smaller
     than `records.LARGE_VARIABLE` entries are flattened into one buffer,
-    ordered by size, and each run of equal sizes is reduced as the rows
-    of one `[variables, size]` matrix: one set of reductions per distinct
-    size, however many variables (a segment sum would scatter-add, which
-    XLA's CPU backend does several times slower per entry than a
-    vectorized sum; and each kernel costs a few microseconds to launch).
-    Larger ones are reduced one by one, without a copy. Non-finite entries
-    are counted, in a `lax.cond`, only when some statistic is not finite.
+    grouped by size, and each group is reduced as the rows of one
+    `[variables, size]` matrix (a slice of the buffer): one set of
+    reductions per distinct size, however many variables (a segment sum
+    would scatter-add, which XLA's CPU backend does several times slower
+    per entry than a vectorized sum; and each kernel costs a few
+    microseconds to launch). Larger ones are reduced one by one, without
+    a copy. Non-finite entries are counted, in a `lax.cond`, only when
+    some statistic is not finite.
     """
     import jax
     import jax.numpy as jnp
