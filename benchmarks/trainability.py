@@ -536,10 +536,14 @@ def cost(repeats=5, out=sys.stdout):
     Side by side in one process, alternated, `repeats` times: one compiled
     training step (`train_on_batch`), the same batch forward and backward
     through Keras eagerly with nothing recorded (the floor of an eager
-    probe pass), and `diagnose`. The first `diagnose` call of the process
-    is reported on its own. The load average is printed before and after:
-    the machine is shared, and eager execution slows down more than a
-    compiled step when the cores are busy.
+    probe pass), `diagnose` with the eager pass (`jit_compile=False`) and
+    with the compiled pass (`jit_compile=True`, TensorFlow; elsewhere the
+    flag is ignored). The first call of each `diagnose` is reported on its
+    own (the compiled one includes the trace), and from them the number of
+    calls after which compiling pays (`keras_winit._compiled.AUTO_AFTER`).
+    The load average is printed before and after: the machine is shared,
+    and eager execution slows down more than a compiled step when the
+    cores are busy.
     """
     import statistics
 
@@ -561,17 +565,28 @@ def cost(repeats=5, out=sys.stdout):
     )
     load_before = os.getloadavg()
     model.train_on_batch(x, y)  # compiles
-    t = time.perf_counter()
-    diagnostics.diagnose(model, x)
-    first = time.perf_counter() - t
-    eager = _eager_forward_backward(model, x)
-    eager()  # warm-up
-    times = {"step": [], "eager": [], "diagnose": []}
+
+    def eager_diagnose():
+        return diagnostics.diagnose(model, x, jit_compile=False)
+
+    def compiled_diagnose():
+        return diagnostics.diagnose(model, x, jit_compile=True)
+
+    first = {}
+    pair = (("eager", eager_diagnose), ("compiled", compiled_diagnose))
+    for name, fn in pair:
+        t = time.perf_counter()
+        fn()
+        first[name] = time.perf_counter() - t
+    floor = _eager_forward_backward(model, x)
+    floor()  # warm-up
+    times = {"step": [], "floor": [], "eager": [], "compiled": []}
     for _ in range(repeats):
         for name, fn in (
             ("step", lambda: model.train_on_batch(x, y)),
-            ("eager", eager),
-            ("diagnose", lambda: diagnostics.diagnose(model, x)),
+            ("floor", floor),
+            ("eager", eager_diagnose),
+            ("compiled", compiled_diagnose),
         ):
             t = time.perf_counter()
             fn()
@@ -581,9 +596,11 @@ def cost(repeats=5, out=sys.stdout):
     step = med["step"]
     rows = [
         ("one training step (train_on_batch)", step),
-        ("forward + backward, eager, nothing recorded", med["eager"]),
-        ("diagnose, first call in the process", first),
-        ("diagnose", med["diagnose"]),
+        ("forward + backward, eager, nothing recorded", med["floor"]),
+        ("diagnose eager, first call in the process", first["eager"]),
+        ("diagnose eager (jit_compile=False)", med["eager"]),
+        ("diagnose compiled, first call (trace)", first["compiled"]),
+        ("diagnose compiled (jit_compile=True)", med["compiled"]),
     ]
     backend = keras.backend.backend()
     print(
@@ -593,12 +610,17 @@ def cost(repeats=5, out=sys.stdout):
     print("|---|---|---|", file=out)
     for label, seconds in rows:
         print(f"| {label} | {seconds:.3f} | {seconds / step:.1f}x |", file=out)
+    saved = med["eager"] - med["compiled"]
+    trace = first["compiled"] - med["compiled"]
+    pays = f"{trace / saved:.1f}" if saved > 0 else "never"
     print(
         f"medians of {repeats}; load average {load_before[0]:.1f} before, "
-        f"{load_after[0]:.1f} after",
+        f"{load_after[0]:.1f} after; the trace costs {trace:.2f} s, "
+        f"{trace / med['eager']:.1f} eager diagnose calls; compiling pays "
+        f"after {pays} calls",
         file=out,
     )
-    return step, med["diagnose"]
+    return step, med["compiled"]
 
 
 def _eager_forward_backward(model, x):

@@ -347,28 +347,45 @@ def probe(
 
 
 def probe_tensors(
-    model, x, y=None, loss=None, training=False, seed=0, norm_training=False
+    model,
+    x,
+    y=None,
+    loss=None,
+    training=False,
+    seed=0,
+    norm_training=False,
+    jit_compile=False,
 ):
     """`probe` whose records hold backend tensors, not NumPy arrays.
 
     Returns `(records, loss_description, walk)`. For callers that reduce
     the signals on the backend (`diagnose`) instead of copying every one
     to the host.
+
+    `jit_compile` (`True`, `False` or `"auto"`): on TensorFlow, run the
+    pass as a traced `tf.function`, cached per model and signature
+    (`keras_winit._compiled`); ignored on the other backends.
     """
     backend = keras.backend.backend()
     if backend == "jax":
         records, description, walk = _probe_jax(
             model, x, y, loss, training, seed, norm_training
         )
+    elif backend == "tensorflow" and jit_compile is not False:
+        from keras_winit import _compiled
+
+        records, description, walk = _compiled.probe(
+            model, x, y, loss, training, seed, norm_training, jit_compile
+        )
     else:
-        records, description, walk = _probe_eager(
+        records, description, walk, _ = _probe_eager(
             model, x, y, loss, training, seed, norm_training
         )
-    _annotate(records, walk)
+    annotate(records, walk)
     return records, description, walk
 
 
-def _annotate(records, walk):
+def annotate(records, walk):
     by_call = {(id(c.layer), c.call_index): c for c in walk.calls}
     for r in records:
         c = by_call.get((id(r.layer), r.call_index))
@@ -419,7 +436,7 @@ def _probe_eager(model, x, y, loss, training, seed, norm_training):
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            walk = walker.execute(
+            walk, recorder = walker._execute(
                 model,
                 x,
                 leaf,
@@ -428,14 +445,16 @@ def _probe_eager(model, x, y, loss, training, seed, norm_training):
                 structure=True,
             )
             outputs = walk.outputs
-            loss_value, description = _loss(model, x, y, loss, outputs, seed)
+            loss_value, description, from_logits = _loss(
+                model, x, y, loss, outputs, seed, with_from_logits=True
+            )
         grads = gradients(loss_value)
     else:
         import torch
 
         x = keras.tree.map_structure(_torch_requires_grad, x)
         with torch.enable_grad():
-            walk = walker.execute(
+            walk, recorder = walker._execute(
                 model,
                 x,
                 leaf,
@@ -444,7 +463,9 @@ def _probe_eager(model, x, y, loss, training, seed, norm_training):
                 structure=True,
             )
             outputs = walk.outputs
-            loss_value, description = _loss(model, x, y, loss, outputs, seed)
+            loss_value, description, from_logits = _loss(
+                model, x, y, loss, outputs, seed, with_from_logits=True
+            )
             grads = gradients(loss_value)
     signal_grads = grads[: len(calls)]
     kernel_grads = iter(grads[len(calls) :])
@@ -454,7 +475,7 @@ def _probe_eager(model, x, y, loss, training, seed, norm_training):
     ):
         kg = next(kernel_grads) if kernel is not None else None
         records.append(_record(layer, count, z, a, g, kg))
-    return records, description, walk
+    return records, description, walk, (recorder, from_logits)
 
 
 def _record(layer, count, z, a, grad, kernel_grad):
@@ -670,11 +691,7 @@ def _loss_and_kind(model, x, y, loss, outputs, seed, from_logits):
     y_dtype = keras.backend.standardize_dtype(y.dtype)
     if "int" in y_dtype and len(y.shape) == len(out.shape) - 1:
         if from_logits is None:
-            probs = ops.convert_to_numpy(out)
-            from_logits = not (
-                probs.min() >= 0
-                and np.allclose(probs.sum(axis=-1), 1, atol=1e-3)
-            )
+            from_logits = decide_from_logits(out)
         fn = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
         return (
             fn(y, out),
@@ -690,6 +707,14 @@ def _loss_and_kind(model, x, y, loss, outputs, seed, from_logits):
         )
     fn = keras.losses.MeanSquaredError()
     return fn(ops.cast(y, out.dtype), out), "mean squared error", None
+
+
+def decide_from_logits(out):
+    """Whether an output holds logits: not all `>= 0` summing to 1."""
+    probs = keras.ops.convert_to_numpy(out)
+    return not (
+        probs.min() >= 0 and np.allclose(probs.sum(axis=-1), 1, atol=1e-3)
+    )
 
 
 def _loss_name(loss):

@@ -276,6 +276,7 @@ def diagnose(
     stream_threshold: float = 100.0,
     seed: int | None = 0,
     print_table: bool = False,
+    jit_compile: bool | str = "auto",
 ) -> Diagnosis:
     """Measures how the signal propagates through a model, layer by layer.
 
@@ -395,6 +396,21 @@ def diagnose(
             stream's std above which it is flagged. Defaults to `100.0`.
         seed: Int seed of the random projection used without `y`.
         print_table: If `True`, print the table too.
+        jit_compile: `True`, `False` or `"auto"` (the default), as in
+            `Model.compile`: on TensorFlow, whether the forward and
+            backward pass runs as one traced `tf.function`, cached per
+            model and signature (shapes and dtypes of `x` and `y`, `loss`,
+            `training`, `seed`); the results are the eager pass's, to
+            float32 round-off. Tracing pays after about 8 calls
+            (ResNet50V2, 64x64, batch 8: trace 4.6-8.3 s; warm compiled
+            `diagnose` 1.3-1.9x one training step, eager 2.4-4.2x;
+            benchmarks/trainability.py --cost), so `"auto"` compiles from
+            the call after `keras_winit._compiled.AUTO_AFTER` (8) eager
+            calls with the same model and signature, and stays eager if
+            the pass cannot be traced. New weight values need no
+            retrace; a changed model (layers, variables, configs,
+            activations) is traced again. The cache never keeps a model
+            alive. Ignored on JAX and PyTorch.
 
     Returns:
         A `Diagnosis` with `.layers` (one `LayerStats` each), `.flags`,
@@ -417,6 +433,13 @@ def diagnose(
     _signal.check_number("seed", seed, -1, integer=True)
     _checks.boolean("training", training)
     _checks.boolean("print_table", print_table)
+    if jit_compile not in (True, False, "auto") or (
+        jit_compile in (0, 1) and not isinstance(jit_compile, bool)
+    ):
+        raise ValueError(
+            "Argument `jit_compile` must be one of True, False or 'auto'. "
+            f"Received: jit_compile={jit_compile!r}"
+        )
     tensors, batch = _signal.to_tensors(x)
     if batch < 2:
         raise ValueError(
@@ -446,6 +469,7 @@ def diagnose(
             training=training,
             seed=seed,
             norm_training=True,
+            jit_compile=jit_compile,
         )
     finally:
         for v, value in state:

@@ -341,6 +341,9 @@ class Block:
     keeps_shape: bool
     in_std: object = None
     out_std: object = None
+    # Positions in the recorder's kept tensors of (input, output), whose
+    # stds a compiled pass measures again.
+    _sources: tuple = dataclasses.field(default=(), repr=False)
 
 
 @dataclasses.dataclass
@@ -367,6 +370,8 @@ class Residual:
     normalized: bool = False
     gated: bool = False
     _ids: tuple = dataclasses.field(default=(), repr=False)
+    # Positions in the recorder's kept tensors of (skip, branch, sum).
+    _sources: tuple = dataclasses.field(default=(), repr=False)
 
     @property
     def growth(self) -> float:
@@ -410,7 +415,7 @@ _STATE = threading.local()
 
 
 class _Recorder:
-    def __init__(self, model, leaf_fn, norm_training, structure):
+    def __init__(self, model, leaf_fn, norm_training, structure, values=True):
         self.members = {
             id(layer)
             for layer in [model, *_compat.sublayers(model, recursive=True)]
@@ -418,6 +423,9 @@ class _Recorder:
         self.leaf_fn = leaf_fn
         self.norm_training = norm_training
         self.structure = structure
+        # Whether tensors have values (not inside a traced function): the
+        # residual adds in layers' `call` and the stds need them.
+        self.values = values
         self.inside_leaf = 0
         self.stack = []  # (path, layer, first index)
         self.calls = []
@@ -428,6 +436,7 @@ class _Recorder:
         self.producer = {}
         self.inputs_of = []
         self.keep = []
+        self.index_of = {}  # tensor id -> its first position in `keep`
         self.adds = []  # (call index, skip tensor, branch tensor, sum)
         self.entries = []  # input ids of each container call
         self.unknown = {}  # call index -> entry node of its container
@@ -476,7 +485,7 @@ class _Recorder:
         if self.structure:
             entry = ("entry", len(self.entries))
             ins = _tensors((args, kwargs))
-            self.keep.extend(ins)
+            self._keep(ins)
             self.entries.append([id(t) for t in ins])
             self.positions[entry] = first - 1
             self.inputs_of.append((entry, [id(t) for t in ins]))
@@ -501,7 +510,7 @@ class _Recorder:
                 last=len(self.calls) - 1,
                 keeps_shape=keeps,
             )
-            if self.structure and keeps:
+            if self.structure and keeps and self.values:
                 block.in_std = _std(ins[0])
                 block.out_std = _std(outs[0])
             self.blocks.append(block)
@@ -513,13 +522,18 @@ class _Recorder:
                     len(self.calls) - 1
                 )
                 self._flow(("block", len(self.blocks) - 1), args, kwargs, out)
+                if keeps:
+                    block._sources = (
+                        self.index_of[id(ins[0])],
+                        self.index_of[id(outs[0])],
+                    )
         return out
 
     def _flow(self, node, args, kwargs, out):
         ins = _tensors((args, kwargs))
         outs = _tensors(out)
-        self.keep.extend(ins)
-        self.keep.extend(outs)
+        self._keep(ins)
+        self._keep(outs)
         if not isinstance(node, tuple):
             self.inputs_of.append((node, [id(t) for t in ins]))
             for t in ins:
@@ -539,8 +553,15 @@ class _Recorder:
             else:
                 self.producer.setdefault(id(t), node)
 
+    def _keep(self, tensors):
+        for t in tensors:
+            self.index_of.setdefault(id(t), len(self.keep))
+            self.keep.append(t)
+
     def _find_add(self, node, t):
         """Is `t` (made by no recorded call) `u + v`, u a recorded output?"""
+        if not self.values:
+            return
         value = _value(t)
         if value is None:
             return
@@ -647,8 +668,33 @@ def execute(
     Returns:
         A `Walk`; `walk.outputs` holds the model's outputs.
     """
+    return _execute(model, inputs, leaf_fn, training, norm_training, structure)[
+        0
+    ]
+
+
+def _execute(
+    model,
+    inputs,
+    leaf_fn=None,
+    training=False,
+    norm_training=False,
+    structure=False,
+    traced=False,
+):
+    """`execute`, also returning the recorder (its kept tensors).
+
+    With `traced=True` (inside a traced function, where tensors have no
+    values), the data flow is recorded, and the tensors kept in the same
+    order as on an eager pass, but nothing is measured: the structure
+    comes from an eager pass.
+    """
     recorder = _Recorder(
-        model, leaf_fn or _plain_leaf, norm_training, structure
+        model,
+        leaf_fn or _plain_leaf,
+        norm_training,
+        structure or traced,
+        values=not traced,
     )
     with _dispatching(recorder):
         kwargs = {}
@@ -665,9 +711,9 @@ def execute(
         residuals=[],
         outputs=outputs,
     )
-    if structure:
+    if structure and not traced:
         _structure(walk, recorder)
-    return walk
+    return walk, recorder
 
 
 def _takes_training(model):
@@ -841,6 +887,9 @@ def _structure(walk, rec):
                 branch_std=std_of(branch),
                 out_std=std_of(total),
                 _ids=(id(skip), id(total)),
+                _sources=tuple(
+                    rec.index_of.get(id(t)) for t in (skip, branch, total)
+                ),
             )
         )
         for i in members:

@@ -1,5 +1,6 @@
 """Tests of keras_winit.diagnostics (diagnose and its command line)."""
 
+import gc
 import os
 import subprocess
 import sys
@@ -10,9 +11,12 @@ import pytest
 from sklearn.datasets import load_digits
 
 import keras_winit
+from keras_winit import _compat
+from keras_winit import _compiled
 from keras_winit import _moments
 from keras_winit import _signal
 from keras_winit import cli
+from keras_winit import walker
 from keras_winit.diagnostics import _SHORT
 from keras_winit.diagnostics import FLAG_KINDS
 from keras_winit.diagnostics import diagnose
@@ -309,6 +313,9 @@ def _small_model():
         ({"seed": 1.5}, "seed"),
         ({"training": 1}, "training"),
         ({"print_table": "yes"}, "print_table"),
+        ({"jit_compile": "yes"}, "jit_compile"),
+        ({"jit_compile": 1}, "jit_compile"),
+        ({"jit_compile": None}, "jit_compile"),
     ],
 )
 def test_invalid_arguments(kwargs, match):
@@ -759,3 +766,237 @@ def test_no_flag_after_auto_initialize(name):
         keras_winit.initialize(model, "auto", seed=0)
     result = diagnose(model, batch)
     assert result.flags == [], "\n".join(map(str, result.flags))
+
+
+# ----------------------------------------------------------------------
+# The compiled probe pass (TensorFlow): the eager pass's results, cached
+# per model and signature.
+
+
+def _assert_same(eager, compiled, rtol=1e-5):
+    """Same rows, flags and residuals; numbers to float32 round-off."""
+    assert [s.name for s in compiled.layers] == [s.name for s in eager.layers]
+    assert [(f.layer, f.kind) for f in compiled.flags] == [
+        (f.layer, f.kind) for f in eager.flags
+    ]
+    assert compiled.loss == eager.loss
+    fields = ("std", "pre_std", "grad_std", "weight_grad_var", "step")
+    for e, c in zip(eager.layers, compiled.layers, strict=True):
+        assert (c.flags, c.kind, c.norm_after, c.branch, c.branch_end) == (
+            e.flags,
+            e.kind,
+            e.norm_after,
+            e.branch,
+            e.branch_end,
+        )
+        assert (c.saturated, c.dead, c.nonfinite) == (
+            e.saturated,
+            e.dead,
+            e.nonfinite,
+        ) or np.allclose([c.saturated, c.dead], [e.saturated, e.dead])
+        for name in fields:
+            u, v = getattr(e, name), getattr(c, name)
+            assert (u is None) == (v is None), (e.name, name)
+            if u is not None:
+                np.testing.assert_allclose(v, u, rtol=rtol, err_msg=e.name)
+        # A mean is judged against the spread of the signal.
+        assert abs(c.mean - e.mean) <= rtol * (abs(e.mean) + e.std + 1e-30)
+    assert len(compiled.residuals) == len(eager.residuals)
+    for e, c in zip(eager.residuals, compiled.residuals, strict=True):
+        assert (c.at, c.calls, c.normalized, c.gated) == (
+            e.at,
+            e.calls,
+            e.normalized,
+            e.gated,
+        )
+        np.testing.assert_allclose(
+            [c.skip_std, c.branch_std, c.out_std],
+            [e.skip_std, e.branch_std, e.out_std],
+            rtol=rtol,
+        )
+
+
+class PreNormBlock(keras.layers.Layer):
+    """A pre-LN block that adds its branch in `call` (no graph, no Add)."""
+
+    def __init__(self, width, **kwargs):
+        super().__init__(**kwargs)
+        self.norm = L.LayerNormalization()
+        self.inner = L.Dense(2 * width, activation="gelu")
+        self.outer = L.Dense(width)
+
+    def call(self, x):
+        return x + self.outer(self.inner(self.norm(x)))
+
+
+class SubclassedNet(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.embed = L.Dense(16)
+        self.blocks = [PreNormBlock(16) for _ in range(3)]
+        self.head = L.Dense(10)
+
+    def call(self, x):
+        h = self.embed(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.head(h)
+
+
+def _bn_cnn():
+    x = inputs = keras.Input((64,))
+    x = L.Reshape((8, 8, 1))(x)
+    for _ in range(3):
+        x = L.Conv2D(8, 3, padding="same", activation="relu")(x)
+        x = L.BatchNormalization()(x)
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, L.Dense(10, activation="softmax")(x))
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize(
+    "name", ["resnet", "bn_cnn", "subclassed", "Xception", "GPT2Backbone"]
+)
+def test_compiled_pass_matches_eager(digits, name):
+    y = None
+    if name in _real_models.ALL:
+        model, x = _real_models.build(name, batch_size=4)
+    else:
+        model = {
+            "resnet": lambda: _resnet(
+                3, lambda b: keras_winit.HeNormal(seed=b)
+            ),
+            "bn_cnn": _bn_cnn,
+            "subclassed": SubclassedNet,
+        }[name]()
+        x = digits[:32]
+        _ = model(x[:2])
+        # Labels: cross-entropy, `from_logits` found from the output.
+        y = np.arange(32) % 10 if name != "subclassed" else None
+    eager = diagnose(model, x, y, jit_compile=False)
+    traced = _compiled.traces()
+    compiled = diagnose(model, x, y, jit_compile=True)
+    assert _compiled.traces() == traced + 1
+    _assert_same(eager, compiled)
+    assert diagnose(model, x, y, jit_compile=True).to_table() == (
+        compiled.to_table()
+    )
+    assert _compiled.traces() == traced + 1  # cached
+    if name in ("resnet", "subclassed", "GPT2Backbone"):
+        assert eager.residuals
+
+
+@pytest.mark.tensorflow_only
+def test_compiled_pass_follows_weights_and_retraces_a_changed_model(digits):
+    model = _resnet(2, lambda b: keras_winit.HeNormal(seed=b))
+    x = digits[:32]
+    traced = _compiled.traces()
+    diagnose(model, x, jit_compile=True)
+    # New weight values: no retrace, the results follow them.
+    for v in model.trainable_variables:
+        v.assign(v * 1.5)
+    _assert_same(
+        diagnose(model, x, jit_compile=False),
+        diagnose(model, x, jit_compile=True),
+    )
+    assert _compiled.traces() == traced + 1
+    # Another batch size is another signature: a second traced pass.
+    diagnose(model, x[:16], jit_compile=True)
+    assert _compiled.traces() == traced + 2 and _compiled.cached(model) == 2
+    # A changed model (an activation swapped in place) is traced again.
+    dense = [layer for layer in model.layers if isinstance(layer, L.Dense)]
+    dense[1].activation = keras.activations.tanh
+    compiled = diagnose(model, x, jit_compile=True)
+    assert _compiled.traces() == traced + 3 and _compiled.cached(model) == 1
+    eager = diagnose(model, x, jit_compile=False)
+    _assert_same(eager, compiled)
+    assert "tanh" in [s.activation for s in compiled.layers]
+
+
+@pytest.mark.tensorflow_only
+def test_auto_compiles_once_the_signature_repeats(digits, monkeypatch):
+    monkeypatch.setattr(_compiled, "AUTO_AFTER", 2)
+    model = _mlp(lambda s: keras_winit.HeNormal(seed=s), 3, 16, "relu")
+    traced = _compiled.traces()
+    results = [diagnose(model, digits[:16]) for _ in range(2)]
+    assert _compiled.traces() == traced  # eager while it would not pay
+    results.append(diagnose(model, digits[:16]))
+    assert _compiled.traces() == traced + 1
+    _assert_same(results[0], results[2])
+    # On the other backends (and with jit_compile=False) nothing traces.
+    diagnose(model, digits[:16], jit_compile=False)
+    assert _compiled.traces() == traced + 1
+
+
+@pytest.mark.tensorflow_only
+def test_compiled_cache_keeps_no_model_alive(digits):
+    import weakref
+
+    model = _resnet(2, lambda b: keras_winit.HeNormal(seed=b))
+    diagnose(model, digits[:16], jit_compile=True)
+    assert _compiled.cached(model) == 1
+    ref, key = weakref.ref(model), id(model)
+    del model
+    gc.collect()
+    assert ref() is None
+    assert key not in _compiled._CACHES
+
+
+class _GraphFails(L.Dense):
+    """Fails only when traced: a layer that needs concrete values."""
+
+    def call(self, x):
+        import tensorflow as tf
+
+        if not tf.executing_eagerly():
+            raise RuntimeError("needs concrete values")
+        return super().call(x)
+
+
+@pytest.mark.tensorflow_only
+def test_nothing_left_patched_after_an_error_in_the_traced_pass(
+    digits, monkeypatch
+):
+    failing = _GraphFails(8, activation="relu")
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            L.Dense(8),
+            L.BatchNormalization(),
+            failing,
+            L.Dense(10),
+        ]
+    )
+    before = [v.numpy().copy() for v in model.non_trainable_variables]
+    call = _compat.layer_call_class().__call__
+    with pytest.raises(RuntimeError, match="concrete values"):
+        diagnose(model, digits[:16], jit_compile=True)
+    assert _compat.layer_call_class().__call__ is call
+    assert getattr(walker._STATE, "recorder", None) is None
+    assert failing.activation is keras.activations.relu
+    for v, value in zip(model.non_trainable_variables, before, strict=True):
+        np.testing.assert_array_equal(v.numpy(), value)
+    # "auto" runs such a pass eagerly, with the eager results.
+    monkeypatch.setattr(_compiled, "AUTO_AFTER", 0)
+    auto = diagnose(model, digits[:16])
+    _assert_same(diagnose(model, digits[:16], jit_compile=False), auto)
+    assert _compat.layer_call_class().__call__ is call
+
+
+@pytest.mark.tensorflow_only
+def test_compiled_pass_follows_the_output_from_probabilities_to_logits(
+    digits,
+):
+    # Cross-entropy's `from_logits` is decided from the output's values:
+    # a constant 0.1 output sums to 1 (probabilities); random biases make
+    # it logits. The compiled pass notices and runs the pass again.
+    model = _mlp(lambda s: keras_winit.HeNormal(seed=s), 2, 16, "relu")
+    head = model.layers[-1]
+    head.kernel.assign(np.zeros(head.kernel.shape, "float32"))
+    head.bias.assign(np.full(head.bias.shape, 0.1, "float32"))
+    x, y = digits[:16], np.arange(16) % 10
+    assert "from_logits=False" in diagnose(model, x, y, jit_compile=True).loss
+    head.bias.assign(np.linspace(-1, 1, 10).astype("float32"))
+    compiled = diagnose(model, x, y, jit_compile=True)
+    assert "from_logits=True" in compiled.loss
+    _assert_same(diagnose(model, x, y, jit_compile=False), compiled)

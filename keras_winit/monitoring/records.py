@@ -422,8 +422,11 @@ class Records:
             self.callback._nonfinite(
                 step, self.layer_of[first], self.paths[first]
             )
-        if not self.callback.warn or self.callback._judged:
-            return  # Only the first records are judged.
+        callback = self.callback
+        if not getattr(callback, "warn", True) or getattr(
+            callback, "_judged", False
+        ):
+            return  # Only the first records are judged, if any.
         variable_records = [
             VariableRecord(
                 self.paths[i],

@@ -1,0 +1,128 @@
+"""JAX monitoring: grouped statistics, fetching records in groups; no
+warning records without a warning (every backend)."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+from keras_winit.monitoring import GradientVarianceLogger
+from keras_winit.monitoring import GradientVarianceWarning
+from keras_winit.monitoring import records as records_module
+from tests.test_callbacks import _fit
+from tests.test_callbacks import _model
+from tests.test_callbacks import _read
+from tests.test_callbacks import _steps
+
+jax_only = pytest.mark.skipif(
+    keras.backend.backend() != "jax", reason="the JAX backend's hook"
+)
+
+
+def _expected(grads, weights, new_weights):
+    rows = []
+    for g, w, v in zip(grads, weights, new_weights, strict=True):
+        finite = np.isfinite(g).all()
+        g64 = g.astype("f8")
+        rows.append(
+            [
+                np.var(g64) if finite else np.nan,
+                np.mean(g64),  # NaN, or inf with an inf and no NaN.
+                np.linalg.norm(g64) if finite else np.nan,
+                np.sum(~np.isfinite(g)),
+                np.linalg.norm(w.astype("f8")),
+                np.linalg.norm(v.astype("f8") - w.astype("f8")),
+            ]
+        )
+    return np.array(rows)
+
+
+@jax_only
+@pytest.mark.parametrize("with_nan", [False, True])
+def test_grouped_statistics_match_numpy(with_nan):
+    # Small variables of one size share reductions (here three groups: of
+    # 4, of 12 and of 7 entries, one of them alone), interleaved with
+    # large ones reduced alone; rows come back in the variables' order.
+    import jax
+
+    from keras_winit.monitoring import jax as hook_module
+
+    large = records_module.LARGE_VARIABLE
+    rng = np.random.default_rng(0)
+    shapes = [(4,), (3, 4), (large + 3,), (2, 2), (7,), (4, 3), (130, 130)]
+    grads = [rng.normal(size=s).astype("float32") for s in shapes]
+    # Mean >> spread, in a group: a one-pass variance would lose it.
+    grads[3] = (1e3 + 1e-2 * rng.normal(size=(2, 2))).astype("float32")
+    grads[5] = np.full((4, 3), 0.25, "float32")  # Constant: variance 0.
+    if with_nan:
+        grads[1][2, 3] = np.nan
+        grads[2][5] = np.inf
+    weights = [rng.normal(size=s).astype("float32") for s in shapes]
+    new_weights = [rng.normal(size=s).astype("float32") for s in shapes]
+    stats = jax.jit(hook_module.fused_stats)
+    got = np.asarray(stats(grads, weights, new_weights))
+    np.testing.assert_allclose(
+        got, _expected(grads, weights, new_weights), rtol=1e-4, atol=1e-6
+    )
+    assert got[5, records_module.VARIANCE] == 0.0
+    without = np.asarray(stats(grads, weights))
+    np.testing.assert_array_equal(without[:, :5], got[:, :5])
+    assert not without[:, records_module.UPDATE_NORM].any()
+
+
+@jax_only
+def test_records_are_fetched_when_the_oldest_is_old(tmp_path, monkeypatch):
+    # At update_freq=1 with a large `fetch_every`, a fetch happens when the
+    # oldest record in flight is `fetch_after_steps` calls old, keeping the
+    # newest `in_flight_kept`: every 3 steps here, not at every step once
+    # the first fetch left records in flight.
+    from keras_winit.monitoring import jax as hook_module
+
+    monkeypatch.setattr(hook_module.Hook, "fetch_every", 100)
+    monkeypatch.setattr(hook_module.Hook, "fetch_after_steps", 4)
+    fetched = []
+    fetch = hook_module.Hook.fetch
+
+    def spy(hook, keep=0):
+        before = len(hook.in_flight)
+        fetch(hook, keep=keep)
+        fetched.append(before - len(hook.in_flight))
+
+    monkeypatch.setattr(hook_module.Hook, "fetch", spy)
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.random.default_rng(0).normal(size=(14 * 4, 6)).astype("float32")
+    y = np.zeros((14 * 4, 2), "float32")
+    logger = GradientVarianceLogger(str(tmp_path), update_freq=1, warn=False)
+    model.fit(x, y, batch_size=4, verbose=0, callbacks=[logger])
+    assert hook_module.Hook.in_flight_kept == 2
+    # Steps 1-14: fetches at steps 5, 8, 11, 14 (3 each, 2 kept), then
+    # the 2 left at the end of the epoch.
+    assert fetched == [3, 3, 3, 3, 2, 0]
+    events = _read(tmp_path / "gradients")
+    assert _steps(events, "grad_variance/mlp/out/kernel") == list(range(14))
+
+
+def test_no_warning_no_variable_records(tmp_path, monkeypatch):
+    # Every backend (`records.Records.write_record`): with `warn=False`,
+    # the per-variable records of the warning are not built at each
+    # recorded step (nothing judges them).
+    built = []
+    original = records_module.VariableRecord
+
+    def spy(*args):
+        built.append(args[0])
+        return original(*args)
+
+    monkeypatch.setattr(records_module, "VariableRecord", spy)
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    _fit(model, tmp_path, update_freq=1, warn=False)
+    assert built == []
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GradientVarianceWarning)
+        _fit(model, tmp_path / "warned", update_freq=1, warn="gradients")
+    assert len(built) == 4  # The first recorded step only.
