@@ -1601,20 +1601,28 @@ def test_update_ratio_of_large_and_small_variables(tmp_path, update_freq):
 # ------------------------------- issue 14: cost of update_freq=1 (defaults)
 
 
-@pytest.mark.parametrize("update_freq", [1, 3])
+@pytest.mark.parametrize(
+    "update_freq, steps_per_execution", [(1, 1), (3, 1), (1, 4)]
+)
 def test_default_signals_log_update_ratio_every_tenth_step(
-    tmp_path, update_freq
+    tmp_path, update_freq, steps_per_execution
 ):
     # With the defaults, update_ratio (its snapshot of the weights) only
     # every max(update_freq, 10) steps, rounded up to a multiple of
     # update_freq; listing it in `signals` logs it at every recorded step,
-    # with the same values.
+    # with the same values. On TensorFlow, its steps run a train function
+    # of their own (chosen in Python); with steps_per_execution=4 a call of
+    # it also holds steps without update_ratio.
     from keras_winit.monitoring.records import SIGNALS
 
     runs = {}
     for name, signals in (("defaults", None), ("all", list(SIGNALS))):
         model = _model()
-        model.compile(optimizer="sgd", loss="mse")
+        model.compile(
+            optimizer="sgd",
+            loss="mse",
+            steps_per_execution=steps_per_execution,
+        )
         _fit(
             model,
             tmp_path / name,
