@@ -37,8 +37,10 @@ class Hook(records_module.Records):
         super().__init__(callback, model, writer)
         # `_logged`'s rows and positions, per list of variables.
         self._plans = {}
-        # The entries of each variable of the last `_logged` call.
+        # The entries and torch tensors of the variables of the last
+        # `_logged` call.
         self._sizes = None
+        self._weights = None
         # The float32 copy of the weights `update_ratio` compares with.
         self._copies = {}
         # Whether `apply` applies the gradients as given: no loss scaling,
@@ -61,7 +63,7 @@ class Hook(records_module.Records):
             getattr(model, "steps_per_execution", 1) or 1
         )
         self.next_step = None
-        # (record, rows, variables, weights before the update) of the step
+        # (record, rows, weights, their copy before the update) of the step
         # being applied, or None.
         self._before: Any = None
 
@@ -140,8 +142,13 @@ class Hook(records_module.Records):
             sizes = np.array(
                 [math.prod(self.shapes[i]) for i in rows], np.float64
             )
-            plan = self._plans[key] = (rows, positions, variables, sizes)
-        rows, positions, _, self._sizes = plan
+            # The variables' torch tensors: updated in place by the
+            # optimizer (`torch._foreach_add_`, `Variable.assign`'s
+            # `copy_`), the same objects during the `fit`.
+            weights = [_storage(variables[k]) for k in positions]
+            plan = (rows, positions, variables, sizes, weights)
+            self._plans[key] = plan
+        rows, positions, _, self._sizes, self._weights = plan
         self.present.update(rows)
         return (
             rows,
@@ -173,19 +180,17 @@ class Hook(records_module.Records):
         with torch.no_grad():
             if self._as_given:
                 # The gradients are applied as they are: no Keras op.
-                rows, variables, grads = self._logged(
-                    grads, trainable_variables
-                )
+                rows, _, grads = self._logged(grads, trainable_variables)
                 grads = _float32(grads)
                 finite = True
             else:
-                rows, variables, grads, _, _, finite = self.applied_gradients(
+                rows, _, grads, _, _, finite = self.applied_gradients(
                     grads, trainable_variables
                 )
                 finite = True if finite is None else bool(finite)
             if not rows:
                 return
-            weights = [_storage(v) for v in variables]
+            weights = self._weights  # Those of `rows` (`_logged`).
             if not finite:
                 stats = fused_stats(grads, weights, self._sizes)
                 self.add_record(step, True, rows, stats)
@@ -198,7 +203,7 @@ class Hook(records_module.Records):
                     self._before = (
                         self.pending[-1],
                         rows,
-                        variables,
+                        weights,
                         self._snapshot(rows, weights),
                     )
             if hist_due:
@@ -245,9 +250,9 @@ class Hook(records_module.Records):
         before, self._before = self._before, None
         if before is None:
             return
-        record, rows, variables, old = before
+        record, rows, weights, old = before
         with torch.no_grad():
-            norms = self._update_norms([_storage(v) for v in variables], old)
+            norms = self._update_norms(weights, old)
         table = record[: len(self.variables) * NUM_STATS].reshape(-1, NUM_STATS)
         table[rows, records_module.UPDATE_NORM] = norms
 
