@@ -277,3 +277,59 @@ def test_fit_logs_numpy_statistics_at_each_step(tmp_path):
             rtol=1e-3,
             atol=1e-6 * np.abs(g).max(),
         )
+
+
+class _Pending(keras.callbacks.Callback):
+    """Records the logger's buffered records after each batch end."""
+
+    def __init__(self, logger):
+        super().__init__()
+        self.logger = logger
+        self.counts = []
+        self.at_epoch_end = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.counts.append(len(self.logger._hook.pending))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.at_epoch_end.append(len(self.logger._hook.pending))
+
+
+@pytest.mark.parametrize("nan_at", [None, 3])
+def test_records_written_in_groups(tmp_path, nan_at):
+    # The first record at once, then every `WRITE_EVERY` records, at once
+    # when a gradient is not finite (its warning), all at each epoch end.
+    from keras_winit.monitoring import GradientVarianceLogger
+    from keras_winit.monitoring import NonFiniteGradientWarning
+
+    every = _torch_module().WRITE_EVERY
+    model = _model()
+    rng = np.random.default_rng(0)
+    steps = 2 * every + 3
+    x = rng.normal(size=(steps * 4, 6)).astype("float32")
+    y = rng.normal(size=(steps * 4, 3)).astype("float32")
+    if nan_at is not None:
+        x[4 * nan_at] = np.nan
+    logger = GradientVarianceLogger(tmp_path, update_freq=1, warn=False)
+    spy = _Pending(logger)
+
+    def fit():
+        model.fit(
+            x,
+            y,
+            batch_size=4,
+            verbose=0,
+            shuffle=False,
+            callbacks=[logger, spy],
+        )
+
+    if nan_at is None:
+        fit()
+        want = [0] + [k % every for k in range(1, steps)]
+    else:
+        with pytest.warns(NonFiniteGradientWarning):
+            fit()
+        # From the NaN batch on, the weights and every gradient are NaN.
+        want = [0, 1, 2] + [0] * (steps - 3)
+    assert spy.counts == want
+    assert spy.at_epoch_end == [0]

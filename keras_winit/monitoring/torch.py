@@ -3,8 +3,11 @@
 PyTorch trains eagerly: while the callback's train function runs,
 `optimizer.apply` is wrapped (and unwrapped after each call, whatever
 happens); on the optimizer steps that are recorded (a Python-level check
-of `optimizer.iterations`), the statistics are computed with fused torch
-ops and copied to the host in one transfer.
+of `optimizer.iterations`), the statistics are computed with few torch
+ops (`fused_stats`: one `sum` per gradient, one `torch._foreach_norm`)
+and copied to the host in one transfer. Records are written between
+steps: the first at once, then in groups of `WRITE_EVERY` (at once when a
+gradient is not finite), and at the end of each epoch.
 """
 
 import math
@@ -24,6 +27,9 @@ from keras_winit.monitoring.records import NUM_STATS
 from keras_winit.monitoring.records import VARIANCE
 from keras_winit.monitoring.records import WEIGHT_NORM
 
+# Records buffered between two writes (see `Hook.write_pending`).
+WRITE_EVERY = 8
+
 
 def _is_keras_train_step(model):
     step = getattr(type(model), "train_step", None)
@@ -37,6 +43,9 @@ class Hook(records_module.Records):
         super().__init__(callback, model, writer)
         # `_logged`'s rows and positions, per list of variables.
         self._plans = {}
+        # Whether the next batch end writes the buffered records (the
+        # first record, a non-finite gradient).
+        self._write_now = True
         # The entries and torch tensors of the variables of the last
         # `_logged` call.
         self._sizes = None
@@ -198,6 +207,8 @@ class Hook(records_module.Records):
             if due:
                 stats = fused_stats(grads, weights, self._sizes)
                 self.add_record(step, False, rows, stats)
+                if stats[:, NONFINITE].any():
+                    self._write_now = True  # Its warning, at once.
                 if self.update_ratio and step % self.update_ratio_freq == 0:
                     # The weights before the update (a float32 copy).
                     self._before = (
@@ -257,7 +268,22 @@ class Hook(records_module.Records):
         table[rows, records_module.UPDATE_NORM] = norms
 
     def write_pending(self, force=False):
-        self.write_buffered()
+        """Writes the buffered records: the first one at once, then every
+        `WRITE_EVERY` records; at once when one has a non-finite gradient
+        (its warning) or a histogram is pending; always with `force` (end
+        of each epoch, end of `fit`, clean-up after an exception).
+
+        Measured on one CPU core between the MLP's steps: a record written
+        alone costs 2 to 3 times what it costs among 8 written back to back
+        (the writing code and data leave the CPU caches during a training
+        step; one flush per group instead of one per record).
+        """
+        if self.pending_histograms or (
+            self.pending
+            and (force or self._write_now or len(self.pending) >= WRITE_EVERY)
+        ):
+            self._write_now = False
+            self.write_buffered()
         if self.weights_freq:
             self.write_weights()
 
