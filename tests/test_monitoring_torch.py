@@ -333,3 +333,25 @@ def test_records_written_in_groups(tmp_path, nan_at):
         want = [0, 1, 2] + [0] * (steps - 3)
     assert spy.counts == want
     assert spy.at_epoch_end == [0]
+
+
+def test_first_record_written_at_once_after_a_histogram(tmp_path):
+    # A histogram-only step first (step 3), then the first record (step
+    # 4): that record is still written at its batch end.
+    from keras_winit.monitoring import GradientVarianceLogger
+
+    model = _model()
+    model.optimizer.build(model.trainable_variables)
+    model.optimizer.iterations.assign(3)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4 * 4, 6)).astype("float32")
+    y = rng.normal(size=(4 * 4, 3)).astype("float32")
+    logger = GradientVarianceLogger(
+        tmp_path, update_freq=4, histogram_freq=3, warn=False
+    )
+    spy = _Pending(logger)
+    model.fit(
+        x, y, batch_size=4, verbose=0, shuffle=False, callbacks=[logger, spy]
+    )
+    # Steps 3 (histogram), 4 (first record, written), 5, 6 (histogram).
+    assert spy.counts == [0, 0, 0, 0]

@@ -276,7 +276,8 @@ class Hook(records_module.Records):
             self.pending
             and (force or self._write_now or len(self.pending) >= WRITE_EVERY)
         ):
-            self._write_now = False
+            if self.pending:
+                self._write_now = False
             self.write_buffered()
         if self.weights_freq:
             self.write_weights()
