@@ -1601,7 +1601,19 @@ def test_update_ratio_of_large_and_small_variables(tmp_path, update_freq):
 
 
 @pytest.mark.parametrize(
-    "update_freq, steps_per_execution", [(1, 1), (3, 1), (1, 4)]
+    "update_freq, steps_per_execution",
+    [
+        (1, 1),
+        (3, 1),
+        pytest.param(
+            1,
+            4,
+            marks=pytest.mark.skipif(
+                BACKEND == "torch",
+                reason="Keras' PyTorch trainer: steps_per_execution=1 only",
+            ),
+        ),
+    ],
 )
 def test_default_signals_log_update_ratio_every_tenth_step(
     tmp_path, update_freq, steps_per_execution
