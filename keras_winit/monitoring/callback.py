@@ -271,9 +271,10 @@ class GradientVarianceLogger(keras.callbacks.Callback):
     skips it).
 
     How: the statistics are computed inside the training step, fused (the
-    gradients are flattened into one buffer and reduced per variable with
-    segment sums, so the number of reductions does not grow with the
-    number of variables), only on recorded steps, by the module of
+    small variables' gradients are grouped by size and each group reduced
+    as the rows of one matrix, so the number of reductions does not grow
+    with the number of variables; PyTorch: one grouped `_foreach_norm`),
+    only on recorded steps, by the module of
     `keras_winit.monitoring` for the backend. The callback makes `fit`'s
     train function: it wraps the optimizer's `apply` (TensorFlow,
     PyTorch) or `stateless_apply` (JAX) only while that function runs, so
@@ -287,7 +288,9 @@ class GradientVarianceLogger(keras.callbacks.Callback):
     returns the statistics next to the logs; they are fetched every 32
     recorded steps, without waiting for the step in flight, and at the
     end of each epoch. On PyTorch, they are computed eagerly on recorded
-    steps only. With Keras' own `train_step` (no loss scaling, no gradient
+    steps only, and written as TensorFlow's are (the first at once, then
+    every 8 recorded steps, at once when non-finite, and at each epoch
+    end). With Keras' own `train_step` (no loss scaling, no gradient
     accumulation), unrecorded steps run Keras' unmodified train function
     (TensorFlow, PyTorch) or jitted `train_step` (JAX), chosen in Python
     by the step number. Cost: `docs/gradient_monitoring.md#cost`.

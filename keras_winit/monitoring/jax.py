@@ -386,6 +386,7 @@ def fused_stats(grads, weights, new_weights=None):
                 continue
             size = flat[group[0]].shape[0]
             end = start + size * len(group)
+            assert buffer is not None  # A small group: `small` holds it.
             out.append(jnp.reshape(buffer[start:end], (len(group), size)))
             start = end
         return out

@@ -118,9 +118,9 @@ MAX_BUFFERED_RECORDS = 4096
 # Variables with at least this many entries are reduced one by one (their
 # reductions are bound by memory traffic, so one launch each costs little,
 # and CPU scatter-adds are several times slower than vectorized sums); the
-# smaller ones are flattened into one buffer and reduced with segment sums,
-# so their number costs nothing. Such large variables number at most
-# (number of weights) / LARGE_VARIABLE.
+# smaller ones are grouped by size and reduced as the rows of one matrix
+# per size (TensorFlow, JAX), so their number costs nothing. Such large
+# variables number at most (number of weights) / LARGE_VARIABLE.
 LARGE_VARIABLE = 2**14
 # Marks the methods keras_winit patched on an instance.
 PATCH_MARK = "_keras_winit_original"
@@ -413,9 +413,9 @@ class Records:
         if "global_norm" in signals:
             norms = rows[:, NORM]
             tail.append(math.sqrt(float(np.dot(norms, norms))))
-        values = np.concatenate([[v for _, v in head], table.ravel(), tail])
+        numbers = np.concatenate([[v for _, v in head], table.ravel(), tail])
         self.writer.scalar_array(
-            step, self._record_tags(with_ratio, head), values
+            step, self._record_tags(with_ratio, head), numbers
         )
         self._write_overview(step, stats, present)
         if first is not None:

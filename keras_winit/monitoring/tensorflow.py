@@ -59,7 +59,7 @@ class Hook(records_module.Records):
         # whether the next batch end must read it (a histogram is due).
         self.recorded_since_read = 1
         self.must_read = False
-        self.next_step = None
+        self.next_step: int | None = None
         self.traced_applies = 0
         n = len(self.variables)
         on_read = dict(
@@ -173,7 +173,7 @@ class Hook(records_module.Records):
 
         def train_function(iterator):
             if plain is not None and not hook._due_now():
-                hook.next_step += hook.steps_per_execution
+                hook.next_step = hook._step() + hook.steps_per_execution
                 return plain(iterator)
             function, wrapper = recording, recording_wrapper
             if with_ratio is not None and hook._ratio_due_now():
@@ -226,9 +226,16 @@ class Hook(records_module.Records):
         logged (split)."""
         return self._holds(self.update_ratio_freq)
 
+    def _step(self) -> int:
+        """The optimizer step of the next call (split: counted, set by
+        `sync_step` before the first call)."""
+        if self.next_step is None:
+            raise RuntimeError("The step is not counted (not split).")
+        return self.next_step
+
     def _holds(self, f):
         """Whether the next call's steps hold a multiple of `f` (split)."""
-        s = self.next_step
+        s = self._step()
         last = s + self.steps_per_execution - 1
         return bool(f) and (last // f) * f >= s
 
