@@ -283,6 +283,19 @@ def keep_functional_cond(op):
         ) from error
 
 
+def quiet_retracing(function: Any) -> Any:
+    """TensorFlow: turns off the "frequent retracing" log line of the
+    `tf.function` `function` (its private `_omit_frequent_tracing_warning`),
+    for functions traced once per model and signature by design (the line
+    is keyed by the Python code, shared by every model's function).
+
+    Returns `function`. A TensorFlow without the attribute only logs.
+    """
+    if hasattr(function, "_omit_frequent_tracing_warning"):
+        function._omit_frequent_tracing_warning = True
+    return function
+
+
 def torch_device() -> Any:
     """PyTorch: the device Keras puts new tensors on (`get_device`)."""
     try:

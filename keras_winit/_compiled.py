@@ -331,9 +331,7 @@ def _trace(entry, model, loss, training, seed, norm_training):
     # One trace per model and signature is the design, not an accident:
     # TensorFlow's "frequent retracing" log line (keyed by the code of
     # `probe_pass`, shared by every model's pass) would be misleading.
-    if hasattr(function, "_omit_frequent_tracing_warning"):
-        function._omit_frequent_tracing_warning = True
-    return function
+    return _compat.quiet_retracing(function)
 
 
 def _check(structure, walk, recorder):

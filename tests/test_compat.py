@@ -229,6 +229,20 @@ def test_keep_functional_cond():
         _compat.keep_functional_cond(object())
 
 
+@pytest.mark.tensorflow_only
+def test_quiet_retracing():
+    import tensorflow as tf
+
+    function = tf.function(lambda x: x + 1.0)
+    # The attribute exists in this TensorFlow (the touchpoint is alive).
+    assert function._omit_frequent_tracing_warning is False
+    assert _compat.quiet_retracing(function) is function
+    assert function._omit_frequent_tracing_warning is True
+    assert float(function(tf.constant(1.0))) == 2.0
+    plain = object()  # Without the attribute: returned unchanged.
+    assert _compat.quiet_retracing(plain) is plain
+
+
 @pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch")
 def test_torch_device_dtype_and_generator():
     import torch

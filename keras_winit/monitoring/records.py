@@ -281,18 +281,28 @@ class Records:
         except `overwrite_with_gradient` ones (not a gradient step). Marks
         their rows as present.
         """
-        rows, kept_variables, kept_grads = [], [], []
-        for g, v in zip(grads, list(variables), strict=False):
+        variables = list(variables)
+        rows, positions = self._logged_positions(grads, variables)
+        self.present.update(rows)
+        return (
+            rows,
+            [variables[k] for k in positions],
+            [grads[k] for k in positions],
+        )
+
+    def _logged_positions(self, grads, variables):
+        """`(rows, positions)`: the rows of the logged gradients (see
+        `_logged`) and their positions in `grads` and `variables`."""
+        rows, positions = [], []
+        for k, (g, v) in enumerate(zip(grads, variables, strict=False)):
             i = self._row(v)
             if g is None or i is None:
                 continue
             if getattr(v, "overwrite_with_gradient", False):
                 continue
             rows.append(i)
-            kept_variables.append(v)
-            kept_grads.append(g)
-        self.present.update(rows)
-        return rows, kept_variables, kept_grads
+            positions.append(k)
+        return rows, positions
 
     def applied_gradients(self, grads, trainable_variables):
         """The gradients as the optimizer applies them.

@@ -131,15 +131,7 @@ class Hook(records_module.Records):
         key = (tuple(map(id, variables)), tuple(g is None for g in grads))
         plan = self._plans.get(key)
         if plan is None:
-            rows, positions = [], []
-            for k, (g, v) in enumerate(zip(grads, variables, strict=False)):
-                i = self._row(v)
-                if g is None or i is None:
-                    continue
-                if getattr(v, "overwrite_with_gradient", False):
-                    continue
-                rows.append(i)
-                positions.append(k)
+            rows, positions = self._logged_positions(grads, variables)
             if len(self._plans) >= 16:  # Bounded: lists may vary.
                 self._plans.clear()
             # The variables are kept with their plan: their ids in `key`
