@@ -266,21 +266,9 @@ def _trace(entry, model, loss, training, seed, norm_training):
         _TRACES[0] += 1
         model = model_ref()
         calls: list[Any] = []
-        seen: dict[Any, Any] = {}
-
-        def leaf(layer, args, kwargs):
-            z, a = _signal.split_call(layer, args, kwargs)
-            if not _signal._is_float_tensor(a):
-                return a
-            count = seen.get(id(layer), 0)
-            seen[id(layer)] = count + 1
-            tape.watch(a)
-            if z is not None:
-                tape.watch(z)
-            calls.append((layer, count, z, a))
-            return a
-
-        with tf.GradientTape() as tape:
+        tape = tf.GradientTape()
+        leaf = _signal.recording_leaf(calls, tape.watch)
+        with tape:
             walk, recorder = walker._execute(
                 model,
                 x,
@@ -299,28 +287,19 @@ def _trace(entry, model, loss, training, seed, norm_training):
                 from_logits=structure.from_logits,
             )
         _check(structure, walk, recorder)
-        kernels = [
-            _signal.kernel_variable(layer) if count == 0 else None
-            for layer, count, _, _ in calls
-        ]
-        signals = [a if z is None else z for _, _, z, a in calls]
-        sources = signals + [k for k in kernels if k is not None]
+        kernels, sources = _signal.gradient_sources(calls)
         grads = tape.gradient(loss_value, sources)
-        signal_grads = grads[: len(calls)]
-        kernel_grads = iter(grads[len(calls) :])
-        out = []
-        for (_, _, z, a), g, kernel in zip(
-            calls, signal_grads, kernels, strict=True
-        ):
-            kg = next(kernel_grads) if kernel is not None else None
-            out.append(
-                (
-                    z,
-                    a,
-                    None if g is None else _signal._dense(g),
-                    None if kg is None else _signal._dense(kg),
-                )
+        out = [
+            (
+                z,
+                a,
+                None if g is None else _signal._dense(g),
+                None if kg is None else _signal._dense(kg),
             )
+            for (_, _, z, a), g, kg in _signal.per_call_gradients(
+                calls, kernels, grads
+            )
+        ]
         entry.templates = [
             (weakref.ref(layer), count) for layer, count, _, _ in calls
         ]

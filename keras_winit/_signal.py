@@ -401,10 +401,13 @@ def annotate(records, walk):
         r.shortcut = c.shortcut
 
 
-def _probe_eager(model, x, y, loss, training, seed, norm_training):
-    backend = keras.backend.backend()
-    calls: list[Any] = []
-    seen: dict[Any, Any] = {}
+def recording_leaf(calls, watch=None):
+    """The walker's leaf of a probe pass: calls each leaf layer with its
+    pre-activation split off (`split_call`) and appends
+    `(layer, call_index, pre_activation or None, output)` to `calls` for
+    the calls with a float output; `watch(tensor)` (a TensorFlow tape's),
+    when given, sees the output and the pre-activation."""
+    seen: dict[int, int] = {}
 
     def leaf(layer, args, kwargs):
         z, a = split_call(layer, args, kwargs)
@@ -412,69 +415,77 @@ def _probe_eager(model, x, y, loss, training, seed, norm_training):
             return a
         count = seen.get(id(layer), 0)
         seen[id(layer)] = count + 1
-        if backend == "tensorflow":
-            tape.watch(a)
+        if watch is not None:
+            watch(a)
             if z is not None:
-                tape.watch(z)
+                watch(z)
         calls.append((layer, count, z, a))
         return a
 
-    kernels: list[Any] = []
+    return leaf
 
-    def gradients(loss_value):
-        kernels.extend(
-            kernel_variable(layer) if count == 0 else None
-            for layer, count, _, _ in calls
-        )
-        signals = [a if z is None else z for _, _, z, a in calls]
-        sources = signals + [k for k in kernels if k is not None]
-        if backend == "tensorflow":
-            return tape.gradient(loss_value, sources)
-        return _torch_gradients(loss_value, sources)
 
+def gradient_sources(calls):
+    """`(kernels, sources)` of the recorded `calls`: each call's kernel
+    variable (its layer's first call only, else `None`), and what the
+    loss is differentiated with respect to: each call's signal (its
+    pre-activation where split off, else its output), then the kernels."""
+    kernels = [
+        kernel_variable(layer) if count == 0 else None
+        for layer, count, _, _ in calls
+    ]
+    signals = [a if z is None else z for _, _, z, a in calls]
+    return kernels, signals + [k for k in kernels if k is not None]
+
+
+def per_call_gradients(calls, kernels, grads):
+    """`(call, signal gradient, kernel gradient or None)` for each call,
+    from the gradients of `gradient_sources(calls)`'s sources."""
+    kernel_grads = iter(grads[len(calls) :])
+    for call, g, kernel in zip(
+        calls, grads[: len(calls)], kernels, strict=True
+    ):
+        yield call, g, (next(kernel_grads) if kernel is not None else None)
+
+
+def _probe_eager(model, x, y, loss, training, seed, norm_training):
+    backend = keras.backend.backend()
+    calls: list[Any] = []
     if backend == "tensorflow":
         import tensorflow as tf
 
-        with tf.GradientTape() as tape:
-            walk, recorder = walker._execute(
-                model,
-                x,
-                leaf,
-                training=training,
-                norm_training=norm_training,
-                structure=True,
-            )
-            outputs = walk.outputs
-            loss_value, description, from_logits = _loss(
-                model, x, y, loss, outputs, seed, with_from_logits=True
-            )
-        grads = gradients(loss_value)
+        tape = tf.GradientTape()
+        context: Any = tape
+        leaf = recording_leaf(calls, tape.watch)
     else:
         import torch
 
         x = keras.tree.map_structure(_torch_requires_grad, x)
-        with torch.enable_grad():
-            walk, recorder = walker._execute(
-                model,
-                x,
-                leaf,
-                training=training,
-                norm_training=norm_training,
-                structure=True,
-            )
-            outputs = walk.outputs
-            loss_value, description, from_logits = _loss(
-                model, x, y, loss, outputs, seed, with_from_logits=True
-            )
-            grads = gradients(loss_value)
-    signal_grads = grads[: len(calls)]
-    kernel_grads = iter(grads[len(calls) :])
-    records = []
-    for (layer, count, z, a), g, kernel in zip(
-        calls, signal_grads, kernels, strict=True
-    ):
-        kg = next(kernel_grads) if kernel is not None else None
-        records.append(_record(layer, count, z, a, g, kg))
+        context = torch.enable_grad()
+        leaf = recording_leaf(calls)
+    with context:
+        walk, recorder = walker._execute(
+            model,
+            x,
+            leaf,
+            training=training,
+            norm_training=norm_training,
+            structure=True,
+        )
+        loss_value, description, from_logits = _loss(
+            model, x, y, loss, walk.outputs, seed, with_from_logits=True
+        )
+        kernels, sources = gradient_sources(calls)
+        if backend != "tensorflow":
+            grads = _torch_gradients(loss_value, sources)
+    if backend == "tensorflow":
+        grads = tape.gradient(loss_value, sources)
+    records = [
+        _record(layer, count, z, a, g, kg)
+        for (layer, count, z, a), g, kg in per_call_gradients(
+            calls, kernels, grads
+        )
+    ]
     return records, description, walk, (recorder, from_logits)
 
 
@@ -536,24 +547,12 @@ def _probe_jax(model, x, y, loss, training, seed, norm_training):
     """
     import jax
 
-    calls = []
-    seen: dict[Any, Any] = {}
-
-    def record_leaf(layer, args, kwargs):
-        z, a = split_call(layer, args, kwargs)
-        if not _is_float_tensor(a):
-            return a
-        count = seen.get(id(layer), 0)
-        seen[id(layer)] = count + 1
-        signal = a if z is None else z
-        calls.append((layer, count, signal.shape, signal.dtype))
-        return a
-
+    recorded: list[Any] = []
     with keras.StatelessScope():
         walk = walker.execute(
             model,
             x,
-            record_leaf,
+            recording_leaf(recorded),
             training=training,
             norm_training=norm_training,
             structure=True,
@@ -562,8 +561,15 @@ def _probe_jax(model, x, y, loss, training, seed, norm_training):
         _, description, from_logits = _loss(
             model, x, y, loss, outputs, seed, with_from_logits=True
         )
-    kernels = [kernel_variable(c[0]) if c[1] == 0 else None for c in calls]
+    kernels, _ = gradient_sources(recorded)
     kernel_sources = [k for k in kernels if k is not None]
+    # Only the signals' shapes and dtypes are kept (values come back from
+    # the differentiated pass).
+    calls = []
+    for layer, count, z, a in recorded:
+        signal = a if z is None else z
+        calls.append((layer, count, signal.shape, signal.dtype))
+    recorded.clear()  # The first pass's activations are not kept alive.
 
     def forward(perturbations, kernel_values):
         signals = []
