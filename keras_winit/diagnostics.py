@@ -765,38 +765,28 @@ def _measure(records, eps):
         )
         return mean, var, exact
 
+    def mean_std(where, tensor):
+        """`(mean, std, non-finite count)` of `tensor`: from the fetched
+        moments when exact, else in float64 from its host values."""
+        mean, var, exact = moments(where)
+        if exact:
+            return mean, math.sqrt(var), 0
+        host = _signal._numpy(tensor)
+        with np.errstate(all="ignore"):
+            mean, std = float(host.mean()), float(host.std(dtype=np.float64))
+        return mean, std, _nonfinite(host)
+
     measured = []
     for r, plan in zip(records, plans, strict=True):
         m = {}
-        mean, var, exact = moments(plan["out"])
-        nonfinite = 0
-        if exact:
-            m["mean"], m["std"] = mean, math.sqrt(var)
-        else:
-            out = _signal._numpy(r.out)
-            nonfinite += _nonfinite(out)
-            with np.errstate(all="ignore"):
-                m["mean"] = float(out.mean())
-                m["std"] = float(out.std(dtype=np.float64))
+        m["mean"], m["std"], nonfinite = mean_std(plan["out"], r.out)
         m["pre_std"] = None
         if "pre" in plan:
-            _, var, exact = moments(plan["pre"])
-            if exact:
-                m["pre_std"] = math.sqrt(var)
-            else:
-                with np.errstate(all="ignore"):
-                    pre = _signal._numpy(r.pre)
-                    m["pre_std"] = float(pre.std(dtype=np.float64))
+            _, m["pre_std"], _ = mean_std(plan["pre"], r.pre)
         m["grad_std"] = None
         if "grad" in plan:
-            _, var, exact = moments(plan["grad"])
-            if exact:
-                m["grad_std"] = math.sqrt(var)
-            else:
-                grad = _signal._numpy(r.grad)
-                nonfinite += _nonfinite(grad)
-                with np.errstate(all="ignore"):
-                    m["grad_std"] = float(grad.std(dtype=np.float64))
+            _, m["grad_std"], grad_nonfinite = mean_std(plan["grad"], r.grad)
+            nonfinite += grad_nonfinite
         m["nonfinite"] = nonfinite
         m["weight_grad_var"] = m["grad_norm"] = m["weight_norm"] = None
         if "kernel_grad" in plan:
