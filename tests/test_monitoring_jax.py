@@ -126,3 +126,42 @@ def test_no_warning_no_variable_records(tmp_path, monkeypatch):
         warnings.simplefilter("ignore", GradientVarianceWarning)
         _fit(model, tmp_path / "warned", update_freq=1, warn="gradients")
     assert len(built) == 4  # The first recorded step only.
+
+
+@jax_only
+def test_update_ratio_steps_run_a_step_of_their_own(tmp_path, monkeypatch):
+    # With the defaults at update_freq=1, the recorded steps run one of two
+    # jitted steps, chosen in Python by the step: with the update's norm
+    # (every 10th) or without; neither holds the other's branch (an
+    # untaken `lax.cond` that reads the weights still makes XLA copy them
+    # before the update). Each is traced once, over two epochs.
+    from keras_winit.monitoring import jax as hook_module
+
+    traced = []
+    fused_stats = hook_module.fused_stats
+
+    def spy(grads, weights, new_weights=None):
+        traced.append(new_weights is not None)
+        return fused_stats(grads, weights, new_weights)
+
+    per_trace = []
+    record = hook_module.Hook.record
+
+    def record_spy(hook, *args):
+        before = len(traced)
+        out = record(hook, *args)
+        per_trace.append(traced[before:])
+        return out
+
+    monkeypatch.setattr(hook_module, "fused_stats", spy)
+    monkeypatch.setattr(hook_module.Hook, "record", record_spy)
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.random.default_rng(0).normal(size=(12 * 4, 6)).astype("float32")
+    y = np.zeros((12 * 4, 2), "float32")
+    logger = GradientVarianceLogger(str(tmp_path), update_freq=1, warn=False)
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[logger])
+    assert sorted(per_trace) == [[False], [True]]
+    events = _read(tmp_path / "gradients")
+    assert _steps(events, "update_ratio/mlp/out/kernel") == [0, 10, 20]
+    assert _steps(events, "grad_norm/mlp/out/kernel") == list(range(24))

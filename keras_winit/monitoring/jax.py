@@ -52,6 +52,9 @@ class Hook(records_module.Records):
         # `stateless_apply` call; the layout holds the static rows of the
         # gradients and of the weights that the record's arrays hold.
         self.traced = None
+        # While a step is traced: whether it takes the update's norm
+        # (split), or `None`: decided in the graph by the step.
+        self.traced_ratio: bool | None = None
         self.layouts = []
         # Records (device arrays) of the steps run since the last fetch.
         self.in_flight = []
@@ -83,39 +86,54 @@ class Hook(records_module.Records):
         hook = self
         optimizer = self.optimizer
 
-        def step_and_records(state, data):
-            hook.traced = []
-            try:
-                logs, state = train_step(model, state, data)
-                traced = hook.traced
-            finally:
-                hook.traced = None
-            hook.layouts = [layout for _, layout in traced]
-            return (logs, tuple(record for record, _ in traced)), state
+        def make_step_and_records(ratio):
+            def step_and_records(state, data):
+                hook.traced = []
+                hook.traced_ratio = ratio
+                try:
+                    logs, state = train_step(model, state, data)
+                    traced = hook.traced
+                finally:
+                    hook.traced = None
+                    hook.traced_ratio = None
+                hook.layouts = [layout for _, layout in traced]
+                return (logs, tuple(record for record, _ in traced)), state
+
+            return jit(step_and_records) if jitted else step_and_records
 
         jitted = not model.run_eagerly and model.jit_compile
 
+        # Read now: during an epoch, the JAX trainer's variables hold no
+        # values to read the sharding from.
+        out_shardings = None
+        if keras.distribution.distribution() is not None:
+            out_shardings = (None, _compat.state_sharding_spec(model))
+
         def jit(function):
-            out_shardings = None
-            if keras.distribution.distribution() is not None:
-                out_shardings = (None, _compat.state_sharding_spec(model))
             return jax.jit(
                 function, donate_argnums=0, out_shardings=out_shardings
             )
 
-        if jitted:
-            step_and_records = jit(step_and_records)
-        # Keras' own step, made at the first unrecorded one.
-        plain_step: list[Any] = []
+        # Split: Keras' own step for the unrecorded calls; a recording
+        # step, and when `update_ratio` is logged on some recorded steps
+        # only (the defaults), a third that also takes the update's norm.
+        # Each is jitted on its first call, and chosen in Python, so no
+        # branch waits untaken in the step (an untaken `lax.cond` that
+        # reads the weights still makes XLA copy them before the update).
+        # Not split: one step, which decides in the graph.
+        functions: dict[Any, Any] = {}
 
-        def plain(state, data):
-            if not plain_step:
+        def function(ratio):
+            if ratio not in functions:
+                if ratio == "plain":
 
-                def keras_step(state, data):
-                    return train_step(model, state, data)
+                    def keras_step(state, data):
+                        return train_step(model, state, data)
 
-                plain_step.append(jit(keras_step) if jitted else keras_step)
-            return plain_step[0](state, data)
+                    functions[ratio] = jit(keras_step) if jitted else keras_step
+                else:
+                    functions[ratio] = make_step_and_records(ratio)
+            return functions[ratio]
 
         def wrap(method):
             def stateless_apply(*args, **kwargs):
@@ -126,12 +144,16 @@ class Hook(records_module.Records):
         def one_step(state, data):
             hook.steps_run += 1
             step = hook.next_step
+            ratio = None
             if step is not None:
                 hook.next_step = step + 1
                 if not hook._due(step):
-                    return plain(state, data)
+                    return function("plain")(state, data)
+                ratio = bool(hook.update_ratio) and (
+                    step % hook.update_ratio_freq == 0
+                )
             with records_module.patched(optimizer, "stateless_apply", wrap):
-                (logs, records), state = step_and_records(state, data)
+                (logs, records), state = function(ratio)(state, data)
             if records:
                 in_flight = hook.in_flight
                 in_flight.append(records)
@@ -225,13 +247,19 @@ class Hook(records_module.Records):
             1 + records_module.KIND_SKIPPED,
             jnp.where(due, 1 + records_module.KIND_APPLIED, 0),
         )
-        record = {
-            "stats": jax.lax.cond(
+        ratio = self.traced_ratio
+        if ratio is None:  # Not split: decided in the graph.
+            stats = jax.lax.cond(
                 kind > 0,
                 lambda: self._stats(grads, weights, new_weights, step),
                 lambda: jnp.zeros((len(rows), NUM_STATS), "float32"),
             )
-        }
+        else:
+            # Split: this function runs only on steps that record something
+            # (a step that only logs histograms or weights ignores them, by
+            # its `kind`), with or without the update's norm.
+            stats = fused_stats(grads, weights, new_weights if ratio else None)
+        record = {"stats": stats}
         hist_due = weights_due = jnp.bool_(False)
         if self.histogram_freq:
             hist_due = jnp.logical_and(ok, step % self.histogram_freq == 0)
