@@ -1102,7 +1102,8 @@ def test_interrupted_fit_leaves_nothing_patched(tmp_path, error):
         )
     assert not _wrapped(model.optimizer)
     # Records are written in groups (issue 14; TensorFlow and PyTorch: the
-    # first at once, then every 8 recorded steps; JAX: fetched in groups):
+    # first at once, then every `records.WRITE_EVERY` recorded steps; JAX:
+    # fetched in groups):
     # the clean-up writes the rest.
     events = _read(tmp_path / "gradients")
     on_disk = [s for s, _ in events.get("grad_variance/mlp/out/kernel", [])]
@@ -1681,3 +1682,56 @@ def test_unrecorded_steps_run_keras_step_on_jax_and_torch(tmp_path):
     events = _read(tmp_path / "gradients")
     assert _steps(events, "grad_variance/mlp/out/kernel") == [0, 4, 8]
     assert _iterations(model) == 12
+
+
+@pytest.mark.parametrize("warn", [True, False])
+def test_records_written_at_once_are_the_same_bytes(
+    tmp_path, monkeypatch, warn
+):
+    # `Records.write_records` writes runs of routine records at once (one
+    # array of values, summaries filled together); the events are those of
+    # writing each through `write_record`, byte for byte but the wall time.
+    # Defaults (update_ratio on every 10th step), histograms every 5 steps
+    # (a depth profile: not routine), the first records judged (warn).
+    from tensorboard.compat.proto import event_pb2
+
+    from keras_winit.monitoring import records as records_module
+    from keras_winit.monitoring import writer as writer_module
+
+    def events(run):
+        out = []
+        for path in sorted((tmp_path / run / "gradients").glob("events*")):
+            for payload in writer_module._payloads(path.read_bytes()):
+                event = event_pb2.Event.FromString(payload)
+                event.wall_time = 0
+                out.append(event.SerializeToString())
+        return out
+
+    kwargs = dict(update_freq=1, histogram_freq=5, warn=warn)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(24 * BATCH, 6)).astype("float32")
+    y = rng.normal(size=(24 * BATCH, 2)).astype("float32")
+    sizes = []
+    scalar_arrays = writer_module.EventWriter.scalar_arrays
+
+    def spy(writer, steps, tags, values):
+        sizes.append(len(steps))
+        return scalar_arrays(writer, steps, tags, values)
+
+    monkeypatch.setattr(writer_module.EventWriter, "scalar_arrays", spy)
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    _fit_on(model, tmp_path / "at_once", x, y, **kwargs)
+    assert max(sizes) > 1  # Some records were written at once.
+
+    def one_by_one(hook, records):
+        for record in records:
+            hook.write_record(record)
+
+    monkeypatch.setattr(records_module.Records, "write_records", one_by_one)
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    _fit_on(model, tmp_path / "one_by_one", x, y, **kwargs)
+    at_once, reference = events("at_once"), events("one_by_one")
+    assert len(at_once) > 24
+    assert at_once == reference

@@ -301,8 +301,8 @@ def test_records_written_in_groups(tmp_path, nan_at):
     # when a gradient is not finite (its warning), all at each epoch end.
     from keras_winit.monitoring import GradientVarianceLogger
     from keras_winit.monitoring import NonFiniteGradientWarning
+    from keras_winit.monitoring.records import WRITE_EVERY as every
 
-    every = _torch_module().WRITE_EVERY
     model = _model()
     rng = np.random.default_rng(0)
     steps = 2 * every + 3

@@ -40,7 +40,7 @@ class Hook(records_module.Records):
     # Steps whose records are fetched together. The newest `in_flight_kept`
     # are left for the next fetch, so that a fetch does not wait for a step
     # still running (JAX dispatches steps asynchronously).
-    fetch_every = 32
+    fetch_every = records_module.WRITE_EVERY
     in_flight_kept = 2
     # Records are also fetched when the oldest one in flight is this many
     # steps old (e.g. every 4 recorded steps at `update_freq=100`).

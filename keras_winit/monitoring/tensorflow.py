@@ -42,7 +42,8 @@ class Hook(records_module.Records):
         self.steps_per_execution = spe
         # Room for the records of several executions.
         self.buffer_size = min(
-            max(2 * spe, 16), records_module.MAX_BUFFERED_RECORDS
+            max(2 * spe, 2 * records_module.WRITE_EVERY),
+            records_module.MAX_BUFFERED_RECORDS,
         )
         self.batch_ends = 0
         self.next_read = 1

@@ -6,8 +6,8 @@ happens); on the optimizer steps that are recorded (a Python-level check
 of `optimizer.iterations`), the statistics are computed with few torch
 ops (`fused_stats`: one `sum` per gradient, one `torch._foreach_norm`)
 and copied to the host in one transfer. Records are written between
-steps: the first at once, then in groups of `WRITE_EVERY` (at once when a
-gradient is not finite), and at the end of each epoch.
+steps: the first at once, then in groups of `records.WRITE_EVERY` (at
+once when a gradient is not finite), and at the end of each epoch.
 """
 
 import math
@@ -22,9 +22,6 @@ from keras_winit.monitoring import writer as writer_module
 from keras_winit.monitoring.records import HISTOGRAM_BINS
 from keras_winit.monitoring.records import NONFINITE
 from keras_winit.monitoring.records import NUM_STATS
-
-# Records buffered between two writes (see `Hook.write_pending`).
-WRITE_EVERY = 8
 
 
 def _is_keras_train_step(model):
@@ -255,18 +252,23 @@ class Hook(records_module.Records):
 
     def write_pending(self, force=False):
         """Writes the buffered records: the first one at once, then every
-        `WRITE_EVERY` records; at once when one has a non-finite gradient
-        (its warning) or a histogram is pending; always with `force` (end
-        of each epoch, end of `fit`, clean-up after an exception).
+        `records.WRITE_EVERY` records; at once when one has a non-finite
+        gradient (its warning) or a histogram is pending; always with
+        `force` (end of each epoch, end of `fit`, clean-up after an
+        exception).
 
         Measured on one CPU core between the MLP's steps: a record written
         alone costs 2 to 3 times what it costs among 8 written back to back
         (the writing code and data leave the CPU caches during a training
-        step; one flush per group instead of one per record).
+        step).
         """
         if self.pending_histograms or (
             self.pending
-            and (force or self._write_now or len(self.pending) >= WRITE_EVERY)
+            and (
+                force
+                or self._write_now
+                or len(self.pending) >= records_module.WRITE_EVERY
+            )
         ):
             if self.pending:
                 self._write_now = False

@@ -308,28 +308,43 @@ class EventWriter:
             tags: Tuple of tags (not empty).
             values: Sequence or array of real numbers, one per tag.
         """
+        self.scalar_arrays([step], tags, [values])
+
+    def scalar_arrays(self, steps, tags, values):
+        """`scalar_array(step, tags, row)` for each step and row of
+        `values`, one event each, in order; the summaries of all rows are
+        filled at once (the same bytes).
+
+        Args:
+            steps: Sequence of steps, integers `>= 0`.
+            tags: Tuple of tags (not empty).
+            values: `[len(steps), len(tags)]` real numbers.
+        """
         self._check_open("scalars")
-        _check_step(step)
+        for step in steps:
+            _check_step(step)
         with np.errstate(over="ignore"):  # Out of float32 range: +-inf.
             floats = np.asarray(values, np.float64).astype(np.float32)
         template = self._scalar_templates.get(tags)
         if template is None and all(t in self._scalar_prefixes for t in tags):
             template = self._template(tags)
         if template is None:  # Some tag's first value: with metadata.
-            data = floats.tobytes()
-            parts = []
-            for i, tag in enumerate(tags):
-                prefix = self._scalar_prefixes.get(tag)
-                if prefix is None:
-                    parts.append(self._first_scalar(tag, float(floats[i])))
-                else:
-                    parts.append(prefix + data[4 * i : 4 * i + 4])
-            self._write_event(step, b"".join(parts))
+            for step, row in zip(steps, floats, strict=True):
+                data = row.tobytes()
+                parts = []
+                for i, tag in enumerate(tags):
+                    prefix = self._scalar_prefixes.get(tag)
+                    if prefix is None:
+                        parts.append(self._first_scalar(tag, float(row[i])))
+                    else:
+                        parts.append(prefix + data[4 * i : 4 * i + 4])
+                self._write_event(step, b"".join(parts))
             return
         summary, offsets = template
-        buffer = summary.copy()
-        buffer[offsets] = floats.view(np.uint8).reshape(-1, 4)
-        self._write_event(step, buffer.tobytes())
+        buffer = np.tile(summary, (len(steps), 1))
+        buffer[:, offsets] = floats.view(np.uint8).reshape(len(steps), -1, 4)
+        for step, row in zip(steps, buffer, strict=True):
+            self._write_event(step, row.tobytes())
 
     def _template(self, tags):
         """`(bytes, [n, 4] offsets)`: the summary of the scalars of `tags`
@@ -662,6 +677,9 @@ class NullWriter:
         pass
 
     def scalar_array(self, step, tags, values):
+        pass
+
+    def scalar_arrays(self, steps, tags, values):
         pass
 
     def histograms(self, step, tags_and_tables):
