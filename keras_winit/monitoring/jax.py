@@ -378,9 +378,13 @@ def fused_stats(grads, weights, new_weights=None):
     and the norm of the update (`new_weights - weights`; 0 without
     `new_weights`).
 
-    Two passes over each gradient (its mean, then the centered sum of
-    squares: a one-pass variance loses every digit when the mean is large
-    against the spread) and one over each weight. The variables smaller
+    One pass over each gradient and weight: `sum(g)`, `sum(g**2)` and
+    `sum(w**2)` (one loop each on XLA's CPU backend, where each kernel
+    costs microseconds to launch), `Var = sum(g**2) / n - mean**2`, exact
+    to float32 rounding when `mean**2 <= Var`; when some variable's is not
+    (a one-pass variance loses every digit when the mean is large against
+    the spread), the variances take two passes (the mean, then the
+    centered squares), in a `lax.cond` taken only then. The variables smaller
     than `records.LARGE_VARIABLE` entries are flattened into one buffer,
     grouped by size, and each group is reduced as the rows of one
     `[variables, size]` matrix (a slice of the buffer): one set of
@@ -422,8 +426,40 @@ def fused_stats(grads, weights, new_weights=None):
     gs = matrices(grads)
     ws = matrices(weights)
     nws = [None] * len(gs) if new_weights is None else matrices(new_weights)
-    stats = jnp.concatenate(
-        [_group_stats(*args) for args in zip(gs, ws, nws, strict=True)]
+    parts = [_group_sums(*args) for args in zip(gs, ws, nws, strict=True)]
+    sizes = jnp.concatenate(
+        [jnp.full((g.shape[0],), float(g.shape[1])) for g in gs]
+    )
+    sums, squares, weight_squares, update_squares = (
+        jnp.concatenate([p[k] for p in parts]) for k in range(4)
+    )
+    means = sums / sizes
+    variances = squares / sizes - means * means
+
+    def two_pass():
+        centered = [
+            jnp.sum((g - (jnp.sum(g, axis=1) / g.shape[1])[:, None]) ** 2, 1)
+            for g in gs
+        ]
+        return jnp.concatenate(centered) / sizes
+
+    # One pass (`sum(g)`, `sum(g**2)`, `sum(w**2)`: one loop per variable)
+    # is exact to float32 rounding when `mean**2 <= Var`; otherwise (and
+    # for NaN) the variances take two passes, in a `lax.cond`.
+    variances = jax.lax.cond(
+        jnp.all(means * means <= variances), lambda: variances, two_pass
+    )
+    zeros = jnp.zeros_like(means)
+    stats = jnp.stack(
+        [
+            variances,
+            means,
+            jnp.sqrt(squares),
+            zeros,
+            jnp.sqrt(weight_squares),
+            jnp.sqrt(update_squares),
+        ],
+        axis=1,
     )
     unsort = None if order == sorted(order) else np.argsort(order)
     if unsort is not None:
@@ -453,33 +489,19 @@ def _size_groups(tensors):
     return list(groups.values())
 
 
-def _group_stats(g, w, new_w):
-    """`fused_stats` columns (`NONFINITE` 0) of the rows of `g`, `w` and
-    `new_w` (`[variables, size]`; `new_w` may be `None`)."""
+def _group_sums(g, w, new_w):
+    """`(sum(g), sum(g**2), sum(w**2), sum((new_w - w)**2))` of the rows
+    of `g`, `w` and `new_w` (`[variables, size]`; `new_w` may be `None`:
+    zeros), reductions of one shape, which XLA fuses into one loop."""
     import jax.numpy as jnp
 
-    size = g.shape[1]
-    means = jnp.sum(g, axis=1) / size
-    centered = g - means[:, None]
-    squares = jnp.sum(centered * centered, axis=1)
-    weight_norms = jnp.sqrt(jnp.sum(w * w, axis=1))
-    zeros = jnp.zeros_like(means)
+    sums = jnp.sum(g, axis=1)
     if new_w is None:
-        update_norms = zeros
+        updates = jnp.zeros_like(sums)
     else:
         delta = new_w - w
-        update_norms = jnp.sqrt(jnp.sum(delta * delta, axis=1))
-    return jnp.stack(
-        [
-            squares / size,
-            means,
-            jnp.sqrt(squares + size * means * means),
-            zeros,
-            weight_norms,
-            update_norms,
-        ],
-        axis=1,
-    )
+        updates = jnp.sum(delta * delta, axis=1)
+    return sums, jnp.sum(g * g, axis=1), jnp.sum(w * w, axis=1), updates
 
 
 def histogram(g):
