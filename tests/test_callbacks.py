@@ -1563,12 +1563,15 @@ def test_each_signal_can_be_turned_off(tmp_path):
 @pytest.mark.parametrize("update_freq", [1, 3])
 def test_update_ratio_of_large_and_small_variables(tmp_path, update_freq):
     # A kernel of 16900 >= records.LARGE_VARIABLE entries (its own
-    # snapshot and reduction) next to small ones (fused).
+    # snapshot and reduction) next to small ones (fused, grouped by size:
+    # here sizes 130, 260, 2, 260, 130, 260, 2, interleaved).
     keras.utils.set_random_seed(3)
     model = keras.Sequential(
         [
             keras.Input((130,)),
             keras.layers.Dense(130, activation="tanh", name="big"),
+            keras.layers.Dense(2, activation="tanh", name="mid"),
+            keras.layers.Dense(130, activation="tanh", name="up"),
             keras.layers.Dense(2, name="out"),
         ],
         name="wide",

@@ -333,11 +333,7 @@ class Hook(records_module.Records):
                 0,
             )
             slot = tf.cast(count % self.buffer_size + 1, tf.int32)
-            self.buf.assign(
-                tf.tensor_scatter_nd_update(
-                    buf, tf.stack([[0], slot[None]]), tf.stack([header, record])
-                )
-            )
+            _scatter(self.buf, buf, [[0], slot[None]], [header, record])
             return tf.constant(True)
 
         every_call = (
@@ -404,11 +400,7 @@ class Hook(records_module.Records):
                 indices = tf.stack(
                     [tf.fill([len(rows)], slot), columns], axis=1
                 )
-                self.buf.assign(
-                    tf.tensor_scatter_nd_update(
-                        buf, indices, tf.cast(norms, tf.float64)
-                    )
-                )
+                _scatter(self.buf, buf, indices, tf.cast(norms, tf.float64))
                 return tf.constant(True)
 
             if every_call and ratio_every_record:
@@ -424,7 +416,10 @@ class Hook(records_module.Records):
 
         small, large = _groups(values)
         if small:
-            weights = _flatten([values[i] for i in small])
+            # In the order of the size groups: each group's weights are one
+            # slice, read back as a `[variables, size]` matrix.
+            grouped = [i for g in _size_groups(values, small) for i in g]
+            weights = _flatten([values[i] for i in grouped])
             size = weights.shape[0]
             total = self.snapshot.shape[0]
             if size < total:
@@ -438,26 +433,25 @@ class Hook(records_module.Records):
         import tensorflow as tf
 
         small, large = _groups(new)
+        groups = _size_groups(new, small)
         parts = []
-        if small:
-            sizes = [int(np.prod(new[i].shape)) for i in small]
-            delta = (
-                _flatten([new[i] for i in small])
-                - self.snapshot.read_value()[: sum(sizes)]
+        snapshot = self.snapshot.read_value() if small else None
+        start = 0
+        for group in groups:
+            size = int(np.prod(new[group[0]].shape))
+            end = start + size * len(group)
+            delta = _rows([new[i] for i in group]) - tf.reshape(
+                snapshot[start:end], [len(group), size]
             )
-            ids = _segment_ids([new[i] for i in small])
-            parts.append(
-                tf.sqrt(
-                    tf.math.unsorted_segment_sum(delta * delta, ids, len(small))
-                )
-            )
+            parts.append(tf.sqrt(tf.reduce_sum(delta * delta, axis=1)))
+            start = end
         for i in large:
             delta = (
                 tf.cast(new[i], tf.float32)
                 - self.snapshot_large[rows[i]].read_value()
             )
             parts.append(tf.sqrt(_sum_of_squares(delta))[None])
-        return _in_order(parts, small + large)
+        return _in_order(parts, [i for g in groups for i in g] + large)
 
     # Between steps --------------------------------------------------------
 
@@ -535,6 +529,21 @@ class Hook(records_module.Records):
         self.next_read = self.batch_ends + max(1, skip)
 
 
+def _scatter(variable, value, indices, updates):
+    """`variable[indices] = updates`, where `value` is the variable's value
+    read before: in place (the ring buffer is not copied at each record),
+    or, for a variable of a `tf.distribute` strategy (whose replicas'
+    copies have no in-place scatter), as a new value assigned."""
+    import tensorflow as tf
+
+    indices = tf.stack(indices) if isinstance(indices, list) else indices
+    updates = tf.stack(updates) if isinstance(updates, list) else updates
+    try:
+        variable.scatter_nd_update(indices, updates)
+    except NotImplementedError:
+        variable.assign(tf.tensor_scatter_nd_update(value, indices, updates))
+
+
 def _cond(pred, true_fn):
     """`tf.cond(pred, true_fn, no-op)` that costs ~nothing when not taken.
 
@@ -556,15 +565,6 @@ def _flatten(tensors):
     )
 
 
-def _segment_ids(tensors):
-    """`[total]` int32 constant: the index of the tensor each flat entry
-    belongs to."""
-    import tensorflow as tf
-
-    sizes = [int(np.prod(t.shape)) for t in tensors]
-    return tf.constant(np.repeat(np.arange(len(sizes), dtype=np.int32), sizes))
-
-
 def _groups(tensors):
     """`(small, large)` indices: fused, and reduced one by one."""
     small: list[int] = []
@@ -579,7 +579,7 @@ def _in_order(parts, order):
     """`parts` (rows in `order`) concatenated, rows put back in index order."""
     import tensorflow as tf
 
-    out = tf.concat(parts, 0)
+    out = parts[0] if len(parts) == 1 else tf.concat(parts, 0)
     if order == sorted(order):
         return out
     return tf.gather(out, np.argsort(order))
@@ -596,15 +596,15 @@ def fused_stats(grads, weights):
     entry by entry, and a CPU op costs microseconds to launch: measured on
     the project MLP, its 7 small variables cost 8% of a step with segment
     sums). Larger ones are reduced one by one (vectorized sums, no copy;
-    their launch is negligible next to their work). The small ones'
-    variance takes two passes (the sums, then the centred squares); the
-    large ones' one pass (`sum(g)` and `sum(g**2)`, no temporary: a CPU
-    elementwise op costs more than a reduction), `Var = sum(g**2) / n -
-    mean**2`, which is exact to float32 rounding when `mean**2 <= Var`;
-    when some large variable's is not, their variances are recomputed in
-    two passes (one functional `tf.cond`, taken only then). Non-finite
-    entries are counted, in one `tf.cond`, only when some statistic is not
-    finite.
+    their launch is negligible next to their work). One pass over each
+    gradient and weight: `sum(g)`, `sum(g**2)` and `sum(w**2)` (no
+    temporary for the large ones: a CPU elementwise op costs more than a
+    reduction), `Var = sum(g**2) / n - mean**2`, which is exact to float32
+    rounding when `mean**2 <= Var`. When that fails for some variable
+    (the mean large against the spread, or a statistic not finite), one
+    functional `tf.cond`, taken only then, recomputes the variances in two
+    passes (the mean, then the centred squares) and counts the non-finite
+    entries.
     """
     import tensorflow as tf
 
@@ -614,36 +614,67 @@ def fused_stats(grads, weights):
         (_rows([grads[i] for i in group]), _rows([weights[i] for i in group]))
         for group in groups
     ]
-    parts = [_group_stats(g, w) for g, w in matrices]
+    large_grads = [grads[i] for i in large]
+    parts = [_group_sums(g, w) for g, w in matrices]
     if large:
-        parts.append(
-            _large_stats([grads[i] for i in large], [weights[i] for i in large])
-        )
+        parts.append(_large_sums(large_grads, [weights[i] for i in large]))
     order = [i for group in groups for i in group] + large
-    stats = _in_order(parts, order)
+    sums = tf.concat(parts, 0)  # Rows in `order`.
+    sizes = tf.constant(
+        [float(int(np.prod(grads[i].shape))) for i in order], tf.float32
+    )
+    means = sums[:, 0] / sizes
+    variances = sums[:, 1] / sizes - means * means
+    zeros = tf.zeros_like(means)
+    stats = tf.stack(
+        [
+            variances,
+            means,
+            tf.sqrt(sums[:, 1]),
+            zeros,
+            tf.sqrt(sums[:, 2]),
+            zeros,
+        ],
+        axis=1,
+    )
 
-    def count():
+    def two_pass_and_count():
+        centred = [
+            tf.reduce_sum(tf.square(g - tf.reduce_mean(g, 1, True)), 1)
+            for g, _ in matrices
+        ]
+        centred += [
+            _sum_of_squares(g - means[len(small) + k])[None]
+            for k, g in enumerate(large_grads)
+        ]
         counts = [
             tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32), axis=1)
             for g, _ in matrices
         ]
         counts += [
-            tf.reduce_sum(tf.cast(~tf.math.is_finite(grads[i]), tf.float32))[
-                None
-            ]
-            for i in large
+            tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32))[None]
+            for g in large_grads
         ]
+        columns = [records_module.VARIANCE, records_module.NONFINITE]
+        rows = np.arange(len(order))
         return tf.tensor_scatter_nd_update(
             stats,
-            [[i, records_module.NONFINITE] for i in order],
-            tf.concat(counts, 0),
+            np.stack(
+                [np.repeat(rows, 2), np.tile(columns, len(order))], axis=1
+            ),
+            tf.reshape(
+                tf.stack(
+                    [tf.concat(centred, 0) / sizes, tf.concat(counts, 0)],
+                    axis=1,
+                ),
+                [-1],
+            ),
         )
 
-    # Non-finite entries are counted (one `tf.cond`) only when some
-    # statistic is not finite.
-    return _cond_value(
-        tf.reduce_all(tf.math.is_finite(stats[:, :3])), lambda: stats, count
-    )
+    # NaN fails the test too (two passes give NaN as well).
+    exact = tf.reduce_all(means * means <= variances)
+    stats = _cond_value(exact, lambda: stats, two_pass_and_count)
+    return _in_order([stats], order)
 
 
 def _size_groups(tensors, indices):
@@ -661,23 +692,16 @@ def _rows(tensors):
     return tf.stack([tf.reshape(tf.cast(t, tf.float32), [-1]) for t in tensors])
 
 
-def _group_stats(g, w):
-    """`fused_stats` rows of one group: `g` and `w` `[variables, size]`."""
+def _group_sums(g, w):
+    """`[variables, 3]`: `sum(g)`, `sum(g**2)`, `sum(w**2)` of the rows of
+    one group's `g` and `w` (`[variables, size]`)."""
     import tensorflow as tf
 
-    size = float(g.shape[1])
-    means = tf.reduce_sum(g, axis=1) / size
-    centered = g - means[:, None]
-    squares = tf.reduce_sum(centered * centered, axis=1)
-    zeros = tf.zeros_like(means)
     return tf.stack(
         [
-            squares / size,
-            means,
-            tf.sqrt(squares + size * means * means),
-            zeros,
-            tf.sqrt(tf.reduce_sum(w * w, axis=1)),
-            zeros,
+            tf.reduce_sum(g, axis=1),
+            tf.reduce_sum(g * g, axis=1),
+            tf.reduce_sum(w * w, axis=1),
         ],
         axis=1,
     )
@@ -690,37 +714,19 @@ def _sum_of_squares(x):
     return 2.0 * tf.nn.l2_loss(x)
 
 
-def _large_stats(grads, weights):
-    """`fused_stats` rows of the large variables, reduced one by one (three
-    reductions each: `sum(g)`, `sum(g**2)`, `sum(w**2)`)."""
+def _large_sums(grads, weights):
+    """`_group_sums` of the large variables, reduced one by one (three
+    reductions each, no temporary)."""
     import tensorflow as tf
 
-    counts = tf.constant(
-        [float(int(np.prod(g.shape))) for g in grads], tf.float32
-    )
-    sums = tf.stack([tf.reduce_sum(g) for g in grads])
-    # `l2_loss` is half the sum of squares, in one fused reduction.
-    squares = 2.0 * tf.stack([tf.nn.l2_loss(g) for g in grads])
-    means = sums / counts
-    variances = squares / counts - means * means
-
-    def two_pass():
-        return (
-            tf.stack(
-                [_sum_of_squares(g - means[k]) for k, g in enumerate(grads)]
-            )
-            / counts
-        )
-
-    # NaN fails the test too (two passes give NaN as well).
-    exact = tf.reduce_all(means * means <= variances)
-    variances = _cond_value(exact, lambda: variances, two_pass)
-    weight_norms = tf.sqrt(
-        2.0 * tf.stack([tf.nn.l2_loss(tf.cast(w, tf.float32)) for w in weights])
-    )
-    zeros = tf.zeros_like(sums)
     return tf.stack(
-        [variances, means, tf.sqrt(squares), zeros, weight_norms, zeros],
+        [
+            tf.stack([tf.reduce_sum(g) for g in grads]),
+            tf.stack([_sum_of_squares(g) for g in grads]),
+            tf.stack(
+                [_sum_of_squares(tf.cast(w, tf.float32)) for w in weights]
+            ),
+        ],
         axis=1,
     )
 
