@@ -62,6 +62,8 @@ class Hook(records_module.Records):
         self.must_read = False
         self.next_step: int | None = None
         self.traced_applies = 0
+        # While `apply` is traced: what the update waits for.
+        self.traced_deps: list = []
         n = len(self.variables)
         on_read = dict(
             trainable=False,
@@ -147,9 +149,13 @@ class Hook(records_module.Records):
 
         def wrap_apply(method, ratio):
             def apply(grads, trainable_variables=None, *args, **kwargs):
+                import tensorflow as tf
+
                 hook.traced_applies += 1
+                hook.traced_deps = []
                 after = hook.record(grads, trainable_variables, ratio)
-                out = method(grads, trainable_variables, *args, **kwargs)
+                with tf.control_dependencies(hook.traced_deps):
+                    out = method(grads, trainable_variables, *args, **kwargs)
                 if after is not None:
                     after()
                 return out
@@ -297,12 +303,13 @@ class Hook(records_module.Records):
             if take_ratio and not ratio_every_record:
 
                 def snapshot():
-                    self._take_snapshot(rows, values)
-                    return tf.constant(True)
+                    return self._take_snapshot(rows, values)
 
-                _cond(ratio_due, snapshot)
+                done = [stats, _cond(ratio_due, snapshot)]
             elif take_ratio:
-                self._take_snapshot(rows, values)
+                done = [stats, self._take_snapshot(rows, values)]
+            else:
+                done = [stats]
             if not all_rows:
                 stats = tf.scatter_nd(
                     tf.constant(rows)[:, None], stats, [n, NUM_STATS]
@@ -334,7 +341,9 @@ class Hook(records_module.Records):
             )
             slot = tf.cast(count % self.buffer_size + 1, tf.int32)
             _scatter(self.buf, buf, [[0], slot[None]], [header, record])
-            return tf.constant(True)
+            # Computed after the statistics and the copy of the weights.
+            with tf.control_dependencies(done):
+                return tf.constant(True)
 
         every_call = (
             self.update_freq == 1
@@ -342,9 +351,13 @@ class Hook(records_module.Records):
             and not self.inner.gradient_accumulation_steps
         )
         if every_call:
-            store()  # Every call is recorded: no tf.cond.
+            stored = store()  # Every call is recorded: no tf.cond.
         else:
-            _cond(tf.logical_or(due, skipped), store)
+            stored = _cond(tf.logical_or(due, skipped), store)
+        # The update waits for the statistics: they read the weights before
+        # it, and a weight updated while a read of it is still to be
+        # consumed is copied first (TensorFlow's copy-on-write).
+        self.traced_deps.append(stored)
         if self.update_freq > 1 and not self.split:
             # The latest step seen: lets the Python side skip reading the
             # variables on batch ends that cannot hold a record.
@@ -411,7 +424,8 @@ class Hook(records_module.Records):
         return after
 
     def _take_snapshot(self, rows, values):
-        """Copies the weights before the update (traced, in `store`)."""
+        """Copies the weights before the update (traced, in `store`);
+        returns a tensor computed after the copies."""
         import tensorflow as tf
 
         small, large = _groups(values)
@@ -424,9 +438,17 @@ class Hook(records_module.Records):
             total = self.snapshot.shape[0]
             if size < total:
                 weights = tf.concat([weights, tf.zeros([total - size])], 0)
-            self.snapshot.assign(weights)
+            copies = [self.snapshot.assign(weights)]
+        else:
+            copies = []
         for i in large:
-            self.snapshot_large[rows[i]].assign(tf.cast(values[i], tf.float32))
+            copies.append(
+                self.snapshot_large[rows[i]].assign(
+                    tf.cast(values[i], tf.float32)
+                )
+            )
+        with tf.control_dependencies(copies):
+            return tf.constant(True)
 
     def _update_norms(self, rows, new):
         """`[len(rows)]`: `||w_after - w_before||` (traced, after `apply`)."""
