@@ -38,6 +38,16 @@ def _expected(grads, weights, new_weights):
     return np.array(rows)
 
 
+def _fit_steps(log_dir, steps, epochs=1):
+    """`fit` of `steps` batches of 4 per epoch, logged at every step."""
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.random.default_rng(0).normal(size=(steps * 4, 6)).astype("float32")
+    y = np.zeros((steps * 4, 2), "float32")
+    logger = GradientVarianceLogger(str(log_dir), update_freq=1, warn=False)
+    model.fit(x, y, batch_size=4, epochs=epochs, verbose=0, callbacks=[logger])
+
+
 @jax_only
 @pytest.mark.parametrize("with_nan", [False, True])
 def test_grouped_statistics_match_numpy(with_nan):
@@ -90,12 +100,7 @@ def test_records_are_fetched_when_the_oldest_is_old(tmp_path, monkeypatch):
         fetched.append(before - len(hook.in_flight))
 
     monkeypatch.setattr(hook_module.Hook, "fetch", spy)
-    model = _model()
-    model.compile(optimizer="sgd", loss="mse")
-    x = np.random.default_rng(0).normal(size=(14 * 4, 6)).astype("float32")
-    y = np.zeros((14 * 4, 2), "float32")
-    logger = GradientVarianceLogger(str(tmp_path), update_freq=1, warn=False)
-    model.fit(x, y, batch_size=4, verbose=0, callbacks=[logger])
+    _fit_steps(tmp_path, 14)
     assert hook_module.Hook.in_flight_kept == 2
     # Steps 1-14: fetches at steps 5, 8, 11, 14 (3 each, 2 kept), then
     # the 2 left at the end of the epoch.
@@ -155,12 +160,7 @@ def test_update_ratio_steps_run_a_step_of_their_own(tmp_path, monkeypatch):
 
     monkeypatch.setattr(hook_module, "fused_stats", spy)
     monkeypatch.setattr(hook_module.Hook, "record", record_spy)
-    model = _model()
-    model.compile(optimizer="sgd", loss="mse")
-    x = np.random.default_rng(0).normal(size=(12 * 4, 6)).astype("float32")
-    y = np.zeros((12 * 4, 2), "float32")
-    logger = GradientVarianceLogger(str(tmp_path), update_freq=1, warn=False)
-    model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[logger])
+    _fit_steps(tmp_path, 12, epochs=2)
     assert sorted(per_trace) == [[False], [True]]
     events = _read(tmp_path / "gradients")
     assert _steps(events, "update_ratio/mlp/out/kernel") == [0, 10, 20]
