@@ -457,16 +457,17 @@ class Hook(records_module.Records):
         small, large = _groups(new)
         groups = _size_groups(new, small)
         parts = []
-        snapshot = self.snapshot.read_value() if small else None
-        start = 0
-        for group in groups:
-            size = int(np.prod(new[group[0]].shape))
-            end = start + size * len(group)
-            delta = _rows([new[i] for i in group]) - tf.reshape(
-                snapshot[start:end], [len(group), size]
-            )
-            parts.append(tf.sqrt(tf.reduce_sum(delta * delta, axis=1)))
-            start = end
+        if groups:
+            snapshot = self.snapshot.read_value()
+            start = 0
+            for group in groups:
+                size = int(np.prod(new[group[0]].shape))
+                end = start + size * len(group)
+                delta = _rows([new[i] for i in group]) - tf.reshape(
+                    snapshot[start:end], [len(group), size]
+                )
+                parts.append(tf.sqrt(tf.reduce_sum(delta * delta, axis=1)))
+                start = end
         for i in large:
             delta = (
                 tf.cast(new[i], tf.float32)
