@@ -62,8 +62,6 @@ class Hook(records_module.Records):
         self.must_read = False
         self.next_step: int | None = None
         self.traced_applies = 0
-        # While `apply` is traced: what the update waits for.
-        self.traced_deps: list = []
         n = len(self.variables)
         on_read = dict(
             trainable=False,
@@ -152,9 +150,14 @@ class Hook(records_module.Records):
                 import tensorflow as tf
 
                 hook.traced_applies += 1
-                hook.traced_deps = []
-                after = hook.record(grads, trainable_variables, ratio)
-                with tf.control_dependencies(hook.traced_deps):
+                stored, after = hook.record(grads, trainable_variables, ratio)
+                # The update waits for the statistics: they read the
+                # weights before it, and a weight updated while a read of
+                # it is still to be consumed is copied first (TensorFlow's
+                # copy-on-write).
+                with tf.control_dependencies(
+                    [] if stored is None else [stored]
+                ):
                     out = method(grads, trainable_variables, *args, **kwargs)
                 if after is not None:
                     after()
@@ -259,6 +262,11 @@ class Hook(records_module.Records):
         `ratio`: whether the trace takes the update's norm (`update_ratio`)
         — `True`/`False` in the split recording functions, whose steps are
         chosen in Python; `None`: decided in the graph, by the step.
+
+        Returns `(stored, after)`: a tensor computed once the statistics
+        and the copy of the weights are (what the update must wait for),
+        and the function to trace after the update (its norm), each `None`
+        when there is none.
         """
         import tensorflow as tf
 
@@ -269,7 +277,7 @@ class Hook(records_module.Records):
             )
         )
         if not rows:
-            return
+            return None, None
         if finite is None:
             finite = tf.constant(True)
         if is_update is None:
@@ -354,10 +362,6 @@ class Hook(records_module.Records):
             stored = store()  # Every call is recorded: no tf.cond.
         else:
             stored = _cond(tf.logical_or(due, skipped), store)
-        # The update waits for the statistics: they read the weights before
-        # it, and a weight updated while a read of it is still to be
-        # consumed is copied first (TensorFlow's copy-on-write).
-        self.traced_deps.append(stored)
         if self.update_freq > 1 and not self.split:
             # The latest step seen: lets the Python side skip reading the
             # variables on batch ends that cannot hold a record.
@@ -397,7 +401,7 @@ class Hook(records_module.Records):
             _cond(hist_due, store_histograms)
 
         if not take_ratio:
-            return None
+            return stored, None
 
         def after():
             """After the update: `||w_after - w_before||` into the record."""
@@ -421,7 +425,7 @@ class Hook(records_module.Records):
             else:
                 _cond(ratio_due, update)
 
-        return after
+        return stored, after
 
     def _take_snapshot(self, rows, values):
         """Copies the weights before the update (traced, in `store`);
