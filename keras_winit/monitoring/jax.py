@@ -383,17 +383,17 @@ def fused_stats(grads, weights, new_weights=None):
     costs microseconds to launch), `Var = sum(g**2) / n - mean**2`, exact
     to float32 rounding when `mean**2 <= Var`; when some variable's is not
     (a one-pass variance loses every digit when the mean is large against
-    the spread), the variances take two passes (the mean, then the
-    centered squares), in a `lax.cond` taken only then. The variables smaller
-    than `records.LARGE_VARIABLE` entries are flattened into one buffer,
-    grouped by size, and each group is reduced as the rows of one
+    the spread, or a statistic is not finite), the variances take two
+    passes (the mean, then the centered squares) and the non-finite
+    entries are counted, in one `lax.cond` taken only then. The variables
+    smaller than `records.LARGE_VARIABLE` entries are flattened into one
+    buffer, grouped by size, and each group is reduced as the rows of one
     `[variables, size]` matrix (a slice of the buffer): one set of
     reductions per distinct size, however many variables (a segment sum
     would scatter-add, which XLA's CPU backend does several times slower
     per entry than a vectorized sum; and each kernel costs a few
     microseconds to launch). Larger ones are reduced one by one, without
-    a copy. Non-finite entries are counted, in a `lax.cond`, only when
-    some statistic is not finite.
+    a copy.
     """
     import jax
     import jax.numpy as jnp
@@ -436,46 +436,41 @@ def fused_stats(grads, weights, new_weights=None):
     means = sums / sizes
     variances = squares / sizes - means * means
 
-    def two_pass():
+    def two_pass_and_count():
         centered = [
             jnp.sum((g - (jnp.sum(g, axis=1) / g.shape[1])[:, None]) ** 2, 1)
             for g in gs
         ]
-        return jnp.concatenate(centered) / sizes
+        counts = [jnp.sum(~jnp.isfinite(g), axis=1) for g in gs]
+        return (
+            jnp.concatenate(centered) / sizes,
+            jnp.concatenate(counts).astype("float32"),
+        )
 
     # One pass (`sum(g)`, `sum(g**2)`, `sum(w**2)`: one loop per variable)
-    # is exact to float32 rounding when `mean**2 <= Var`; otherwise (and
-    # for NaN) the variances take two passes, in a `lax.cond`.
-    variances = jax.lax.cond(
-        jnp.all(means * means <= variances), lambda: variances, two_pass
+    # is exact to float32 rounding when `mean**2 <= Var`; otherwise (the
+    # mean large against the spread, or a statistic not finite: NaN fails
+    # the test) the variances take two passes and the non-finite entries
+    # are counted, in one `lax.cond`.
+    variances, nonfinite = jax.lax.cond(
+        jnp.all(means * means <= variances),
+        lambda: (variances, jnp.zeros_like(means)),
+        two_pass_and_count,
     )
-    zeros = jnp.zeros_like(means)
     stats = jnp.stack(
         [
             variances,
             means,
             jnp.sqrt(squares),
-            zeros,
+            nonfinite,
             jnp.sqrt(weight_squares),
             jnp.sqrt(update_squares),
         ],
         axis=1,
     )
-    unsort = None if order == sorted(order) else np.argsort(order)
-    if unsort is not None:
-        stats = stats[unsort]
-
-    def count():
-        counts = jnp.concatenate(
-            [jnp.sum(~jnp.isfinite(g), axis=1).astype("float32") for g in gs]
-        )
-        if unsort is not None:
-            counts = counts[unsort]
-        return stats.at[:, records_module.NONFINITE].set(counts)
-
-    return jax.lax.cond(
-        jnp.all(jnp.isfinite(stats[:, :3])), lambda: stats, count
-    )
+    if order != sorted(order):
+        stats = stats[np.argsort(order)]
+    return stats
 
 
 def _size_groups(tensors):
