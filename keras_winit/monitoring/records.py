@@ -459,10 +459,14 @@ class Records:
     def _routine_ready(self):
         """Whether routine records may be written at once: the layout is
         written and no record is left to judge."""
+        return self.layout_written and not self._judging()
+
+    def _judging(self):
+        """Whether the callback's warning still judges records (only the
+        first ones are judged, if any)."""
         callback = self.callback
-        return self.layout_written and (
-            not getattr(callback, "warn", True)
-            or getattr(callback, "_judged", False)
+        return getattr(callback, "warn", True) and not getattr(
+            callback, "_judged", False
         )
 
     def write_record(self, record):
@@ -510,11 +514,8 @@ class Records:
             self.callback._nonfinite(
                 step, self.layer_of[first], self.paths[first]
             )
-        callback = self.callback
-        if not getattr(callback, "warn", True) or getattr(
-            callback, "_judged", False
-        ):
-            return  # Only the first records are judged, if any.
+        if not self._judging():
+            return
         variable_records = [
             VariableRecord(
                 self.paths[i],
