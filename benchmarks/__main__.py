@@ -105,15 +105,17 @@ def monitoring_table(rows):
     """Markdown table of `benchmarks.monitoring.run` rows."""
     lines = [
         "| configuration | wall ms/step | overhead (wall) "
-        "| CPU ms/step | overhead (CPU) |",
-        "|---|---:|---:|---:|---:|",
+        "| CPU ms/step | overhead (CPU) | CPU quartiles |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        low, high = r.get("cpu_overhead_quartiles", (r["cpu_overhead"],) * 2)
         lines.append(
             f"| {r['name']} | {r['ms_per_step']:.3f} "
             f"| {100 * r['overhead']:+.1f}% "
             f"| {r['cpu_ms_per_step']:.3f} "
-            f"| {100 * r['cpu_overhead']:+.1f}% |"
+            f"| {100 * r['cpu_overhead']:+.1f}% "
+            f"| {100 * low:+.1f}..{100 * high:+.1f}% |"
         )
     return "\n".join(lines)
 

@@ -32,7 +32,9 @@ threads; the other configurations' threads are idle, waiting for the turn)
 per step. Reported: medians over the windows, and overheads: the median,
 over the rounds, of the ratio to the plain fit's window of the same round
 (load on a shared machine drifts over minutes; pairs within a round see
-nearly the same load). A window of 100 steps or a
+nearly the same load), with the first and third quartiles of the CPU
+ratios: overheads that differ by less than that spread are not told
+apart on this machine. A window of 100 steps or a
 multiple holds the same number of recorded steps (one at
 `update_freq=100`) wherever it starts.
 
@@ -287,14 +289,25 @@ def _limit_threads(backend, threads):
         ).strip()
 
 
+def _ratios(windows, plain, column):
+    """Per round: `window / plain window of the round`."""
+    return [w[column] / p[column] for w, p in zip(windows, plain, strict=True)]
+
+
 def _paired_overhead(windows, plain, column):
     """Median over rounds of `window / plain window of the round`, minus 1."""
-    return (
-        statistics.median(
-            w[column] / p[column] for w, p in zip(windows, plain, strict=True)
-        )
-        - 1.0
-    )
+    return statistics.median(_ratios(windows, plain, column)) - 1.0
+
+
+def _paired_quartiles(windows, plain, column):
+    """`(first, third)` quartiles over rounds of the same ratios as
+    `_paired_overhead`, minus 1: how much the overhead moves between
+    rounds (the machine's noise), next to its median."""
+    ratios = _ratios(windows, plain, column)
+    if len(ratios) < 2:
+        return ratios[0] - 1.0, ratios[0] - 1.0
+    first, _, third = statistics.quantiles(ratios, n=4, method="inclusive")
+    return first - 1.0, third - 1.0
 
 
 def run(steps=100, repeats=15, threads=None, models=("mlp",), configs=None):
@@ -308,7 +321,9 @@ def run(steps=100, repeats=15, threads=None, models=("mlp",), configs=None):
     `ms_per_step` and `cpu_ms_per_step` (medians over the windows, wall
     and process CPU milliseconds), `overhead` and `cpu_overhead` (median
     over the rounds of the ratio to the plain fit's window of the same
-    round, minus 1), `samples_ms` and `cpu_samples_ms` (wall and CPU ms per
+    round, minus 1), `overhead_quartiles` and `cpu_overhead_quartiles`
+    (first and third quartiles of those ratios, minus 1: the noise),
+    `samples_ms` and `cpu_samples_ms` (wall and CPU ms per
     step of each window), `steps`, `repeats`, `threads`. `threads` limits
     the backend's thread pools (TensorFlow's intra- and inter-op pools,
     `torch.set_num_threads`, XLA's CPU Eigen threads on JAX; it must be
@@ -366,6 +381,10 @@ def run(steps=100, repeats=15, threads=None, models=("mlp",), configs=None):
                     # within seconds of the others: compare within rounds.
                     "overhead": _paired_overhead(windows, plain, 0),
                     "cpu_overhead": _paired_overhead(windows, plain, 1),
+                    "overhead_quartiles": _paired_quartiles(windows, plain, 0),
+                    "cpu_overhead_quartiles": _paired_quartiles(
+                        windows, plain, 1
+                    ),
                     "samples_ms": [1e3 * w for w, _ in windows],
                     "cpu_samples_ms": [1e3 * c for _, c in windows],
                     "steps": steps,
@@ -381,15 +400,17 @@ def _table(rows):
     lines = [
         f"Keras backend: {rows[0]['backend']}",
         f"{'model':<11}  vars  {'configuration':<{width}}  wall ms/step  "
-        "overhead  CPU ms/step  overhead",
-        "-" * (width + 63),
+        "overhead  CPU ms/step  overhead  CPU quartiles",
+        "-" * (width + 78),
     ]
     for r in rows:
+        low, high = r.get("cpu_overhead_quartiles", (r["cpu_overhead"],) * 2)
         lines.append(
             f"{r.get('model', 'mlp'):<11}  {r.get('variables', 12):4d}  "
             f"{r['name']:<{width}}  {r['ms_per_step']:12.3f}  "
             f"{100 * r['overhead']:+7.1f}%  {r['cpu_ms_per_step']:11.3f}  "
-            f"{100 * r['cpu_overhead']:+7.1f}%"
+            f"{100 * r['cpu_overhead']:+7.1f}%  "
+            f"{100 * low:+.1f}..{100 * high:+.1f}%"
         )
     return "\n".join(lines)
 

@@ -206,6 +206,12 @@ def test_monitoring_overhead_is_paired_by_round():
     overhead = monitoring._paired_overhead(logged, plain, 0)
     assert overhead == pytest.approx(0.1)
     assert monitoring._paired_overhead(logged, plain, 1) == 0.0
+    low, high = monitoring._paired_quartiles(logged, plain, 1)
+    assert (low, high) == pytest.approx((0.0, 0.1))
+    assert monitoring._paired_quartiles(logged[:1], plain[:1], 0) == (
+        pytest.approx(0.1),
+        pytest.approx(0.1),
+    )
 
 
 def test_monitoring_models_and_variables_column():
