@@ -34,7 +34,11 @@ over the rounds, of the ratio to the plain fit's window of the same round
 (load on a shared machine drifts over minutes; pairs within a round see
 nearly the same load), with the first and third quartiles of the CPU
 ratios: overheads that differ by less than that spread are not told
-apart on this machine. A window of 100 steps or a
+apart on this machine. Pairing removes drift in time, not what differs
+between two instances of one configuration (where their memory lies,
+their thread): a second plain fit, "plain fit again (A/A control)",
+measures that, and overheads within its distance of 0 are noise. A window
+of 100 steps or a
 multiple holds the same number of recorded steps (one at
 `update_freq=100`) wherever it starts.
 
@@ -72,6 +76,8 @@ from keras_winit.monitoring.records import SIGNALS  # noqa: E402
 
 #: Names of the models the benchmark can train (see the module docstring).
 MODELS = ("mlp", "mobilenetv2", "mlp500")
+#: A second plain fit, run as a configuration (an A/A control).
+AA_CONTROL = "plain fit again (A/A control)"
 # Untimed first steps (tracing and compiling), under the configuration's
 # turn.
 WARMUP_STEPS = 20
@@ -96,6 +102,10 @@ def _configs(log_dir):
     # update_freq=1); `list(SIGNALS)`: every signal at every recorded step.
     configs = [
         ("plain fit", lambda: []),
+        # The same as "plain fit" in a model and thread of its own: its
+        # overhead is what two identical configurations differ by (memory
+        # placement, thread), the floor below which overheads are noise.
+        (AA_CONTROL, lambda: []),
         ("GradientVarianceLogger(update_freq=1) (defaults)", logger(1)),
         (
             "GradientVarianceLogger(update_freq=1, all signals)",
@@ -330,7 +340,7 @@ def run(steps=100, repeats=15, threads=None, models=("mlp",), configs=None):
     set before the backend runs any op; `None` keeps the defaults): with
     one thread, CPU time counts work, not idle pool threads spinning.
     `configs`: parts of the configuration names to run (all if `None`;
-    the plain fit always runs).
+    the plain fit and its A/A control, `AA_CONTROL`, always run).
     """
     if steps < 1 or repeats < 1:
         raise ValueError(
@@ -360,7 +370,7 @@ def run(steps=100, repeats=15, threads=None, models=("mlp",), configs=None):
                 c
                 for c in _configs(log_dir)
                 if configs is None
-                or c[0] == "plain fit"
+                or c[0] in ("plain fit", AA_CONTROL)
                 or any(part in c[0] for part in configs)
             ]
             samples = _time_configs(chosen, x, y, warmup, steps, repeats, model)
@@ -436,7 +446,8 @@ def main(argv=None):
         "--configs",
         default=None,
         help="'|'-separated parts of the configuration names to run "
-        "(the plain fit always runs); fewer configurations, less noise",
+        "(the plain fit and its A/A control always run); fewer "
+        "configurations, less noise",
     )
     parser.add_argument("--json", default=None, help="write results here")
     args = parser.parse_args(argv)
