@@ -1450,6 +1450,77 @@ def test_unrecorded_steps_run_keras_train_function(tmp_path, jit_compile):
     assert _steps(events, "grad_variance/mlp/out/kernel") == [0, 4, 8]
 
 
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("update_freq", [1, 3])
+def test_tensorflow_update_waits_for_the_statistics(tmp_path, update_freq):
+    # Issue 14: the statistics read the weights before the update; were
+    # the update to run while such a read is still to be consumed,
+    # TensorFlow would copy the weights first (copy-on-write: MobileNetV2
+    # +15% instead of +5%). So every op of the optimizer's `apply` is
+    # traced after (a control dependency on) the statistics, whose
+    # reductions of a large variable are `L2Loss` ops.
+    import tensorflow as tf
+
+    from keras_winit.monitoring.records import LARGE_VARIABLE
+
+    width = int(np.sqrt(LARGE_VARIABLE))
+    model = keras.Sequential(
+        [keras.Input((width,)), keras.layers.Dense(width, name="large")]
+    )
+    model.compile(optimizer="sgd", loss="mse")
+    optimizer = model.optimizer
+    apply = optimizer.apply
+    seen = []
+
+    def spy(grads, *args, **kwargs):
+        if not tf.executing_eagerly():
+            seen.append(tf.identity(grads[0]).op)
+        return apply(grads, *args, **kwargs)
+
+    optimizer.apply = spy
+    try:
+        rng = np.random.default_rng(0)
+        model.fit(
+            rng.normal(size=(2 * BATCH, width)).astype("float32"),
+            rng.normal(size=(2 * BATCH, width)).astype("float32"),
+            batch_size=BATCH,
+            verbose=0,
+            callbacks=[
+                GradientVarianceLogger(
+                    tmp_path, update_freq=update_freq, warn=False
+                )
+            ],
+        )
+    finally:
+        del optimizer.apply
+
+    def waits_for_statistics(op):
+        todo, done = list(op.control_inputs), set()
+        while todo:
+            op = todo.pop()
+            if op.name in done:
+                continue
+            done.add(op.name)
+            if op.type == "L2Loss":
+                return True
+            todo += list(op.control_inputs) + [t.op for t in op.inputs]
+            # Inside a functional `If` (recorded steps chosen in the
+            # graph): its branches hold the reductions.
+            for attr in ("then_branch", "else_branch"):
+                if attr in op.node_def.attr:
+                    name = op.node_def.attr[attr].func.name
+                    branch = op.graph._functions.get(name)
+                    if branch is not None:
+                        todo += branch.graph.get_operations()
+        return False
+
+    # Two steps. `update_freq=1`: step 0 traces the recording function
+    # that also takes `update_ratio`, step 1 the one without; both record.
+    # `update_freq=3`: step 0 records, step 1 runs Keras' own function.
+    recorded = [waits_for_statistics(op) for op in seen]
+    assert recorded == ([True, True] if update_freq == 1 else [True, False])
+
+
 # ------------------------------------- issue 15: training-health signals
 
 
