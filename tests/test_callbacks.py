@@ -1324,6 +1324,20 @@ def test_one_histogram_rule_for_a_constant_tensor():
         )
 
 
+def _branch_operations(op):
+    """The operations of the branches of `op`, a functional `tf.cond` (`If`
+    or `StatelessIf`), in the graph's function library; `[]` for any other
+    op."""
+    found = []
+    for attr in ("then_branch", "else_branch"):
+        if attr in op.node_def.attr:
+            name = op.node_def.attr[attr].func.name
+            branch = op.graph._functions.get(name)
+            if branch is not None:
+                found += branch.graph.get_operations()
+    return found
+
+
 def _op_count(num_variables):
     """Reductions traced by the fused statistics of `num_variables`."""
     shapes = [(3, 4) if i % 2 else (4,) for i in range(num_variables)]
@@ -1340,12 +1354,7 @@ def _op_count(num_variables):
         )
         ops = [op.type for op in graph.get_operations()]
         for op in graph.get_operations():
-            for attr in ("then_branch", "else_branch"):
-                if attr in op.node_def.attr:
-                    name = op.node_def.attr[attr].func.name
-                    fn = graph._functions.get(name)
-                    if fn is not None:
-                        ops += [o.type for o in fn.graph.get_operations()]
+            ops += [o.type for o in _branch_operations(op)]
         skip = {"Reshape", "Const", "Placeholder", "Identity", "NoOp"}
     else:
         import jax
@@ -1506,12 +1515,7 @@ def test_tensorflow_update_waits_for_the_statistics(tmp_path, update_freq):
             todo += list(op.control_inputs) + [t.op for t in op.inputs]
             # Inside a functional `If` (recorded steps chosen in the
             # graph): its branches hold the reductions.
-            for attr in ("then_branch", "else_branch"):
-                if attr in op.node_def.attr:
-                    name = op.node_def.attr[attr].func.name
-                    branch = op.graph._functions.get(name)
-                    if branch is not None:
-                        todo += branch.graph.get_operations()
+            todo += _branch_operations(op)
         return False
 
     # Two steps. `update_freq=1`: step 0 traces the recording function
