@@ -617,91 +617,113 @@ def fused_stats(grads, weights):
 
     The last column (the update's norm) is 0 here; it is filled after the
     optimizer's update. Fused: the variables smaller than
-    `records.LARGE_VARIABLE` entries are grouped by size, and each group is
-    reduced as the rows of one `[variables, size]` matrix: one set of ops
-    per distinct size, however many variables (a segment sum scatter-adds
-    entry by entry, and a CPU op costs microseconds to launch: measured on
-    the project MLP, its 7 small variables cost 8% of a step with segment
-    sums). Larger ones are reduced one by one (vectorized sums, no copy;
-    their launch is negligible next to their work). One pass over each
-    gradient and weight: `sum(g)`, `sum(g**2)` and `sum(w**2)` (no
-    temporary for the large ones: a CPU elementwise op costs more than a
-    reduction), `Var = sum(g**2) / n - mean**2`, which is exact to float32
-    rounding when `mean**2 <= Var`. When that fails for some variable
-    (the mean large against the spread, or a statistic not finite), one
-    functional `tf.cond`, taken only then, recomputes the variances in two
-    passes (the mean, then the centred squares) and counts the non-finite
-    entries.
+    `records.LARGE_VARIABLE` entries are grouped by size, and each group's
+    gradients and weights are reduced as the rows of one
+    `[2 * variables, size]` matrix: one set of ops per distinct size,
+    however many variables (a segment sum scatter-adds entry by entry, and
+    a CPU op costs microseconds to launch: measured on the project MLP,
+    its 7 small variables cost 8% of a step with segment sums). Larger ones
+    are reduced one by one (vectorized sums, no copy; their launch is
+    negligible next to their work). Every sum lands in one vector, read in
+    the variables' order by one gather per column: the executor's cost per
+    op, not the reductions' work, is most of what the statistics cost on
+    the project MLP. One pass over each gradient and weight: `sum(g)`,
+    `sum(g**2)` and `sum(w**2)` (no temporary for the large ones: a CPU
+    elementwise op costs more than a reduction),
+    `Var = sum(g**2) / n - mean**2`, which is exact to float32 rounding
+    when `mean**2 <= Var`. When that fails for some variable (the mean
+    large against the spread, or a statistic not finite), one functional
+    `tf.cond`, taken only then, recomputes the variances in two passes
+    (the mean, then the centred squares) and counts the non-finite entries.
     """
     import tensorflow as tf
 
     small, large = _groups(grads)
     groups = _size_groups(grads, small)
-    matrices = [
-        (_rows([grads[i] for i in group]), _rows([weights[i] for i in group]))
-        for group in groups
-    ]
-    large_grads = [grads[i] for i in large]
-    parts = [_group_sums(g, w) for g, w in matrices]
+    # `at[i]`: where variable i's `sum(g)`, `sum(g**2)`, `sum(w**2)` lie in
+    # `flat`; `scale`: 2 for `l2_loss` (half the sum of squares), else 1.
+    at = np.zeros([len(grads), 3], np.int64)
+    scale: list[float] = []
+    parts = []
+    matrices = []
+    for group in groups:
+        k = len(group)
+        # Rows: the group's gradients, then its weights.
+        x = _rows([grads[i] for i in group] + [weights[i] for i in group])
+        matrices.append((group, x))
+        parts += [tf.reduce_sum(x, axis=1), tf.reduce_sum(x * x, axis=1)]
+        at[group] = len(scale) + np.arange(k)[:, None] + [0, 2 * k, 3 * k]
+        scale += [1.0] * 4 * k
     if large:
-        parts.append(_large_sums(large_grads, [weights[i] for i in large]))
-    order = [i for group in groups for i in group] + large
-    sums = tf.concat(parts, 0)  # Rows in `order`.
-    sizes = tf.constant(
-        [float(int(np.prod(grads[i].shape))) for i in order], tf.float32
-    )
-    means = sums[:, 0] / sizes
-    variances = sums[:, 1] / sizes - means * means
-    zeros = tf.zeros_like(means)
-    stats = tf.stack(
-        [
-            variances,
-            means,
-            tf.sqrt(sums[:, 1]),
-            zeros,
-            tf.sqrt(sums[:, 2]),
-            zeros,
-        ],
-        axis=1,
-    )
+        m = len(large)
+        parts.append(
+            tf.stack(
+                [tf.reduce_sum(grads[i]) for i in large]
+                + [tf.nn.l2_loss(grads[i]) for i in large]
+                + [
+                    tf.nn.l2_loss(tf.cast(weights[i], tf.float32))
+                    for i in large
+                ]
+            )
+        )
+        at[large] = len(scale) + np.arange(m)[:, None] + [0, m, 2 * m]
+        scale += [1.0] * m + [2.0] * 2 * m
+    flat = parts[0] if len(parts) == 1 else tf.concat(parts, 0)
+    if large:
+        flat = flat * tf.constant(scale)
+    g_sum, g_squares, w_squares = (tf.gather(flat, at[:, c]) for c in range(3))
+    sizes = np.array([float(np.prod(g.shape)) for g in grads], np.float32)
+    means = g_sum * (1.0 / sizes)
+    variances = g_squares * (1.0 / sizes) - means * means
+    norms, weight_norms = tf.sqrt(g_squares), tf.sqrt(w_squares)
+    zeros = tf.zeros([len(grads)])
+
+    def columns(variances, nonfinite):
+        return tf.stack(
+            [variances, means, norms, nonfinite, weight_norms, zeros], axis=1
+        )
 
     def two_pass_and_count():
-        centred = [
-            tf.reduce_sum(tf.square(g - tf.reduce_mean(g, 1, True)), 1)
-            for g, _ in matrices
-        ]
-        centred += [
-            _sum_of_squares(g - means[len(small) + k])[None]
-            for k, g in enumerate(large_grads)
-        ]
-        counts = [
-            tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32), axis=1)
-            for g, _ in matrices
-        ]
-        counts += [
-            tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32))[None]
-            for g in large_grads
-        ]
-        columns = [records_module.VARIANCE, records_module.NONFINITE]
-        rows = np.arange(len(order))
-        return tf.tensor_scatter_nd_update(
-            stats,
-            np.stack(
-                [np.repeat(rows, 2), np.tile(columns, len(order))], axis=1
-            ),
-            tf.reshape(
+        parts, order = [], []
+        for group, x in matrices:
+            g = x[: len(group)]  # Sliced here: not on every step.
+            centred = g - tf.reduce_mean(g, axis=1, keepdims=True)
+            parts.append(
                 tf.stack(
-                    [tf.concat(centred, 0) / sizes, tf.concat(counts, 0)],
+                    [
+                        tf.reduce_sum(centred * centred, axis=1),
+                        _count_nonfinite(g, axis=1),
+                    ],
                     axis=1,
-                ),
-                [-1],
-            ),
-        )
+                )
+            )
+            order += group
+        for i in large:
+            g = grads[i]
+            parts.append(
+                tf.stack(
+                    [
+                        _sum_of_squares(g - means[i]),
+                        _count_nonfinite(g, axis=None),
+                    ]
+                )[None]
+            )
+            order.append(i)
+        exact = _in_order(parts, order)
+        return columns(exact[:, 0] / sizes, exact[:, 1])
 
     # NaN fails the test too (two passes give NaN as well).
     exact = tf.reduce_all(means * means <= variances)
-    stats = _cond_value(exact, lambda: stats, two_pass_and_count)
-    return _in_order([stats], order)
+    return _cond_value(
+        exact, lambda: columns(variances, zeros), two_pass_and_count
+    )
+
+
+def _count_nonfinite(g, axis):
+    """Number of NaN/inf entries of `g` (along `axis`), float32."""
+    import tensorflow as tf
+
+    return tf.reduce_sum(tf.cast(~tf.math.is_finite(g), tf.float32), axis=axis)
 
 
 def _size_groups(tensors, indices):
@@ -713,24 +735,19 @@ def _size_groups(tensors, indices):
 
 
 def _rows(tensors):
-    """`[len(tensors), size]` float32: the tensors (of one size) as rows."""
+    """`[len(tensors), size]` float32: the tensors (of one size) as rows.
+
+    Tensors of one shape are stacked as they are, then reshaped once (each
+    op costs the executor about a microsecond)."""
     import tensorflow as tf
 
-    return tf.stack([tf.reshape(tf.cast(t, tf.float32), [-1]) for t in tensors])
-
-
-def _group_sums(g, w):
-    """`[variables, 3]`: `sum(g)`, `sum(g**2)`, `sum(w**2)` of the rows of
-    one group's `g` and `w` (`[variables, size]`)."""
-    import tensorflow as tf
-
-    return tf.stack(
-        [
-            tf.reduce_sum(g, axis=1),
-            tf.reduce_sum(g * g, axis=1),
-            tf.reduce_sum(w * w, axis=1),
-        ],
-        axis=1,
+    tensors = [tf.cast(t, tf.float32) for t in tensors]
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) > 1:
+        return tf.stack([tf.reshape(t, [-1]) for t in tensors])
+    rows = tf.stack(tensors)
+    return (
+        rows if rows.shape.rank == 2 else tf.reshape(rows, [len(tensors), -1])
     )
 
 
@@ -739,23 +756,6 @@ def _sum_of_squares(x):
     import tensorflow as tf
 
     return 2.0 * tf.nn.l2_loss(x)
-
-
-def _large_sums(grads, weights):
-    """`_group_sums` of the large variables, reduced one by one (three
-    reductions each, no temporary)."""
-    import tensorflow as tf
-
-    return tf.stack(
-        [
-            tf.stack([tf.reduce_sum(g) for g in grads]),
-            tf.stack([_sum_of_squares(g) for g in grads]),
-            tf.stack(
-                [_sum_of_squares(tf.cast(w, tf.float32)) for w in weights]
-            ),
-        ],
-        axis=1,
-    )
 
 
 def _cond_value(pred, true_fn, false_fn):
