@@ -5,8 +5,9 @@ recording train function is traced, so that the trace computes the
 statistics of the applied gradients (gated by a functional `tf.cond`) and
 stores them in non-trainable `tf.Variable`s (not tracked by the model:
 saving is unaffected). No summary op is traced into `train_step`, which is
-why `jit_compile=True` works. Between steps, one read of the record buffer
-tells what is new; new records are written from Python.
+why `jit_compile=True` works. Between steps, one read of a small header
+variable tells what is new; the ring buffer of records is read only then,
+and new records are written from Python.
 
 Unrecorded steps cost nothing: when the optimizer step of each call is
 known in Python (Keras' own `train_step`, no loss scaling, no gradient
@@ -71,16 +72,19 @@ class Hook(records_module.Records):
         # Created in the model's strategy scope so that each replica writes
         # its (identical, all-reduced) copy without a merge call.
         with model.distribute_strategy.scope():
-            # Row 0 is a header: number of records, of histograms, of
-            # skipped steps so far, and the latest step seen. Rows 1.. are a
-            # ring buffer of records. One variable, so that one read per
-            # batch end tells what is new.
+            # The header: number of records, of histograms, of skipped
+            # steps so far, and the latest step seen; read at each batch end
+            # that may hold something new. The records: a ring buffer,
+            # written one row at a time in place and never read in the
+            # graph (a variable written by a scatter is copied by each read
+            # of it: TensorFlow's copy-on-read mode).
+            self.header = tf.Variable(
+                tf.constant([0.0, 0.0, 0.0, -1.0], tf.float64),
+                name="winit_records_header",
+                **on_read,
+            )
             self.buf = tf.Variable(
-                tf.tensor_scatter_nd_update(
-                    tf.zeros([self.buffer_size + 1, self.width], tf.float64),
-                    [[0, 3]],
-                    tf.constant([-1.0], tf.float64),
-                ),
+                tf.zeros([self.buffer_size, self.width], tf.float64),
                 name="winit_records",
                 **on_read,
             )
@@ -322,9 +326,10 @@ class Hook(records_module.Records):
                 stats = tf.scatter_nd(
                     tf.constant(rows)[:, None], stats, [n, NUM_STATS]
                 )
-            buf = self.buf.read_value()
-            count = tf.cast(buf[0, 0], tf.int64)
-            skipped_total = buf[0, 2] + tf.cast(skipped, tf.float64)
+            header = self.header.read_value()
+            count = tf.cast(header[0], tf.int64)
+            skips = tf.cast(skipped, tf.float64)
+            skipped_total = header[2] + skips
             kind = tf.where(
                 skipped,
                 records_module.KIND_SKIPPED,
@@ -340,15 +345,9 @@ class Hook(records_module.Records):
                 ],
                 0,
             )
-            header = tf.concat(
-                [
-                    tf.stack([buf[0, 0] + 1.0, buf[0, 1], skipped_total]),
-                    buf[0, 3:],
-                ],
-                0,
-            )
-            slot = tf.cast(count % self.buffer_size + 1, tf.int32)
-            _scatter(self.buf, buf, [[0], slot[None]], [header, record])
+            self.header.assign(header + tf.stack([1.0, 0.0, skips, 0.0]))
+            slot = tf.cast(count % self.buffer_size, tf.int32)
+            _scatter(self.buf, slot[None, None], record[None])
             # Computed after the statistics and the copy of the weights.
             with tf.control_dependencies(done):
                 return tf.constant(True)
@@ -365,10 +364,10 @@ class Hook(records_module.Records):
         if self.update_freq > 1 and not self.split:
             # The latest step seen: lets the Python side skip reading the
             # variables on batch ends that cannot hold a record.
-            self.buf.assign(
+            self.header.assign(
                 tf.tensor_scatter_nd_update(
-                    self.buf.read_value(),
-                    [[0, 3]],
+                    self.header.read_value(),
+                    [[3]],
                     tf.cast(step, tf.float64)[None],
                 )
             )
@@ -385,12 +384,8 @@ class Hook(records_module.Records):
                     )
                 self.hist.assign(hist)
                 self.hist_step.assign(step)
-                self.buf.assign(
-                    tf.tensor_scatter_nd_add(
-                        self.buf.read_value(),
-                        [[0, 1]],
-                        tf.constant([1.0], tf.float64),
-                    )
+                self.header.assign_add(
+                    tf.constant([0.0, 1.0, 0.0, 0.0], tf.float64)
                 )
                 return tf.constant(True)
 
@@ -408,16 +403,15 @@ class Hook(records_module.Records):
 
             def update():
                 norms = self._update_norms(rows, [v.value for v in variables])
-                buf = self.buf.read_value()
-                count = tf.cast(buf[0, 0], tf.int64)
-                slot = tf.cast((count - 1) % self.buffer_size + 1, tf.int32)
+                count = tf.cast(self.header[0], tf.int64)
+                slot = tf.cast((count - 1) % self.buffer_size, tf.int32)
                 columns = tf.constant(
                     [r * NUM_STATS + records_module.UPDATE_NORM for r in rows]
                 )
                 indices = tf.stack(
                     [tf.fill([len(rows)], slot), columns], axis=1
                 )
-                _scatter(self.buf, buf, indices, tf.cast(norms, tf.float64))
+                _scatter(self.buf, indices, tf.cast(norms, tf.float64))
                 return tf.constant(True)
 
             if every_call and ratio_every_record:
@@ -499,8 +493,8 @@ class Hook(records_module.Records):
                 return
         self.recorded_since_read = 0
         self.must_read = False
-        buf = self.buf.numpy()
-        count = int(buf[0, 0])
+        header = self.header.numpy()
+        count = int(header[0])
         if count > self.written:
             start = max(self.written, count - self.buffer_size)
             if start > self.written and not self.lost_warned:
@@ -510,18 +504,19 @@ class Hook(records_module.Records):
                     "records stored between two batch ends.",
                     stacklevel=3,
                 )
+            buf = self.buf.numpy()
             for i in range(start, count):
-                self.pending.append(buf[i % self.buffer_size + 1])
+                self.pending.append(buf[i % self.buffer_size])
             self.written = count
-        if self.histogram_freq and int(buf[0, 1]) > self.hist_written:
-            self.hist_written = int(buf[0, 1])
+        if self.histogram_freq and int(header[1]) > self.hist_written:
+            self.hist_written = int(header[1])
             rows = sorted(self.present)
             table = self.hist.numpy().astype("float64")
             self.add_histograms(int(self.hist_step.numpy()), rows, table[rows])
         self.write_buffered()
         self._write_weights_if_due()
         if not self.split:
-            self._schedule(int(buf[0, 3]))
+            self._schedule(int(header[3]))
 
     def _write_weights_if_due(self):
         if self.weights_freq:
@@ -556,19 +551,19 @@ class Hook(records_module.Records):
         self.next_read = self.batch_ends + max(1, skip)
 
 
-def _scatter(variable, value, indices, updates):
-    """`variable[indices] = updates`, where `value` is the variable's value
-    read before: in place (the ring buffer is not copied at each record),
-    or, for a variable of a `tf.distribute` strategy (whose replicas'
-    copies have no in-place scatter), as a new value assigned."""
+def _scatter(variable, indices, updates):
+    """`variable[indices] = updates`: in place (the ring buffer is not
+    copied at each record), or, for a variable of a `tf.distribute`
+    strategy (whose replicas' copies have no in-place scatter), as a new
+    value assigned."""
     import tensorflow as tf
 
-    indices = tf.stack(indices) if isinstance(indices, list) else indices
-    updates = tf.stack(updates) if isinstance(updates, list) else updates
     try:
         variable.scatter_nd_update(indices, updates)
     except NotImplementedError:
-        variable.assign(tf.tensor_scatter_nd_update(value, indices, updates))
+        variable.assign(
+            tf.tensor_scatter_nd_update(variable.read_value(), indices, updates)
+        )
 
 
 def _cond(pred, true_fn):
