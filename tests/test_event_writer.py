@@ -297,6 +297,52 @@ def test_scalars_are_byte_identical_to_the_protos(tmp_path):
         seen |= first
 
 
+@pytest.mark.parametrize("wall_time", [1.7e9 + 0.123456, 0.5, 0.0])
+@pytest.mark.parametrize("step", [0, 1, 127, 128, 300, 2**40, 2**63 - 1])
+def test_event_head_is_the_protos(wall_time, step):
+    from tensorboard.compat.proto import event_pb2
+
+    expected = event_pb2.Event(wall_time=wall_time, step=step)
+    assert writer_module._event_head(wall_time, step) == (
+        expected.SerializeToString()
+    )
+
+
+def test_scalar_arrays_with_a_tag_tuple_per_row(tmp_path):
+    # Rows of two tag tuples, interleaved (a record with and without a
+    # signal), some tag's first value among them: the events, in order,
+    # are those of writing each row alone.
+    from tensorboard.compat.proto import event_pb2
+
+    short, long = ("a/x", "b/y"), ("a/x", "r/z", "b/y")
+    steps = [3, 4, 5, 6, 7]
+    tags = [short, long, short, short, long]
+    values = [[1.0, 2.0], [3.0, np.nan, 4.0], [5.0, 6.0], [7, 8], [9, 1, 2]]
+
+    def payloads(name, write):
+        with writer_module.EventWriter(tmp_path / name) as writer:
+            writer.scalar("a/x", 0.0, step=0)  # A template for `short`...
+            writer.scalar("b/y", 0.0, step=0)  # ...not for `long` yet.
+            write(writer)
+            path = writer.path
+        out = []
+        for payload in _records(path)[1][1:]:
+            event = event_pb2.Event.FromString(payload)
+            event.wall_time = 0
+            out.append(event.SerializeToString())
+        return out
+
+    def one_by_one(writer):
+        for step, row_tags, row in zip(steps, tags, values, strict=True):
+            writer.scalar_array(step, row_tags, row)
+
+    at_once = payloads(
+        "at_once", lambda writer: writer.scalar_arrays(steps, tags, values)
+    )
+    assert at_once == payloads("one_by_one", one_by_one)
+    assert len(at_once) == 2 + len(steps)
+
+
 def test_without_tensorflow_same_events(tmp_path, monkeypatch):
     for name, use_tf in (("tf", True), ("tb", False)):
         monkeypatch.setattr(writer_module, "use_tensorflow", use_tf)

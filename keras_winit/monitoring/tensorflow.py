@@ -493,7 +493,7 @@ class Hook(records_module.Records):
                 return
         self.recorded_since_read = 0
         self.must_read = False
-        header = self.header.numpy()
+        header = self.header.value().numpy()
         count = int(header[0])
         if count > self.written:
             start = max(self.written, count - self.buffer_size)
@@ -504,7 +504,7 @@ class Hook(records_module.Records):
                     "records stored between two batch ends.",
                     stacklevel=3,
                 )
-            buf = self.buf.numpy()
+            buf = self.buf.value().numpy()
             for i in range(start, count):
                 self.pending.append(buf[i % self.buffer_size])
             self.written = count

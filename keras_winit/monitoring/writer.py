@@ -312,24 +312,49 @@ class EventWriter:
 
     def scalar_arrays(self, steps, tags, values):
         """`scalar_array(step, tags, row)` for each step and row of
-        `values`, one event each, in order; the summaries of all rows are
-        filled at once (the same bytes).
+        `values`, one event each, in order; the summaries of the rows of
+        one tag tuple are filled at once (the same bytes).
 
         Args:
             steps: Sequence of steps, integers `>= 0`.
-            tags: Tuple of tags (not empty).
-            values: `[len(steps), len(tags)]` real numbers.
+            tags: Tuple of tags (not empty), the same for every row; or a
+                sequence of such tuples, one per row (a few distinct
+                tuples, e.g. a record's tags with and without a signal).
+            values: `[len(steps), len(tags)]` real numbers; or, with one
+                tuple of tags per row, a sequence of rows.
         """
         self._check_open("scalars")
         for step in steps:
             _check_step(step)
+        if isinstance(tags, tuple):
+            rows_of = {tags: list(range(len(steps)))}
+            values = [values]
+        else:
+            rows_of = {}
+            for i, row_tags in enumerate(tags):
+                rows_of.setdefault(row_tags, []).append(i)
+            values = [[values[i] for i in at] for at in rows_of.values()]
+        summaries: list[Any] = [None] * len(steps)
+        for (row_tags, at), rows in zip(rows_of.items(), values, strict=True):
+            for i, summary in zip(
+                at, self._summaries(row_tags, rows), strict=True
+            ):
+                summaries[i] = summary
+        for step, summary in zip(steps, summaries, strict=True):
+            self._write_event(step, summary)
+
+    def _summaries(self, tags, values):
+        """The serialized summaries of the scalars `tags` of each row of
+        `values`, filled at once from a template once every tag has been
+        written (its metadata goes with its first value only)."""
         with np.errstate(over="ignore"):  # Out of float32 range: +-inf.
             floats = np.asarray(values, np.float64).astype(np.float32)
         template = self._scalar_templates.get(tags)
         if template is None and all(t in self._scalar_prefixes for t in tags):
             template = self._template(tags)
         if template is None:  # Some tag's first value: with metadata.
-            for step, row in zip(steps, floats, strict=True):
+            out = []
+            for row in floats:
                 data = row.tobytes()
                 parts = []
                 for i, tag in enumerate(tags):
@@ -338,13 +363,12 @@ class EventWriter:
                         parts.append(self._first_scalar(tag, float(row[i])))
                     else:
                         parts.append(prefix + data[4 * i : 4 * i + 4])
-                self._write_event(step, b"".join(parts))
-            return
+                out.append(b"".join(parts))
+            return out
         summary, offsets = template
-        buffer = np.tile(summary, (len(steps), 1))
-        buffer[:, offsets] = floats.view(np.uint8).reshape(len(steps), -1, 4)
-        for step, row in zip(steps, buffer, strict=True):
-            self._write_event(step, row.tobytes())
+        buffer = np.tile(summary, (len(floats), 1))
+        buffer[:, offsets] = floats.view(np.uint8).reshape(len(floats), -1, 4)
+        return [row.tobytes() for row in buffer]
 
     def _template(self, tags):
         """`(bytes, [n, 4] offsets)`: the summary of the scalars of `tags`
@@ -401,13 +425,11 @@ class EventWriter:
         fields in number order, `summary` (5) after `wall_time` (1) and
         `step` (2).
         """
-        from tensorboard.compat.proto import event_pb2
-
-        head = event_pb2.Event(
-            wall_time=time.time(), step=int(step)
-        ).SerializeToString()
         self._write(
-            head + b"\x2a" + _varint(len(summary_bytes)) + summary_bytes
+            _event_head(time.time(), int(step))
+            + b"\x2a"
+            + _varint(len(summary_bytes))
+            + summary_bytes
         )
 
     def histograms(self, step, tags_and_tables):
@@ -631,6 +653,15 @@ class EventWriter:
         self._sink = sink
         self._backlog = []
         self._backlog_bytes = 0
+
+
+def _event_head(wall_time, step):
+    """`Event(wall_time=wall_time, step=step).SerializeToString()`, encoded
+    here (a proto message per event cost more than the rest of writing it):
+    field 1 a double, field 2 a varint, each left out when 0 (proto3);
+    tested byte for byte against the proto's."""
+    head = b"\x09" + struct.pack("<d", wall_time) if wall_time else b""
+    return head + (b"\x10" + _varint(step) if step else b"")
 
 
 def _varint(value):
