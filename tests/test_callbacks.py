@@ -1355,7 +1355,7 @@ def _op_count(num_variables):
         ops = [op.type for op in graph.get_operations()]
         for op in graph.get_operations():
             ops += [o.type for o in _branch_operations(op)]
-        skip = {"Reshape", "Const", "Placeholder", "Identity", "NoOp"}
+        skip = {"Const", "Placeholder", "Identity", "NoOp"}
     else:
         import jax
 
@@ -1429,8 +1429,9 @@ def test_large_variables_statistics_match_numpy():
 
 @pytest.mark.skipif(BACKEND == "torch", reason="eager: no traced graph")
 def test_fused_statistics_do_not_grow_with_the_number_of_variables():
-    # Issue 14, item 2: the same reductions for 3 and 30 variables of two
-    # sizes; only the zero-copy reshapes feeding each size's matrix grow.
+    # Issue 14, item 2: the same ops for 3 and 30 variables of two sizes
+    # (on JAX, only the zero-copy reshapes feeding each size's matrix grow;
+    # on TensorFlow, tensors of one shape are stacked, then reshaped once).
     assert _op_count(3) == _op_count(30)
 
 
