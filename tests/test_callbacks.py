@@ -1395,6 +1395,9 @@ def test_large_variables_statistics_match_numpy():
         (1e3 + 1e-2 * rng.normal(size=(7,))).astype("float32"),
         rng.normal(size=(5, 3)).astype("float32"),
         np.full((15,), -0.5, "float32"),
+        # One entry: a variance of exactly 0 (a scalar, as Keras makes).
+        np.array(0.3, "float32"),
+        np.array([-1.7], "float32"),
     ]
     grads[2][3, 4] = np.nan
     grads[6][2, 1] = np.inf
@@ -1425,6 +1428,41 @@ def test_large_variables_statistics_match_numpy():
             ]
         np.testing.assert_allclose(got[i, :5], expected, rtol=1e-4)
     assert got[4, 0] == 0.0 and got[7, 0] == 0.0
+    assert got[8, 0] == 0.0 and got[9, 0] == 0.0
+
+
+@pytest.mark.tensorflow_only
+def test_tensorflow_one_entry_variables_keep_the_one_pass_branch(
+    monkeypatch,
+):
+    # A scalar variable's one-pass variance is exactly 0, and `mean**2 <=
+    # Var` fails for it: without a bound of its own, it would make every
+    # recorded step take the two-pass branch (eagerly, `tf.cond` runs the
+    # taken branch only: the spy sees whether it ran). NaN still takes it.
+    from keras_winit.monitoring import tensorflow as hook_module
+
+    count = hook_module._count_nonfinite
+    calls = []
+
+    def spy(g, axis):
+        calls.append(g)
+        return count(g, axis)
+
+    monkeypatch.setattr(hook_module, "_count_nonfinite", spy)
+    rng = np.random.default_rng(0)
+    grads = [
+        np.array(0.5, "float32"),
+        np.array([-2.0], "float32"),
+        rng.normal(size=(4, 3)).astype("float32"),
+    ]
+    stats = hook_module.fused_stats(grads, grads).numpy()
+    assert not calls
+    np.testing.assert_array_equal(stats[:2, :2], [[0.0, 0.5], [0.0, -2.0]])
+    grads[0] = np.array(np.nan, "float32")
+    stats = hook_module.fused_stats(grads, grads).numpy()
+    assert calls
+    assert np.isnan(stats[0, 0]) and stats[0, 3] == 1.0
+    assert stats[1, :2].tolist() == [0.0, -2.0]
 
 
 @pytest.mark.skipif(BACKEND == "torch", reason="eager: no traced graph")

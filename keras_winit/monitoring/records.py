@@ -114,6 +114,16 @@ def update_ratio_freq(update_freq, signals_given):
     return update_freq * -(-UPDATE_RATIO_DEFAULT_EVERY // update_freq)
 
 
+def one_entry_bound(sizes):
+    """What the one-pass variance's exactness test (`mean**2 <= Var`, the
+    in-graph statistics of TensorFlow and JAX) adds to `Var`: `inf` for
+    the variables of one entry (their one-pass variance, `g*g - g*g`, is
+    exactly 0, and `mean**2 <= 0` would fail at every step: a scalar
+    variable would take the two-pass branch on every recorded step; a NaN
+    or inf still fails, `NaN + inf` being NaN), else 0."""
+    return np.where(np.asarray(sizes) == 1, np.inf, 0.0).astype(np.float32)
+
+
 # Kinds of record: statistics of an applied step, or a skipped step.
 KIND_APPLIED, KIND_SKIPPED = 0, 1
 # Largest number of records kept between two writes (ring buffer).

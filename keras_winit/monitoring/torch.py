@@ -317,6 +317,8 @@ def fused_stats(grads, weights, sizes=None):
         nonfinite = 0
         if not (math.isfinite(total) and math.isfinite(norm)):
             nonfinite = int((~torch.isfinite(grads[k])).sum())
+        elif size == 1:
+            variance = 0.0  # Exactly (`norm**2 - mean**2` may round).
         elif not mean * mean <= variance:
             variance = _two_pass_variance(grads[k])
         rows.append((variance, mean, norm, nonfinite, host[2 * n + k], 0.0))
