@@ -341,6 +341,18 @@ def test_scalar_arrays_with_a_tag_tuple_per_row(tmp_path):
     )
     assert at_once == payloads("one_by_one", one_by_one)
     assert len(at_once) == 2 + len(steps)
+    # A list of tag strings is one set of tags for every row.
+    listed = payloads(
+        "listed",
+        lambda writer: writer.scalar_arrays([3, 4], list(short), values[:3:2]),
+    )
+    assert listed == payloads(
+        "as_tuple",
+        lambda writer: writer.scalar_arrays([3, 4], short, values[:3:2]),
+    )
+    with writer_module.EventWriter(tmp_path / "bad") as writer:
+        with pytest.raises(ValueError, match="Argument `tags`"):
+            writer.scalar_arrays(steps, tags[:2], values[:2])
 
 
 def test_without_tensorflow_same_events(tmp_path, monkeypatch):

@@ -326,10 +326,17 @@ class EventWriter:
         self._check_open("scalars")
         for step in steps:
             _check_step(step)
+        if all(isinstance(tag, str) for tag in tags):
+            tags = tuple(tags)  # One tuple (or list) of tags for every row.
         if isinstance(tags, tuple):
             rows_of = {tags: list(range(len(steps)))}
             values = [values]
         else:
+            if len(tags) != len(steps):
+                raise ValueError(
+                    "Argument `tags` must be one tuple of tags, or one per "
+                    f"step ({len(steps)}). Received: {len(tags)} tuples"
+                )
             rows_of = {}
             for i, row_tags in enumerate(tags):
                 rows_of.setdefault(row_tags, []).append(i)
