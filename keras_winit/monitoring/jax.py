@@ -452,17 +452,12 @@ def fused_stats(grads, weights, new_weights=None):
     # mean large against the spread, or a statistic not finite: NaN fails
     # the test) the variances take two passes and the non-finite entries
     # are counted, in one `lax.cond`.
-    bound = records_module.one_entry_bound(
-        np.concatenate([np.full(g.shape[0], g.shape[1]) for g in gs])
+    variances, bounded = records_module.one_entry_variances(
+        variances,
+        np.concatenate([np.full(g.shape[0], g.shape[1]) for g in gs]),
     )
-    if bound.any():
-        # One entry: a variance of exactly 0 (`g*g - g*g` may round).
-        variances = variances * (bound == 0).astype(np.float32)
-        variances_bound = variances + bound
-    else:
-        variances_bound = variances
     variances, nonfinite = jax.lax.cond(
-        jnp.all(means * means <= variances_bound),
+        jnp.all(means * means <= bounded),
         lambda: (variances, jnp.zeros_like(means)),
         two_pass_and_count,
     )

@@ -707,14 +707,9 @@ def fused_stats(grads, weights):
         exact = _in_order(parts, order)
         return columns(exact[:, 0] / sizes, exact[:, 1])
 
-    bound = records_module.one_entry_bound(sizes)
-    if bound.any():
-        # One entry: a variance of exactly 0 (`g*g - g*g` may round).
-        variances = variances * (bound == 0).astype(np.float32)
-        exact = tf.reduce_all(means * means <= variances + bound)
-    else:
-        # NaN fails the test too (two passes give NaN as well).
-        exact = tf.reduce_all(means * means <= variances)
+    variances, bounded = records_module.one_entry_variances(variances, sizes)
+    # NaN fails the test too (two passes give NaN as well).
+    exact = tf.reduce_all(means * means <= bounded)
     return _cond_value(
         exact, lambda: columns(variances, zeros), two_pass_and_count
     )
