@@ -1504,6 +1504,36 @@ def test_unrecorded_steps_run_keras_train_function(tmp_path, jit_compile):
 
 
 @pytest.mark.tensorflow_only
+@pytest.mark.parametrize("spe", [1, 2, 3, 7])
+@pytest.mark.parametrize("freqs", [(1, 0), (4, 0), (10, 0), (4, 6), (5, 3)])
+def test_tensorflow_due_now_is_a_recorded_step_in_the_call(spe, freqs):
+    # The split train function decides each call by one comparison with
+    # the next recorded step; the same as asking whether any of the call's
+    # steps is a multiple of `update_freq` or `histogram_freq`.
+    import types
+
+    from keras_winit.monitoring import tensorflow as hook_module
+
+    update_freq, histogram_freq = freqs
+    hook = types.SimpleNamespace(
+        update_freq=update_freq,
+        histogram_freq=histogram_freq,
+        steps_per_execution=spe,
+    )
+    Hook = hook_module.Hook
+    for start in range(0, 40):
+        hook.next_step = start
+        hook.next_due = Hook._next_due(hook, start)
+        hook._step = lambda: hook.next_step
+        expected = any(
+            f and s % f == 0
+            for s in range(start, start + spe)
+            for f in (update_freq, histogram_freq)
+        )
+        assert Hook._due_now(hook) == expected, start
+
+
+@pytest.mark.tensorflow_only
 @pytest.mark.parametrize("update_freq", [1, 3])
 def test_tensorflow_update_waits_for_the_statistics(tmp_path, update_freq):
     # Issue 14: the statistics read the weights before the update; were

@@ -602,7 +602,8 @@ class GradientVarianceLogger(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self._hook is not None:
             self._hook.write_pending()
-        if keras.backend.backend() != "jax":  # JAX: may run on a thread.
+        due = self._pending_warnings or self._pending_judgement is not None
+        if due and keras.backend.backend() != "jax":  # JAX: on a thread.
             self._emit_warnings()
 
     def on_epoch_end(self, epoch, logs=None):

@@ -62,6 +62,8 @@ class Hook(records_module.Records):
         self.recorded_since_read = 1
         self.must_read = False
         self.next_step: int | None = None
+        # The first step at or after `next_step` that is recorded (split).
+        self.next_due = 0
         self.traced_applies = 0
         n = len(self.variables)
         on_read = dict(
@@ -185,9 +187,11 @@ class Hook(records_module.Records):
             every = self.update_ratio and with_ratio is None
             recording_wrapper = wrap_ratio if every else wrap_no_ratio
 
+        spe = self.steps_per_execution
+
         def train_function(iterator):
             if plain is not None and not hook._due_now():
-                hook.next_step = hook._step() + hook.steps_per_execution
+                hook.next_step += spe
                 return plain(iterator)
             function, wrapper = recording, recording_wrapper
             if with_ratio is not None and hook._ratio_due_now():
@@ -200,7 +204,8 @@ class Hook(records_module.Records):
             if hook.next_step is not None:
                 if hook._histogram_due(hook.next_step):
                     hook.must_read = True  # One histogram is kept.
-                hook.next_step += hook.steps_per_execution
+                hook.next_step += spe
+                hook.next_due = hook._next_due(hook.next_step)
             return logs
 
         return train_function
@@ -209,6 +214,14 @@ class Hook(records_module.Records):
         """Re-reads the optimizer step (start of `fit`, end of each epoch)."""
         if self.split:
             self.next_step = self.current_step()
+            self.next_due = self._next_due(self.next_step)
+
+    def _next_due(self, s):
+        """The first step at or after `s` that is recorded (a multiple of
+        `update_freq` or `histogram_freq`)."""
+        return min(
+            -(-s // f) * f for f in (self.update_freq, self.histogram_freq) if f
+        )
 
     def _histogram_due(self, s):
         """Whether the call starting at step `s` holds a histogram step."""
@@ -232,8 +245,10 @@ class Hook(records_module.Records):
         return filled >= self.buffer_size // 2
 
     def _due_now(self):
-        """Whether the next call's steps hold a recorded one (split)."""
-        return self._holds(self.update_freq) or self._holds(self.histogram_freq)
+        """Whether the next call's steps hold a recorded one (split): one
+        comparison per call (a call between steps costs more in Python
+        than a tight loop of it measures)."""
+        return self._step() + self.steps_per_execution > self.next_due
 
     def _ratio_due_now(self):
         """Whether the next call's steps hold one whose `update_ratio` is
