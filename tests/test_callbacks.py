@@ -1650,6 +1650,79 @@ def test_update_ratio_and_norms_match_numpy(tmp_path, optimizer):
     )
 
 
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("jit_compile", [False, True])
+@pytest.mark.parametrize("spe", [1, 2])
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        lambda: keras.optimizers.SGD(0.1, momentum=0.9),
+        lambda: keras.optimizers.AdamW(0.01, weight_decay=0.5),
+    ],
+    ids=["sgd_momentum", "adamw"],
+)
+def test_tensorflow_update_ratio_of_large_and_small_variables(
+    tmp_path, optimizer, spe, jit_compile
+):
+    # `update_ratio` on TensorFlow: with one step per call (split), from
+    # the weights' reads kept across the update (TensorFlow copies a
+    # variable before updating it in place while such a read is pending),
+    # with no copy variables; with `steps_per_execution > 1`, from the
+    # copy variables. Variables above and below `LARGE_VARIABLE` (reduced
+    # one by one, or by size groups), updated by `assign_sub` (SGD) and by
+    # `assign` (AdamW's decay), with and without XLA.
+    from keras_winit.monitoring.records import LARGE_VARIABLE
+
+    width = int(np.sqrt(LARGE_VARIABLE))
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential(
+        [
+            keras.Input((width,)),
+            keras.layers.Dense(width, activation="tanh", name="wide"),
+            keras.layers.Dense(3, name="out"),
+        ]
+    )
+    model.compile(
+        optimizer=optimizer(),
+        loss="mse",
+        steps_per_execution=spe,
+        jit_compile=jit_compile,
+    )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(BATCH, width)).astype("float32")
+    y = rng.normal(size=(BATCH, 3)).astype("float32")
+    before = _weights(model)
+    logger = GradientVarianceLogger(tmp_path, update_freq=1)
+    copies = []
+
+    class Spy(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            copies.append(hasattr(logger._hook, "snapshot"))
+
+    model.fit(
+        x,
+        y,
+        batch_size=BATCH,
+        shuffle=False,
+        verbose=0,
+        callbacks=[logger, Spy()],
+    )
+    assert copies == [spe > 1]
+    after = _weights(model)
+    events = _read(tmp_path / "gradients")
+    assert any(w.size >= LARGE_VARIABLE for w in before.values())
+    for path, w in before.items():
+        update = np.linalg.norm(after[path] - w)
+        assert update > 0, path
+        got = _value(events, f"update_ratio/{path}", 0)
+        if np.linalg.norm(w) == 0:  # Biases start at zero.
+            assert got == np.inf
+        else:
+            np.testing.assert_allclose(
+                got, update / np.linalg.norm(w), rtol=2e-3, err_msg=path
+            )
+
+
 def _fit_on(model, log_dir, x, y, **logger_kwargs):
     logger = GradientVarianceLogger(log_dir, **logger_kwargs)
     model.fit(

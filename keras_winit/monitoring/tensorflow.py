@@ -65,6 +65,9 @@ class Hook(records_module.Records):
         # The first step at or after `next_step` that is recorded (split).
         self.next_due = 0
         self.traced_applies = 0
+        # Split, one step per call: `update_ratio` from the weights' reads
+        # kept across the update (see `record`), no copy variables.
+        self._reads_kept = self.split and spe == 1
         n = len(self.variables)
         on_read = dict(
             trainable=False,
@@ -90,11 +93,15 @@ class Hook(records_module.Records):
                 name="winit_records",
                 **on_read,
             )
-            if self.update_ratio:
-                # The weights before the update, on recorded steps: the
-                # large variables (`records.LARGE_VARIABLE` entries or
-                # more) each in a variable of their own (no flattening
-                # copy), the small ones in one flat buffer.
+            if self.update_ratio and not self._reads_kept:
+                # The weights before the update, on recorded steps, when
+                # a call may hold several steps or is not split (a read
+                # kept for a difference taken under a `tf.cond` would be
+                # held at every step, the branch taken or not): the large
+                # variables
+                # (`records.LARGE_VARIABLE` entries or more) each in a
+                # variable of their own (no flattening copy), the small
+                # ones in one flat buffer.
                 small_sizes = [
                     int(np.prod(shape))
                     for shape in self.shapes
@@ -148,7 +155,7 @@ class Hook(records_module.Records):
         recording = new_function()
         if self.split:
             plain = new_function()
-            if self.update_ratio and not self._ratio_every_record:
+            if self.update_ratio:
                 with_ratio = new_function()
 
         def wrap_apply(method, ratio):
@@ -323,11 +330,25 @@ class Hook(records_module.Records):
             ratio is True and self.steps_per_execution == 1
         )
         ratio_due = tf.logical_and(due, step % self.update_ratio_freq == 0)
+        # Split, one step per call, the `with_ratio` function: Python runs
+        # it only at a step whose record and `update_ratio` are due, so
+        # nothing is conditional, and the weights' reads before the update
+        # are kept for the difference after it: TensorFlow copies a
+        # variable's buffer before updating it in place while a read of it
+        # is still to be consumed (copy-on-write), and frees the copy after
+        # the step (no copy kept for the `fit`).
+        certain = self._reads_kept and ratio is True
+        before: list = []
 
         def store():
-            values = [v.value for v in variables]
+            # Read once: the statistics, the copy and the difference after
+            # the update see the same values.
+            values = [tf.convert_to_tensor(v.value) for v in variables]
             stats = fused_stats(grads, values)
-            if take_ratio and not ratio_every_record:
+            if certain:
+                before.extend(values)
+                done = [stats]
+            elif take_ratio and not ratio_every_record:
 
                 def snapshot():
                     return self._take_snapshot(rows, values)
@@ -372,7 +393,7 @@ class Hook(records_module.Records):
             and not self.is_loss_scaled
             and not self.inner.gradient_accumulation_steps
         )
-        if every_call:
+        if every_call or certain:
             stored = store()  # Every call is recorded: no tf.cond.
         else:
             stored = _cond(tf.logical_or(due, skipped), store)
@@ -417,7 +438,10 @@ class Hook(records_module.Records):
             """After the update: `||w_after - w_before||` into the record."""
 
             def update():
-                norms = self._update_norms(rows, [v.value for v in variables])
+                new = [v.value for v in variables]
+                norms = self._update_norms(
+                    rows, new, before if certain else None
+                )
                 count = tf.cast(self.header[0], tf.int64)
                 slot = tf.cast((count - 1) % self.buffer_size, tf.int32)
                 columns = tf.constant(
@@ -429,7 +453,7 @@ class Hook(records_module.Records):
                 _scatter(self.buf, indices, tf.cast(norms, tf.float64))
                 return tf.constant(True)
 
-            if every_call and ratio_every_record:
+            if (every_call and ratio_every_record) or certain:
                 update()  # As `store`: no tf.cond.
             else:
                 _cond(ratio_due, update)
@@ -463,29 +487,37 @@ class Hook(records_module.Records):
         with tf.control_dependencies(copies):
             return tf.constant(True)
 
-    def _update_norms(self, rows, new):
-        """`[len(rows)]`: `||w_after - w_before||` (traced, after `apply`)."""
+    def _update_norms(self, rows, new, before=None):
+        """`[len(rows)]`: `||w_after - w_before||` (traced, after `apply`).
+
+        `before`: the weights' reads before the update, kept across it;
+        `None`: the copy variables (`_take_snapshot`). Small variables by
+        size groups (as `fused_stats`), large ones one by one.
+        """
         import tensorflow as tf
 
         small, large = _groups(new)
         groups = _size_groups(new, small)
         parts = []
-        if groups:
+        if groups and before is None:
             snapshot = self.snapshot.read_value()
-            start = 0
-            for group in groups:
+        start = 0
+        for group in groups:
+            if before is None:
                 size = int(np.prod(new[group[0]].shape))
                 end = start + size * len(group)
-                delta = _rows([new[i] for i in group]) - tf.reshape(
-                    snapshot[start:end], [len(group), size]
-                )
-                parts.append(tf.sqrt(tf.reduce_sum(delta * delta, axis=1)))
+                old = tf.reshape(snapshot[start:end], [len(group), size])
                 start = end
+            else:
+                old = _rows([before[i] for i in group])
+            delta = _rows([new[i] for i in group]) - old
+            parts.append(tf.sqrt(tf.reduce_sum(delta * delta, axis=1)))
         for i in large:
-            delta = (
-                tf.cast(new[i], tf.float32)
-                - self.snapshot_large[rows[i]].read_value()
-            )
+            if before is None:
+                old = self.snapshot_large[rows[i]].read_value()
+            else:
+                old = tf.cast(before[i], tf.float32)
+            delta = tf.cast(new[i], tf.float32) - old
             parts.append(tf.sqrt(_sum_of_squares(delta))[None])
         return _in_order(parts, [i for g in groups for i in g] + large)
 
