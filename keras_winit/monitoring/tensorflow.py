@@ -198,7 +198,7 @@ class Hook(records_module.Records):
 
         def train_function(iterator):
             if plain is not None and not hook._due_now():
-                hook.next_step += spe
+                hook.next_step = hook._step() + spe
                 return plain(iterator)
             function, wrapper = recording, recording_wrapper
             if with_ratio is not None and hook._ratio_due_now():
