@@ -221,14 +221,18 @@ def _records(path):
     return data, out
 
 
-@pytest.mark.skipif(not HAS_TF, reason="the TensorFlow framing")
-def test_tensorflow_framing_is_byte_identical_to_tensorboard(tmp_path):
-    # The fast path (tf.io.TFRecordWriter) against TensorBoard's own
-    # RecordWriter, byte for byte.
+@pytest.mark.parametrize("use_tf", [True, False])
+def test_framing_is_byte_identical_to_tensorboard(
+    tmp_path, monkeypatch, use_tf
+):
+    # The records are framed here (google_crc32c), with or without
+    # TensorFlow: byte for byte what TensorBoard's own RecordWriter (its
+    # CRC-32C in pure Python) writes.
     import io
 
     from tensorboard.summary.writer import record_writer
 
+    monkeypatch.setattr(writer_module, "use_tensorflow", use_tf)
     with writer_module.EventWriter(tmp_path) as writer:
         for step in range(5):
             writer.scalars(step, [(f"t{i}", i / (step + 1)) for i in range(50)])
@@ -241,6 +245,29 @@ def test_tensorflow_framing_is_byte_identical_to_tensorboard(tmp_path):
     for payload in payloads:
         framing.write(payload)
     assert data == reference.getvalue()
+
+
+@pytest.mark.skipif(not HAS_TF, reason="TensorFlow's file systems")
+def test_other_file_systems_are_written_through_tensorflow():
+    # A path with a scheme (gs://, s3://, ...) goes through TensorFlow's
+    # GFile; its in-memory file system stands in for a remote one.
+    import uuid
+
+    import tensorflow as tf
+
+    logdir = f"ram://keras_winit_{uuid.uuid4().hex}/run"
+    with writer_module.EventWriter(logdir) as writer:
+        writer.scalar("a", 0.5, step=3)
+        path = writer.path
+    assert path.startswith(logdir)
+    with tf.io.gfile.GFile(path, "rb") as f:
+        payloads = writer_module._payloads(f.read())
+    from tensorboard.compat.proto import event_pb2
+
+    events = [event_pb2.Event.FromString(p) for p in payloads]
+    assert events[0].file_version == "brain.Event:2"
+    assert events[1].step == 3
+    assert events[1].summary.value[0].tag == "a"
 
 
 def _proto_scalars(step, wall_time, tags_and_values, with_metadata):
