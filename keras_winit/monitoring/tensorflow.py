@@ -26,6 +26,15 @@ from keras_winit.monitoring import records as records_module
 from keras_winit.monitoring.records import HISTOGRAM_BINS
 from keras_winit.monitoring.records import NUM_STATS
 
+# The fields of `Hook.header` (float64), in order: records stored,
+# histograms stored, steps skipped (loss scaling), the latest step seen.
+_RECORDS, _HISTOGRAMS, _SKIPPED, _LATEST = range(4)
+
+
+def _header(records=0.0, histograms=0.0, skipped=0.0, latest=0.0):
+    """The header's fields in order (numbers or scalar tensors)."""
+    return [records, histograms, skipped, latest]
+
 
 def _is_keras_train_step(model):
     step = getattr(type(model), "train_step", None)
@@ -84,7 +93,7 @@ class Hook(records_module.Records):
             # graph (a variable written by a scatter is copied by each read
             # of it: TensorFlow's copy-on-read mode).
             self.header = tf.Variable(
-                tf.constant([0.0, 0.0, 0.0, -1.0], tf.float64),
+                tf.constant(_header(latest=-1.0), tf.float64),
                 name="winit_records_header",
                 **on_read,
             )
@@ -363,9 +372,9 @@ class Hook(records_module.Records):
                     tf.constant(rows)[:, None], stats, [n, NUM_STATS]
                 )
             header = self.header.read_value()
-            count = tf.cast(header[0], tf.int64)
+            count = tf.cast(header[_RECORDS], tf.int64)
             skips = tf.cast(skipped, tf.float64)
-            skipped_total = header[2] + skips
+            skipped_total = header[_SKIPPED] + skips
             kind = tf.where(
                 skipped,
                 records_module.KIND_SKIPPED,
@@ -381,7 +390,9 @@ class Hook(records_module.Records):
                 ],
                 0,
             )
-            self.header.assign(header + tf.stack([1.0, 0.0, skips, 0.0]))
+            self.header.assign(
+                header + tf.stack(_header(records=1.0, skipped=skips))
+            )
             slot = tf.cast(count % self.buffer_size, tf.int32)
             _scatter(self.buf, slot[None, None], record[None])
             # Computed after the statistics and the copy of the weights.
@@ -403,7 +414,7 @@ class Hook(records_module.Records):
             self.header.assign(
                 tf.tensor_scatter_nd_update(
                     self.header.read_value(),
-                    [[3]],
+                    [[_LATEST]],
                     tf.cast(step, tf.float64)[None],
                 )
             )
@@ -421,7 +432,7 @@ class Hook(records_module.Records):
                 self.hist.assign(hist)
                 self.hist_step.assign(step)
                 self.header.assign_add(
-                    tf.constant([0.0, 1.0, 0.0, 0.0], tf.float64)
+                    tf.constant(_header(histograms=1.0), tf.float64)
                 )
                 return tf.constant(True)
 
@@ -442,7 +453,7 @@ class Hook(records_module.Records):
                 norms = self._update_norms(
                     rows, new, before if certain else None
                 )
-                count = tf.cast(self.header[0], tf.int64)
+                count = tf.cast(self.header[_RECORDS], tf.int64)
                 slot = tf.cast((count - 1) % self.buffer_size, tf.int32)
                 columns = tf.constant(
                     [r * NUM_STATS + records_module.UPDATE_NORM for r in rows]
@@ -541,7 +552,7 @@ class Hook(records_module.Records):
         self.recorded_since_read = 0
         self.must_read = False
         header = self.header.value().numpy()
-        count = int(header[0])
+        count = int(header[_RECORDS])
         if count > self.written:
             start = max(self.written, count - self.buffer_size)
             if start > self.written and not self.lost_warned:
@@ -555,15 +566,16 @@ class Hook(records_module.Records):
             for i in range(start, count):
                 self.pending.append(buf[i % self.buffer_size])
             self.written = count
-        if self.histogram_freq and int(header[1]) > self.hist_written:
-            self.hist_written = int(header[1])
+        histograms = int(header[_HISTOGRAMS])
+        if self.histogram_freq and histograms > self.hist_written:
+            self.hist_written = histograms
             rows = sorted(self.present)
             table = self.hist.numpy().astype("float64")
             self.add_histograms(int(self.hist_step.numpy()), rows, table[rows])
         self.write_buffered()
         self._write_weights_if_due()
         if not self.split:
-            self._schedule(int(header[3]))
+            self._schedule(int(header[_LATEST]))
 
     def _write_weights_if_due(self):
         if self.weights_freq:
