@@ -103,14 +103,13 @@ class Hook(records_module.Records):
                 **on_read,
             )
             if self.update_ratio and not self._reads_kept:
-                # The weights before the update, on recorded steps, when
-                # a call may hold several steps or is not split (a read
-                # kept for a difference taken under a `tf.cond` would be
-                # held at every step, the branch taken or not): the large
-                # variables
-                # (`records.LARGE_VARIABLE` entries or more) each in a
-                # variable of their own (no flattening copy), the small
-                # ones in one flat buffer.
+                # The weights before the update, on recorded steps, when a
+                # call may hold several steps or is not split (a read kept
+                # for a difference taken under a `tf.cond` would be held
+                # at every step, the branch taken or not): the large
+                # variables (`records.LARGE_VARIABLE` entries or more) each
+                # in a variable of their own (no flattening copy), the
+                # small ones in one flat buffer.
                 small_sizes = [
                     int(np.prod(shape))
                     for shape in self.shapes
@@ -146,10 +145,11 @@ class Hook(records_module.Records):
         """Makes this `fit`'s train function(s); returns the one to call.
 
         Split: Keras' own train function for the calls without a recorded
-        step, a recording one, and, when `update_ratio` is logged on some
-        recorded steps only (the defaults), a third that also takes the
-        update's norm: the one to run is chosen in Python, so no branch of
-        the graph waits untaken. Each is traced on its first call.
+        step, a recording one, and, when `update_ratio` is logged, a third
+        for the calls holding a step whose `update_ratio` is due, which
+        also takes the update's norm: the one to run is chosen in Python,
+        so no branch of the graph waits untaken. Each is traced on its
+        first call.
         """
         model = self.model
         make = type(model).make_train_function
@@ -196,12 +196,10 @@ class Hook(records_module.Records):
         def wrap_no_ratio(method):
             return wrap_apply(method, False)
 
-        # Split: whether the recording function takes `update_ratio` is
-        # fixed at its trace (always, or never when `with_ratio` does).
-        recording_wrapper = wrap_plain
-        if plain is not None:
-            every = self.update_ratio and with_ratio is None
-            recording_wrapper = wrap_ratio if every else wrap_no_ratio
+        # Split: the recording function never takes `update_ratio`
+        # (`with_ratio` does, at the steps it is due); otherwise the graph
+        # decides by the step.
+        recording_wrapper = wrap_plain if plain is None else wrap_no_ratio
 
         spe = self.steps_per_execution
 
