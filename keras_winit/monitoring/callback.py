@@ -602,8 +602,7 @@ class GradientVarianceLogger(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self._hook is not None:
             self._hook.write_pending()
-        due = self._pending_warnings or self._pending_judgement is not None
-        if due and keras.backend.backend() != "jax":  # JAX: on a thread.
+        if keras.backend.backend() != "jax":  # JAX: may run on a thread.
             self._emit_warnings()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -703,6 +702,8 @@ class GradientVarianceLogger(keras.callbacks.Callback):
         records (one message), or for the end of `fit` (`final`).
         """
         judgement = self._pending_judgement
+        if judgement is None and not self._pending_warnings and not final:
+            return  # Most batch ends: nothing to do.
         if judgement is None and final and self._probe_flags:
             judgement = (None, [])
         if judgement is not None and self.model is not None:
