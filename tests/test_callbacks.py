@@ -1626,15 +1626,9 @@ def test_update_ratio_and_norms_match_numpy(tmp_path, optimizer):
     _fit_on(model, tmp_path, x, y, update_freq=1)
     after = _weights(model)
     events = _read(tmp_path / "gradients")
+    _check_update_ratios(events, before, after)
     for path, w in before.items():
-        update = np.linalg.norm(after[path] - w)
-        got = _value(events, f"update_ratio/{path}", 0)
-        if np.linalg.norm(w) == 0:  # Biases start at zero.
-            assert got == np.inf and update > 0
-        else:
-            np.testing.assert_allclose(
-                got, update / np.linalg.norm(w), rtol=2e-3, err_msg=path
-            )
+        if np.linalg.norm(w) != 0:
             np.testing.assert_allclose(
                 _value(events, f"grad_weight_ratio/{path}", 0),
                 np.linalg.norm(grads[path]) / np.linalg.norm(w),
@@ -1711,11 +1705,18 @@ def test_tensorflow_update_ratio_of_large_and_small_variables(
     events = _read(tmp_path / "gradients")
     assert any(w.size >= LARGE_VARIABLE for w in before.values())
     for path, w in before.items():
+        assert np.linalg.norm(after[path] - w) > 0, path
+    _check_update_ratios(events, before, after)
+
+
+def _check_update_ratios(events, before, after):
+    """The step-0 `update_ratio` of each variable: `||after - before|| /
+    ||before||`, or inf for a zero weight (biases start at zero)."""
+    for path, w in before.items():
         update = np.linalg.norm(after[path] - w)
-        assert update > 0, path
         got = _value(events, f"update_ratio/{path}", 0)
-        if np.linalg.norm(w) == 0:  # Biases start at zero.
-            assert got == np.inf
+        if np.linalg.norm(w) == 0:
+            assert got == np.inf and update > 0, path
         else:
             np.testing.assert_allclose(
                 got, update / np.linalg.norm(w), rtol=2e-3, err_msg=path
