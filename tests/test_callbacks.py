@@ -287,10 +287,52 @@ def test_steps_per_execution_keeps_every_recorded_step(tmp_path):
     model.compile(optimizer="sgd", loss="mse", steps_per_execution=4)
     x, y = _data()
     expected = _reference_variances(model, x[:BATCH], y[:BATCH])
-    _fit(model, tmp_path, epochs=2, update_freq=1)
+    # 6 batches per epoch: each epoch's second call runs out of data after
+    # 2 of its 4 steps (its records are found by step on TensorFlow: the
+    # 2 steps not run are not reported lost).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _fit(model, tmp_path, epochs=2, update_freq=1)
     events = _read(tmp_path / "gradients")
     assert _steps(events, "grad_variance/mlp/hidden/kernel") == list(range(12))
     _check_step0_matches_reference(events, expected)
+
+
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("split", [True, False])
+def test_tensorflow_records_overwritten_before_a_read_are_reported(
+    tmp_path, monkeypatch, split
+):
+    # The ring buffer holds 64 records; here it is read only at the end of
+    # the epoch (80 steps): the first 16 are lost, said once, and the last
+    # 64 are written. Split (Keras' `train_step`): rows found by step;
+    # not split (loss scaling): rows counted in the graph.
+    from keras_winit.monitoring import tensorflow as tf_module
+
+    write_pending = tf_module.Hook.write_pending
+    kinds = set()
+
+    def at_epoch_end_only(hook, force=False):
+        kinds.add(hook.split)
+        if force:
+            write_pending(hook, force=True)
+
+    monkeypatch.setattr(tf_module.Hook, "write_pending", at_epoch_end_only)
+    model = _model()
+    optimizer = keras.optimizers.SGD()
+    if not split:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer, loss="mse")
+    x, y = _data(n=80 * BATCH)
+    logger = GradientVarianceLogger(tmp_path, update_freq=1)
+    with pytest.warns(UserWarning, match="dropped 16 records") as caught:
+        model.fit(
+            x, y, batch_size=BATCH, shuffle=False, verbose=0, callbacks=[logger]
+        )
+    assert len([w for w in caught if "dropped" in str(w.message)]) == 1
+    assert kinds == {split}
+    events = _read(tmp_path / "gradients")
+    assert _steps(events, "grad_variance/mlp/out/kernel") == list(range(16, 80))
 
 
 def test_mixed_float16_unscales_and_reports_skipped_steps(tmp_path):

@@ -71,6 +71,8 @@ class Hook(records_module.Records):
         self.recorded_since_read = 1
         self.must_read = False
         self.next_step: int | None = None
+        # The first step whose record is not read yet (split).
+        self.read_from: int | None = None
         # The first step at or after `next_step` that is recorded (split).
         self.next_due = 0
         self.traced_applies = 0
@@ -97,8 +99,11 @@ class Hook(records_module.Records):
                 name="winit_records_header",
                 **on_read,
             )
+            # Steps -1: no record (split: a row is found by its step).
+            empty = np.zeros([self.buffer_size, self.width])
+            empty[:, n * NUM_STATS] = -1.0
             self.buf = tf.Variable(
-                tf.zeros([self.buffer_size, self.width], tf.float64),
+                tf.constant(empty, tf.float64),
                 name="winit_records",
                 **on_read,
             )
@@ -229,6 +234,8 @@ class Hook(records_module.Records):
         if self.split:
             self.next_step = self.current_step()
             self.next_due = self._next_due(self.next_step)
+            # Called after all records were read (or before any step).
+            self.read_from = self.next_step
 
     def _next_due(self, s):
         """The first step at or after `s` that is recorded (a multiple of
@@ -369,30 +376,48 @@ class Hook(records_module.Records):
                 stats = tf.scatter_nd(
                     tf.constant(rows)[:, None], stats, [n, NUM_STATS]
                 )
-            header = self.header.read_value()
-            count = tf.cast(header[_RECORDS], tf.int64)
-            skips = tf.cast(skipped, tf.float64)
-            skipped_total = header[_SKIPPED] + skips
-            kind = tf.where(
-                skipped,
-                records_module.KIND_SKIPPED,
-                records_module.KIND_APPLIED,
-            )
-            record = tf.concat(
-                [
-                    tf.cast(tf.reshape(stats, [-1]), tf.float64),
-                    tf.cast(
-                        tf.stack([step, tf.cast(kind, tf.int64)]), tf.float64
-                    ),
-                    skipped_total[None],
-                ],
-                0,
-            )
-            self.header.assign(
-                header + tf.stack(_header(records=1.0, skipped=skips))
-            )
-            slot = tf.cast(count % self.buffer_size, tf.int32)
-            _scatter(self.buf, slot[None, None], record[None])
+            stats = tf.cast(tf.reshape(stats, [-1]), tf.float64)
+            if self.split:
+                # Nothing is skipped (no loss scaling), and Python knows
+                # the steps recorded: the row is found by its step, no
+                # count is kept in the graph (its read and write cost ~1%
+                # of an MLP step).
+                record = tf.concat(
+                    [
+                        stats,
+                        tf.cast(step, tf.float64)[None],
+                        tf.constant(
+                            [records_module.KIND_APPLIED, 0.0], tf.float64
+                        ),
+                    ],
+                    0,
+                )
+                slot = self._slot(step)
+            else:
+                header = self.header.read_value()
+                count = tf.cast(header[_RECORDS], tf.int64)
+                skips = tf.cast(skipped, tf.float64)
+                kind = tf.where(
+                    skipped,
+                    records_module.KIND_SKIPPED,
+                    records_module.KIND_APPLIED,
+                )
+                record = tf.concat(
+                    [
+                        stats,
+                        tf.cast(
+                            tf.stack([step, tf.cast(kind, tf.int64)]),
+                            tf.float64,
+                        ),
+                        (header[_SKIPPED] + skips)[None],
+                    ],
+                    0,
+                )
+                self.header.assign(
+                    header + tf.stack(_header(records=1.0, skipped=skips))
+                )
+                slot = tf.cast(count % self.buffer_size, tf.int32)
+            _scatter(self.buf, tf.reshape(slot, [1, 1]), record[None])
             # Computed after the statistics and the copy of the weights.
             with tf.control_dependencies(done):
                 return tf.constant(True)
@@ -451,8 +476,11 @@ class Hook(records_module.Records):
                 norms = self._update_norms(
                     rows, new, before if certain else None
                 )
-                count = tf.cast(self.header[_RECORDS], tf.int64)
-                slot = tf.cast((count - 1) % self.buffer_size, tf.int32)
+                if self.split:
+                    slot = self._slot(step)
+                else:
+                    count = tf.cast(self.header[_RECORDS], tf.int64)
+                    slot = tf.cast((count - 1) % self.buffer_size, tf.int32)
                 columns = tf.constant(
                     [r * NUM_STATS + records_module.UPDATE_NORM for r in rows]
                 )
@@ -468,6 +496,16 @@ class Hook(records_module.Records):
                 _cond(ratio_due, update)
 
         return stored, after
+
+    def _slot(self, step):
+        """The buffer row of the record of `step` (split; traced): each
+        multiple of `update_freq` is recorded, its row given by its index
+        among them (see `_stored_records`)."""
+        import tensorflow as tf
+
+        if self.update_freq > 1:
+            step = step // self.update_freq
+        return tf.cast(step % self.buffer_size, tf.int32)
 
     def _take_snapshot(self, rows, values):
         """Copies the weights before the update (traced, in `store`);
@@ -549,31 +587,68 @@ class Hook(records_module.Records):
                 return
         self.recorded_since_read = 0
         self.must_read = False
-        header = self.header.value().numpy()
-        count = int(header[_RECORDS])
-        if count > self.written:
-            start = max(self.written, count - self.buffer_size)
-            if start > self.written and not self.lost_warned:
-                self.lost_warned = True
-                warnings.warn(
-                    f"GradientVarianceLogger dropped {start - self.written} "
-                    "records stored between two batch ends.",
-                    stacklevel=3,
-                )
-            buf = self.buf.value().numpy()
-            for i in range(start, count):
-                self.pending.append(buf[i % self.buffer_size])
-            self.written = count
-        histograms = int(header[_HISTOGRAMS])
-        if self.histogram_freq and histograms > self.hist_written:
-            self.hist_written = histograms
+        # The header counts the histograms, and (not split) the records;
+        # split, the records are found by their steps.
+        header = self.header.value().numpy() if self.histogram_freq else None
+        if self.split:
+            lost = self._stored_records()
+        else:
+            if header is None:
+                header = self.header.value().numpy()
+            lost = self._counted_records(int(header[_RECORDS]))
+            self._schedule(int(header[_LATEST]))
+        if lost and not self.lost_warned:
+            self.lost_warned = True
+            warnings.warn(
+                f"GradientVarianceLogger dropped {lost} records stored "
+                "between two batch ends.",
+                stacklevel=3,
+            )
+        if header is not None and header[_HISTOGRAMS] > self.hist_written:
+            self.hist_written = int(header[_HISTOGRAMS])
             rows = sorted(self.present)
             table = self.hist.numpy().astype("float64")
             self.add_histograms(int(self.hist_step.numpy()), rows, table[rows])
         self.write_buffered()
         self._write_weights_if_due()
-        if not self.split:
-            self._schedule(int(header[_LATEST]))
+
+    def _counted_records(self, count):
+        """Queues the records stored since the last read (not split), of
+        the `count` stored so far; returns the number lost (overwritten in
+        the ring buffer)."""
+        if count <= self.written:
+            return 0
+        start = max(self.written, count - self.buffer_size)
+        buf = self.buf.value().numpy()
+        for i in range(start, count):
+            self.pending.append(buf[i % self.buffer_size])
+        lost, self.written = start - self.written, count
+        return lost
+
+    def _stored_records(self):
+        """Queues the records of the steps run since the last read (split).
+
+        Every multiple of `update_freq` run is recorded, in the row of its
+        index among them (`_slot`), with its step: a row holding a later
+        step was overwritten (lost); one holding an earlier step was not
+        run (the data ran out within a call of several steps). Returns
+        the number lost.
+        """
+        f = self.update_freq
+        start, end = self.read_from, self.next_step
+        if start is None or end is None:  # No step run yet.
+            return 0
+        self.read_from = end
+        steps = np.arange(-(-start // f) * f, end, f)
+        if not len(steps):
+            return 0
+        buf = self.buf.value().numpy()
+        rows = buf[(steps // f) % self.buffer_size]
+        stored = rows[:, len(self.variables) * NUM_STATS]
+        for row in rows[stored == steps]:
+            self.pending.append(row)
+            self.written += 1
+        return int(np.sum(stored > steps))
 
     def _write_weights_if_due(self):
         if self.weights_freq:
