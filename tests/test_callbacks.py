@@ -1421,27 +1421,53 @@ def _op_count(num_variables):
     return sorted(op for op in ops if op not in skip)
 
 
-def test_large_variables_statistics_match_numpy():
+def _tensorflow_stats(grads, weights):
+    """TensorFlow's statistics: the graph's sums, derived on the host."""
+    from keras_winit.monitoring import tensorflow as hook_module
+
+    sums = hook_module.fused_stats(grads, weights).numpy()
+    return hook_module.stats_from_sums(sums, [np.size(g) for g in grads])
+
+
+@pytest.mark.parametrize("one_pass", [True, False])
+def test_large_variables_statistics_match_numpy(monkeypatch, one_pass):
     # Variables of at least `LARGE_VARIABLE` entries are reduced one by one,
-    # the others fused: both give NumPy's values, NaNs counted.
+    # the others fused: both give NumPy's values, NaNs counted. `one_pass`:
+    # no variable needs the two-pass variance (TensorFlow: the branch is
+    # not taken); otherwise some do (a mean that dwarfs the spread, a
+    # constant, a NaN or an inf).
     rng = np.random.default_rng(0)
+    if one_pass:
+        offset, spread, constant = 0.5, 1.0, 0.0
+    else:
+        offset, spread, constant = 1e3, 1e-2, 0.25
     grads = [
         rng.normal(size=(130, 130)).astype("float32"),
         rng.normal(size=(7,)).astype("float32"),
         rng.normal(size=(128, 200)).astype("float32"),
         # Mean >> spread: a one-pass variance would lose every digit.
-        (1e3 + 1e-2 * rng.normal(size=(150, 150))).astype("float32"),
-        np.full((129, 129), 0.25, "float32"),  # Constant: variance 0.
+        (offset + spread * rng.normal(size=(150, 150))).astype("float32"),
+        np.full((129, 129), constant, "float32"),  # Variance 0.
         # Small ones, fused by size: the same cases in a group's rows.
-        (1e3 + 1e-2 * rng.normal(size=(7,))).astype("float32"),
+        (offset + spread * rng.normal(size=(7,))).astype("float32"),
         rng.normal(size=(5, 3)).astype("float32"),
-        np.full((15,), -0.5, "float32"),
+        np.full((15,), -2 * constant, "float32"),
         # One entry: a variance of exactly 0 (a scalar, as Keras makes).
         np.array(0.3, "float32"),
         np.array([-1.7], "float32"),
     ]
-    grads[2][3, 4] = np.nan
-    grads[6][2, 1] = np.inf
+    if not one_pass:
+        grads[2][3, 4] = np.nan
+        grads[6][2, 1] = np.inf
+    if BACKEND == "tensorflow":
+        from keras_winit.monitoring import tensorflow as tf_module
+
+        count, calls = tf_module._count_nonfinite, []
+        monkeypatch.setattr(
+            tf_module,
+            "_count_nonfinite",
+            lambda g, axis: calls.append(g) or count(g, axis),
+        )
     weights = [rng.normal(size=g.shape).astype("float32") for g in grads]
     if BACKEND == "torch":
         from keras_winit.monitoring import torch as hook_module
@@ -1450,11 +1476,11 @@ def test_large_variables_statistics_match_numpy():
         got = hook_module.fused_stats(
             tensors[: len(grads)], tensors[len(grads) :]
         )
+    elif BACKEND == "tensorflow":
+        got = _tensorflow_stats(grads, weights)
     else:
-        if BACKEND == "tensorflow":
-            from keras_winit.monitoring import tensorflow as hook_module
-        else:
-            from keras_winit.monitoring import jax as hook_module
+        from keras_winit.monitoring import jax as hook_module
+
         got = keras.ops.convert_to_numpy(
             hook_module.fused_stats(grads, weights)
         )
@@ -1470,6 +1496,8 @@ def test_large_variables_statistics_match_numpy():
         np.testing.assert_allclose(got[i, :5], expected, rtol=1e-4)
     assert got[4, 0] == 0.0 and got[7, 0] == 0.0
     assert got[8, 0] == 0.0 and got[9, 0] == 0.0
+    if BACKEND == "tensorflow":
+        assert bool(calls) is not one_pass
 
 
 @pytest.mark.tensorflow_only
@@ -1496,11 +1524,11 @@ def test_tensorflow_one_entry_variables_keep_the_one_pass_branch(
         np.array([-2.0], "float32"),
         rng.normal(size=(4, 3)).astype("float32"),
     ]
-    stats = hook_module.fused_stats(grads, grads).numpy()
+    stats = _tensorflow_stats(grads, grads)
     assert not calls
     np.testing.assert_array_equal(stats[:2, :2], [[0.0, 0.5], [0.0, -2.0]])
     grads[0] = np.array(np.nan, "float32")
-    stats = hook_module.fused_stats(grads, grads).numpy()
+    stats = _tensorflow_stats(grads, grads)
     assert calls
     assert np.isnan(stats[0, 0]) and stats[0, 3] == 1.0
     assert stats[1, :2].tolist() == [0.0, -2.0]

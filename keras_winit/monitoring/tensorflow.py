@@ -24,7 +24,13 @@ import numpy as np
 from keras_winit import _compat
 from keras_winit.monitoring import records as records_module
 from keras_winit.monitoring.records import HISTOGRAM_BINS
+from keras_winit.monitoring.records import MEAN
+from keras_winit.monitoring.records import NONFINITE
+from keras_winit.monitoring.records import NORM
 from keras_winit.monitoring.records import NUM_STATS
+from keras_winit.monitoring.records import UPDATE_NORM
+from keras_winit.monitoring.records import VARIANCE
+from keras_winit.monitoring.records import WEIGHT_NORM
 
 # The fields of `Hook.header` (float64), in order: records stored,
 # histograms stored, steps skipped (loss scaling), the latest step seen.
@@ -76,6 +82,7 @@ class Hook(records_module.Records):
         # The first step at or after `next_step` that is recorded (split).
         self.next_due = 0
         self.traced_applies = 0
+        self.sizes = _sizes(self.variables)
         # Split, one step per call: `update_ratio` from the weights' reads
         # kept across the update (see `record`), no copy variables.
         self._reads_kept = self.split and spe == 1
@@ -372,9 +379,11 @@ class Hook(records_module.Records):
                 done = [stats, self._take_snapshot(rows, values)]
             else:
                 done = [stats]
-            if not all_rows:
+            if not all_rows:  # Each row of sums spread over all variables.
                 stats = tf.scatter_nd(
-                    tf.constant(rows)[:, None], stats, [n, NUM_STATS]
+                    self._positions(rows, range(NUM_STATS)),
+                    stats,
+                    [NUM_STATS * n],
                 )
             stats = tf.cast(tf.reshape(stats, [-1]), tf.float64)
             if self.split:
@@ -473,7 +482,7 @@ class Hook(records_module.Records):
 
             def update():
                 new = [v.value for v in variables]
-                norms = self._update_norms(
+                squares = self._update_squares(
                     rows, new, before if certain else None
                 )
                 if self.split:
@@ -481,13 +490,11 @@ class Hook(records_module.Records):
                 else:
                     count = tf.cast(self.header[_RECORDS], tf.int64)
                     slot = tf.cast((count - 1) % self.buffer_size, tf.int32)
-                columns = tf.constant(
-                    [r * NUM_STATS + records_module.UPDATE_NORM for r in rows]
-                )
+                columns = self._positions(rows, [_UPDATE_SQUARES])[:, 0]
                 indices = tf.stack(
                     [tf.fill([len(rows)], slot), columns], axis=1
                 )
-                _scatter(self.buf, indices, tf.cast(norms, tf.float64))
+                _scatter(self.buf, indices, tf.cast(squares, tf.float64))
                 return tf.constant(True)
 
             if (every_call and ratio_every_record) or certain:
@@ -496,6 +503,14 @@ class Hook(records_module.Records):
                 _cond(ratio_due, update)
 
         return stored, after
+
+    def _positions(self, rows, sums):
+        """`[len(sums) * len(rows), 1]`: where the `sums` rows (`_SUMS`) of
+        the variables `rows` lie in a record (`fused_stats`' layout, over
+        all variables)."""
+        n = len(self.variables)
+        at = np.asarray(sums)[:, None] * n + np.asarray(rows)[None, :]
+        return at.reshape(-1, 1)
 
     def _slot(self, step):
         """The buffer row of the record of `step` (split; traced): each
@@ -534,8 +549,9 @@ class Hook(records_module.Records):
         with tf.control_dependencies(copies):
             return tf.constant(True)
 
-    def _update_norms(self, rows, new, before=None):
-        """`[len(rows)]`: `||w_after - w_before||` (traced, after `apply`).
+    def _update_squares(self, rows, new, before=None):
+        """`[len(rows)]`: `sum((w_after - w_before)**2)` (traced, after
+        `apply`; its square root is taken on the host).
 
         `before`: the weights' reads before the update, kept across it;
         `None`: the copy variables (`_take_snapshot`). Small variables by
@@ -558,14 +574,16 @@ class Hook(records_module.Records):
             else:
                 old = _rows([before[i] for i in group])
             delta = _rows([new[i] for i in group]) - old
-            parts.append(tf.sqrt(tf.reduce_sum(delta * delta, axis=1)))
+            parts.append(tf.reduce_sum(delta * delta, axis=1))
+        halves = []
         for i in large:
             if before is None:
                 old = self.snapshot_large[rows[i]].read_value()
             else:
                 old = tf.cast(before[i], tf.float32)
-            delta = tf.cast(new[i], tf.float32) - old
-            parts.append(tf.sqrt(_sum_of_squares(delta))[None])
+            halves.append(tf.nn.l2_loss(tf.cast(new[i], tf.float32) - old))
+        if halves:
+            parts.append(2.0 * tf.stack(halves))
         return _in_order(parts, [i for g in groups for i in g] + large)
 
     # Between steps --------------------------------------------------------
@@ -620,10 +638,21 @@ class Hook(records_module.Records):
             return 0
         start = max(self.written, count - self.buffer_size)
         buf = self.buf.value().numpy()
-        for i in range(start, count):
-            self.pending.append(buf[i % self.buffer_size])
+        self._queue(buf[np.arange(start, count) % self.buffer_size])
         lost, self.written = start - self.written, count
         return lost
+
+    def _queue(self, rows):
+        """Queues records read from the buffer (a copy of `rows`, their
+        sums made statistics: `stats_from_sums`)."""
+        if not len(rows):
+            return
+        rows = np.array(rows, np.float64)
+        k = len(self.variables) * NUM_STATS
+        rows[:, :k] = stats_from_sums(rows[:, :k], self.sizes).reshape(
+            len(rows), k
+        )
+        self.pending.extend(rows)
 
     def _stored_records(self):
         """Queues the records of the steps run since the last read (split).
@@ -645,9 +674,9 @@ class Hook(records_module.Records):
         buf = self.buf.value().numpy()
         rows = buf[(steps // f) % self.buffer_size]
         stored = rows[:, len(self.variables) * NUM_STATS]
-        for row in rows[stored == steps]:
-            self.pending.append(row)
-            self.written += 1
+        found = rows[stored == steps]
+        self._queue(found)
+        self.written += len(found)
         return int(np.sum(stored > steps))
 
     def _write_weights_if_due(self):
@@ -740,28 +769,38 @@ def _in_order(parts, order):
 
 
 def fused_stats(grads, weights):
-    """`[len(grads), 6]`: variance, mean, L2 norm, non-finite, weight norm.
+    """`[6 * len(grads)]` float32: the sums the statistics are made of.
 
-    The last column (the update's norm) is 0 here; it is filled after the
-    optimizer's update. Fused: the variables smaller than
-    `records.LARGE_VARIABLE` entries are grouped by size, and each group's
-    gradients and weights are reduced as the rows of one
-    `[2 * variables, size]` matrix: one set of ops per distinct size,
-    however many variables (a segment sum scatter-adds entry by entry, and
-    a CPU op costs microseconds to launch: measured on the project MLP,
-    its 7 small variables cost 8% of a step with segment sums). Larger ones
-    are reduced one by one (vectorized sums, no copy; their launch is
-    negligible next to their work). Every sum lands in one vector, read in
-    the variables' order by one gather per column: the executor's cost per
-    op, not the reductions' work, is most of what the statistics cost on
-    the project MLP. One pass over each gradient and weight: `sum(g)`,
-    `sum(g**2)` and `sum(w**2)` (no temporary for the large ones: a CPU
-    elementwise op costs more than a reduction),
-    `Var = sum(g**2) / n - mean**2`, which is exact to float32 rounding
-    when `mean**2 <= Var`. When that fails for some variable (the mean
-    large against the spread, or a statistic not finite), one functional
-    `tf.cond`, taken only then, recomputes the variances in two passes
-    (the mean, then the centred squares) and counts the non-finite entries.
+    In the graph, reductions only; the statistics are derived from these
+    sums on the host, in float64, by `stats_from_sums` (a division or a
+    square root is an op of its own in the graph, and a CPU op costs
+    microseconds to launch). The vector holds six rows of `len(grads)`
+    values, one per variable (`_SUMS` names them): `sum(g)`, `sum(g**2)`,
+    `sum(w**2)`; the two-pass variance and the number of non-finite
+    entries (`-1` and 0 where one pass is exact, below); and 0, the room
+    for the update's `sum((w_after - w_before)**2)`, filled after the
+    optimizer's update.
+
+    Fused: the variables smaller than `records.LARGE_VARIABLE` entries are
+    grouped by size, and each group's gradients and weights are reduced
+    as the rows of one `[2 * variables, size]` matrix: one set of ops per
+    distinct size, however many variables (a segment sum scatter-adds
+    entry by entry: measured on the project MLP, its 7 small variables
+    cost 8% of a step with segment sums). Larger ones are reduced one by
+    one (vectorized sums, no copy; their launch is negligible next to
+    their work). Every sum lands in one vector, read in the variables'
+    order by one gather per row: the executor's cost per op, not the
+    reductions' work, is most of what the statistics cost on the project
+    MLP. One pass over each gradient and weight (no temporary for the
+    large ones: a CPU elementwise op costs more than a reduction).
+
+    `Var = sum(g**2) / n - mean**2` is exact to float32 rounding when
+    `mean**2 <= Var`, that is `2 * sum(g)**2 / n <= sum(g**2)`: tested in
+    the graph for every variable at once (a variable of one entry passes:
+    its variance is 0). When it fails for some variable (the mean large
+    against the spread, or a sum not finite), one functional `tf.cond`,
+    taken only then, computes the variances in two passes (the mean, then
+    the centred squares) and counts the non-finite entries.
     """
     import tensorflow as tf
 
@@ -799,18 +838,11 @@ def fused_stats(grads, weights):
     if large:
         flat = flat * tf.constant(scale)
     g_sum, g_squares, w_squares = (tf.gather(flat, at[:, c]) for c in range(3))
-    sizes = np.array([float(np.prod(g.shape)) for g in grads], np.float32)
-    means = g_sum * (1.0 / sizes)
-    variances = g_squares * (1.0 / sizes) - means * means
-    norms, weight_norms = tf.sqrt(g_squares), tf.sqrt(w_squares)
-    zeros = tf.zeros([len(grads)])
-
-    def columns(variances, nonfinite):
-        return tf.stack(
-            [variances, means, norms, nonfinite, weight_norms, zeros], axis=1
-        )
+    sizes = _sizes(grads).astype(np.float32)
+    n = len(grads)
 
     def two_pass_and_count():
+        means = g_sum * (1.0 / sizes)
         parts, order = [], []
         for group, x in matrices:
             g = x[: len(group)]  # Sliced here: not on every step.
@@ -837,14 +869,70 @@ def fused_stats(grads, weights):
             )
             order.append(i)
         exact = _in_order(parts, order)
-        return columns(exact[:, 0] / sizes, exact[:, 1])
+        return tf.concat([exact[:, 0] / sizes, exact[:, 1]], 0)
 
-    variances, bounded = records_module.one_entry_variances(variances, sizes)
-    # NaN fails the test too (two passes give NaN as well).
-    exact = tf.reduce_all(means * means <= bounded)
-    return _cond_value(
-        exact, lambda: columns(variances, zeros), two_pass_and_count
+    # `2 * sum(g)**2 / n <= sum(g**2)`, as `(sum(g) * root)**2`: no
+    # overflow before `sum(g**2)`'s own. A NaN or inf fails it (inf - inf
+    # is NaN), also for one entry (`NaN * 0`).
+    root = np.where(sizes == 1, 0.0, np.sqrt(2.0 / sizes)).astype(np.float32)
+    t = g_sum * root
+    one_pass = tf.reduce_all(t * t - g_squares <= 0.0)
+    one_pass_rows = np.concatenate([-np.ones(n), np.zeros(n)])
+    rows = _cond_value(
+        one_pass,
+        lambda: tf.constant(one_pass_rows, tf.float32),
+        two_pass_and_count,
     )
+    return tf.concat([g_sum, g_squares, w_squares, rows, tf.zeros([n])], 0)
+
+
+# The rows of `fused_stats`' vector, in order (one value per variable).
+_SUMS = (
+    "sum",
+    "squares",
+    "weight_squares",
+    "two_pass_variance",
+    "nonfinite",
+    "update_squares",
+)
+_SUM, _SQUARES, _WEIGHT_SQUARES, _TWO_PASS, _NONFINITE, _UPDATE_SQUARES = range(
+    len(_SUMS)
+)
+assert len(_SUMS) == NUM_STATS  # A record's width is the same either way.
+
+
+def stats_from_sums(sums, sizes):
+    """`[..., len(sizes), NUM_STATS]` float64: the statistics (`records`'
+    columns) from `fused_stats`' sums `[..., NUM_STATS * len(sizes)]`,
+    on the host: `mean = sum(g) / n`, `Var = sum(g**2) / n - mean**2`
+    (0 for one entry) unless the two-pass variance was taken, the norms
+    the square roots of the sums of squares.
+
+    Args:
+        sums: Array of one or more records' sums (float32 or float64).
+        sizes: The number of entries of each variable.
+    """
+    sums = np.asarray(sums, np.float64)
+    sizes = np.asarray(sizes, np.float64)
+    rows = sums.reshape(*sums.shape[:-1], NUM_STATS, len(sizes))
+    total, squares = rows[..., _SUM, :], rows[..., _SQUARES, :]
+    two_pass = rows[..., _TWO_PASS, :]
+    out = np.empty((*rows.shape[:-2], len(sizes), NUM_STATS))
+    with np.errstate(invalid="ignore", over="ignore"):
+        mean = total / sizes
+        one_pass = np.where(sizes == 1, 0.0, squares / sizes - mean * mean)
+        out[..., VARIANCE] = np.where(two_pass == -1.0, one_pass, two_pass)
+        out[..., MEAN] = mean
+        out[..., NORM] = np.sqrt(squares)
+        out[..., NONFINITE] = rows[..., _NONFINITE, :]
+        out[..., WEIGHT_NORM] = np.sqrt(rows[..., _WEIGHT_SQUARES, :])
+        out[..., UPDATE_NORM] = np.sqrt(rows[..., _UPDATE_SQUARES, :])
+    return out
+
+
+def _sizes(tensors):
+    """The number of entries of each tensor, float64."""
+    return np.array([float(np.prod(t.shape)) for t in tensors])
 
 
 def _count_nonfinite(g, axis):
