@@ -452,7 +452,7 @@ def fused_stats(grads, weights, new_weights=None):
     # mean large against the spread, or a statistic not finite: NaN fails
     # the test) the variances take two passes and the non-finite entries
     # are counted, in one `lax.cond`.
-    variances, bounded = records_module.one_entry_variances(
+    variances, bounded = _one_entry_variances(
         variances,
         np.concatenate([np.full(g.shape[0], g.shape[1]) for g in gs]),
     )
@@ -529,3 +529,19 @@ def histogram(g):
     edges = low + (spread / bins) * jnp.arange(bins + 1, dtype="float32")
     edges = edges.at[-1].set(high)
     return jnp.stack([edges[:-1], edges[1:], counts], axis=1)
+
+
+def _one_entry_variances(variances, sizes):
+    """`(variances, bounded)` for the one-pass variance's exactness test
+    (`mean**2 <= bounded`) of `fused_stats` (TensorFlow tests the
+    inequality on the sums instead). The variables of one entry (a scalar)
+    get a variance of exactly 0 (`g*g - g*g` may round) and an
+    infinite bound: otherwise `mean**2 <= 0` would fail at every step and
+    send every recorded step of a model with a scalar variable down the
+    two-pass branch. A NaN or inf still fails (`NaN * 0 + inf` is NaN).
+    Without such variables, both are `variances` (no op is added)."""
+    bound = np.where(np.asarray(sizes) == 1, np.inf, 0.0).astype(np.float32)
+    if not bound.any():
+        return variances, variances
+    variances = variances * (bound == 0).astype(np.float32)
+    return variances, variances + bound

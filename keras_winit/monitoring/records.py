@@ -114,22 +114,6 @@ def update_ratio_freq(update_freq, signals_given):
     return update_freq * -(-UPDATE_RATIO_DEFAULT_EVERY // update_freq)
 
 
-def one_entry_variances(variances, sizes):
-    """`(variances, bounded)` for the one-pass variance's exactness test
-    (`mean**2 <= bounded`), in the in-graph statistics of TensorFlow and
-    JAX (`variances` a tensor of either). The variables of one entry (a
-    scalar) get a variance of exactly 0 (`g*g - g*g` may round) and an
-    infinite bound: otherwise `mean**2 <= 0` would fail at every step and
-    send every recorded step of a model with a scalar variable down the
-    two-pass branch. A NaN or inf still fails (`NaN * 0 + inf` is NaN).
-    Without such variables, both are `variances` (no op is added)."""
-    bound = np.where(np.asarray(sizes) == 1, np.inf, 0.0).astype(np.float32)
-    if not bound.any():
-        return variances, variances
-    variances = variances * (bound == 0).astype(np.float32)
-    return variances, variances + bound
-
-
 # Kinds of record: statistics of an applied step, or a skipped step.
 KIND_APPLIED, KIND_SKIPPED = 0, 1
 # Largest number of records kept between two writes (ring buffer).

@@ -1,19 +1,22 @@
 """TensorFlow statistics: in the training graph, fused, kept in variables.
 
 The callback's train function wraps `model.optimizer.apply` while a
-recording train function is traced, so that the trace computes the
-statistics of the applied gradients (gated by a functional `tf.cond`) and
+recording train function is traced, so that the trace computes the sums
+the statistics of the applied gradients are made of (`fused_stats`) and
 stores them in non-trainable `tf.Variable`s (not tracked by the model:
 saving is unaffected). No summary op is traced into `train_step`, which is
-why `jit_compile=True` works. Between steps, one read of a small header
-variable tells what is new; the ring buffer of records is read only then,
-and new records are written from Python.
+why `jit_compile=True` works. Between steps, a group of records is read
+from the ring buffer, its statistics derived on the host
+(`stats_from_sums`) and written from Python.
 
 Unrecorded steps cost nothing: when the optimizer step of each call is
 known in Python (Keras' own `train_step`, no loss scaling, no gradient
 accumulation), two train functions are made, Keras' unmodified one and a
 recording one, and each call of `fit`'s train function runs the recording
-one only if one of its `steps_per_execution` steps is due.
+one only if one of its `steps_per_execution` steps is due; a record's row
+is then given by its step. Otherwise one recording function decides in
+the graph (a functional `tf.cond`), and a small header variable counts
+the records.
 """
 
 import math
