@@ -388,7 +388,7 @@ class Hook(records_module.Records):
                     stats,
                     [NUM_STATS * n],
                 )
-            stats = tf.cast(tf.reshape(stats, [-1]), tf.float64)
+            stats = tf.cast(stats, tf.float64)
             if self.split:
                 # Nothing is skipped (no loss scaling), and Python knows
                 # the steps recorded: the row is found by its step, no
@@ -429,7 +429,7 @@ class Hook(records_module.Records):
                     header + tf.stack(_header(records=1.0, skipped=skips))
                 )
                 slot = tf.cast(count % self.buffer_size, tf.int32)
-            _scatter(self.buf, tf.reshape(slot, [1, 1]), record[None])
+            _write_row(self.buf, slot, record)
             # Computed after the statistics and the copy of the weights.
             with tf.control_dependencies(done):
                 return tf.constant(True)
@@ -728,6 +728,17 @@ def _scatter(variable, indices, updates):
         variable.assign(
             tf.tensor_scatter_nd_update(variable.read_value(), indices, updates)
         )
+
+
+def _write_row(variable, row, values):
+    """`variable[row] = values` in place, for a scalar `row` (no op shapes
+    it into indices); as `_scatter` for a `tf.distribute` variable."""
+    import tensorflow as tf
+
+    try:
+        variable.scatter_update(tf.IndexedSlices(values, row))
+    except NotImplementedError:
+        _scatter(variable, tf.reshape(row, [1, 1]), values[None])
 
 
 def _cond(pred, true_fn):
