@@ -481,7 +481,8 @@ class Hook(records_module.Records):
             return stored, None
 
         def after():
-            """After the update: `||w_after - w_before||` into the record."""
+            """After the update: `sum((w_after - w_before)**2)` into the
+            record."""
 
             def update():
                 new = [v.value for v in variables]
@@ -610,12 +611,13 @@ class Hook(records_module.Records):
         self.must_read = False
         # The header counts the histograms, and (not split) the records;
         # split, the records are found by their steps.
-        header = self.header.value().numpy() if self.histogram_freq else None
         if self.split:
             lost = self._stored_records()
+            header = (
+                self.header.value().numpy() if self.histogram_freq else None
+            )
         else:
-            if header is None:
-                header = self.header.value().numpy()
+            header = self.header.value().numpy()
             lost = self._counted_records(int(header[_RECORDS]))
             self._schedule(int(header[_LATEST]))
         if lost and not self.lost_warned:
@@ -646,11 +648,11 @@ class Hook(records_module.Records):
         return lost
 
     def _queue(self, rows):
-        """Queues records read from the buffer (a copy of `rows`, their
-        sums made statistics: `stats_from_sums`)."""
+        """Queues records read from the buffer, their sums made statistics
+        (`stats_from_sums`) in place: `rows` is the callers' own copy (a
+        float64 array indexed out of the buffer's)."""
         if not len(rows):
             return
-        rows = np.array(rows, np.float64)
         k = len(self.variables) * NUM_STATS
         rows[:, :k] = stats_from_sums(rows[:, :k], self.sizes).reshape(
             len(rows), k
