@@ -1421,6 +1421,22 @@ def _op_count(num_variables):
     return sorted(op for op in ops if op not in skip)
 
 
+def _two_pass_calls(monkeypatch):
+    """The gradients TensorFlow's two-pass branch counts, one per call
+    (eagerly, `tf.cond` runs the taken branch only): empty while one pass
+    is exact."""
+    from keras_winit.monitoring import tensorflow as hook_module
+
+    count, calls = hook_module._count_nonfinite, []
+
+    def spy(g, axis):
+        calls.append(g)
+        return count(g, axis)
+
+    monkeypatch.setattr(hook_module, "_count_nonfinite", spy)
+    return calls
+
+
 def _tensorflow_stats(grads, weights):
     """TensorFlow's statistics: the graph's sums, derived on the host."""
     from keras_winit.monitoring import tensorflow as hook_module
@@ -1460,14 +1476,7 @@ def test_large_variables_statistics_match_numpy(monkeypatch, one_pass):
         grads[2][3, 4] = np.nan
         grads[6][2, 1] = np.inf
     if BACKEND == "tensorflow":
-        from keras_winit.monitoring import tensorflow as tf_module
-
-        count, calls = tf_module._count_nonfinite, []
-        monkeypatch.setattr(
-            tf_module,
-            "_count_nonfinite",
-            lambda g, axis: calls.append(g) or count(g, axis),
-        )
+        calls = _two_pass_calls(monkeypatch)
     weights = [rng.normal(size=g.shape).astype("float32") for g in grads]
     if BACKEND == "torch":
         from keras_winit.monitoring import torch as hook_module
@@ -1505,19 +1514,10 @@ def test_tensorflow_one_entry_variables_keep_the_one_pass_branch(
     monkeypatch,
 ):
     # A scalar variable's one-pass variance is exactly 0, and `mean**2 <=
-    # Var` fails for it: without a bound of its own, it would make every
+    # Var` fails for it: unless the test leaves it out, it would make every
     # recorded step take the two-pass branch (eagerly, `tf.cond` runs the
     # taken branch only: the spy sees whether it ran). NaN still takes it.
-    from keras_winit.monitoring import tensorflow as hook_module
-
-    count = hook_module._count_nonfinite
-    calls = []
-
-    def spy(g, axis):
-        calls.append(g)
-        return count(g, axis)
-
-    monkeypatch.setattr(hook_module, "_count_nonfinite", spy)
+    calls = _two_pass_calls(monkeypatch)
     rng = np.random.default_rng(0)
     grads = [
         np.array(0.5, "float32"),
