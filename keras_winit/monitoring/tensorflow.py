@@ -109,14 +109,15 @@ class Hook(records_module.Records):
                 name="winit_records_header",
                 **on_read,
             )
-            # Steps -1: no record (split: a row is found by its step).
-            empty = np.zeros([self.buffer_size, self.width])
-            empty[:, n * NUM_STATS] = -1.0
-            self.buf = tf.Variable(
-                tf.constant(empty, tf.float64),
-                name="winit_records",
-                **on_read,
-            )
+            # Split, a row holds a record's sums only (`fused_stats`,
+            # float32, as computed): its step is known in Python (see
+            # `_slot`). Otherwise the whole record (`Records.width`
+            # columns, float64: its step, kind and skipped count too).
+            if self.split:
+                empty = tf.zeros([self.buffer_size, n * NUM_STATS])
+            else:
+                empty = tf.zeros([self.buffer_size, self.width], tf.float64)
+            self.buf = tf.Variable(empty, name="winit_records", **on_read)
             if self.update_ratio and not self._reads_kept:
                 # The weights before the update, on recorded steps, when a
                 # call may hold several steps or is not split (a read kept
@@ -388,24 +389,16 @@ class Hook(records_module.Records):
                     stats,
                     [NUM_STATS * n],
                 )
-            stats = tf.cast(stats, tf.float64)
             if self.split:
                 # Nothing is skipped (no loss scaling), and Python knows
-                # the steps recorded: the row is found by its step, no
-                # count is kept in the graph (its read and write cost ~1%
-                # of an MLP step).
-                record = tf.concat(
-                    [
-                        stats,
-                        tf.cast(step, tf.float64)[None],
-                        tf.constant(
-                            [records_module.KIND_APPLIED, 0.0], tf.float64
-                        ),
-                    ],
-                    0,
-                )
+                # the steps recorded: the row is given by the step and
+                # holds the sums only, no count is kept in the graph (a
+                # count's read and write, or the step's columns, cost ~1%
+                # of an MLP step each).
+                record = stats
                 slot = self._slot(step)
             else:
+                stats = tf.cast(stats, tf.float64)
                 header = self.header.read_value()
                 count = tf.cast(header[_RECORDS], tf.int64)
                 skips = tf.cast(skipped, tf.float64)
@@ -428,7 +421,7 @@ class Hook(records_module.Records):
                 self.header.assign(
                     header + tf.stack(_header(records=1.0, skipped=skips))
                 )
-                slot = tf.cast(count % self.buffer_size, tf.int32)
+                slot = count % self.buffer_size
             _write_row(self.buf, slot, record)
             # Computed after the statistics and the copy of the weights.
             with tf.control_dependencies(done):
@@ -493,12 +486,12 @@ class Hook(records_module.Records):
                     slot = self._slot(step)
                 else:
                     count = tf.cast(self.header[_RECORDS], tf.int64)
-                    slot = tf.cast((count - 1) % self.buffer_size, tf.int32)
+                    slot = (count - 1) % self.buffer_size
                 columns = self._positions(rows, [_UPDATE_SQUARES])[:, 0]
                 indices = tf.stack(
                     [tf.fill([len(rows)], slot), columns], axis=1
                 )
-                _scatter(self.buf, indices, tf.cast(squares, tf.float64))
+                _scatter(self.buf, indices, tf.cast(squares, self.buf.dtype))
                 return tf.constant(True)
 
             if (every_call and ratio_every_record) or certain:
@@ -517,14 +510,12 @@ class Hook(records_module.Records):
         return at.reshape(-1, 1)
 
     def _slot(self, step):
-        """The buffer row of the record of `step` (split; traced): each
-        multiple of `update_freq` is recorded, its row given by its index
-        among them (see `_stored_records`)."""
-        import tensorflow as tf
-
+        """The buffer row of the record of `step` (split; traced, int64):
+        each multiple of `update_freq` is recorded, its row given by its
+        index among them (see `_stored_records`)."""
         if self.update_freq > 1:
             step = step // self.update_freq
-        return tf.cast(step % self.buffer_size, tf.int32)
+        return step % self.buffer_size
 
     def _take_snapshot(self, rows, values):
         """Copies the weights before the update (traced, in `store`);
@@ -610,7 +601,7 @@ class Hook(records_module.Records):
         self.recorded_since_read = 0
         self.must_read = False
         # The header counts the histograms, and (not split) the records;
-        # split, the records are found by their steps.
+        # split, the records' rows are given by their steps.
         if self.split:
             lost = self._stored_records()
             header = (
@@ -642,47 +633,51 @@ class Hook(records_module.Records):
         if count <= self.written:
             return 0
         start = max(self.written, count - self.buffer_size)
-        buf = self.buf.value().numpy()
-        self._queue(buf[np.arange(start, count) % self.buffer_size])
+        k = len(self.variables) * NUM_STATS
+        rows = self.buf.value().numpy()[
+            np.arange(start, count) % self.buffer_size
+        ]
+        self._queue(rows[:, :k], rows[:, k:])
         lost, self.written = start - self.written, count
         return lost
 
-    def _queue(self, rows):
-        """Queues records read from the buffer, their sums made statistics
-        (`stats_from_sums`) in place: `rows` is the callers' own copy (a
-        float64 array indexed out of the buffer's)."""
-        if not len(rows):
+    def _queue(self, sums, tail):
+        """Queues records: their statistics derived from the `sums` rows
+        (`stats_from_sums`), then the `tail` columns (step, kind, skipped
+        count)."""
+        if not len(sums):
             return
         k = len(self.variables) * NUM_STATS
-        rows[:, :k] = stats_from_sums(rows[:, :k], self.sizes).reshape(
-            len(rows), k
-        )
-        self.pending.extend(rows)
+        records = np.empty([len(sums), self.width])
+        records[:, :k] = stats_from_sums(sums, self.sizes).reshape(-1, k)
+        records[:, k:] = tail
+        self.pending.extend(records)
 
     def _stored_records(self):
         """Queues the records of the steps run since the last read (split).
 
         Every multiple of `update_freq` run is recorded, in the row of its
-        index among them (`_slot`), with its step: a row holding a later
-        step was overwritten (lost); one holding an earlier step was not
-        run (the data ran out within a call of several steps). Returns
-        the number lost.
+        index among them (`_slot`). The steps run are counted by the
+        optimizer (a call of several steps stops early when the data runs
+        out); of more than a buffer of them, the earliest were overwritten
+        (lost). Returns the number lost.
         """
         f = self.update_freq
-        start, end = self.read_from, self.next_step
-        if start is None or end is None:  # No step run yet.
+        if self.read_from is None:  # No step run yet.
             return 0
+        start, end = self.read_from, self.current_step()
         self.read_from = end
         steps = np.arange(-(-start // f) * f, end, f)
-        if not len(steps):
-            return 0
-        buf = self.buf.value().numpy()
-        rows = buf[(steps // f) % self.buffer_size]
-        stored = rows[:, len(self.variables) * NUM_STATS]
-        found = rows[stored == steps]
-        self._queue(found)
-        self.written += len(found)
-        return int(np.sum(stored > steps))
+        lost = max(0, len(steps) - self.buffer_size)
+        steps = steps[lost:]
+        if len(steps):
+            sums = self.buf.value().numpy()[(steps // f) % self.buffer_size]
+            tail = np.zeros([len(steps), 3])
+            tail[:, 0] = steps
+            tail[:, 1] = records_module.KIND_APPLIED
+            self._queue(sums, tail)
+            self.written += len(steps)
+        return lost
 
     def _write_weights_if_due(self):
         if self.weights_freq:
