@@ -19,6 +19,7 @@ the graph (a functional `tf.cond`), and a small header variable counts
 the records.
 """
 
+import collections
 import math
 import warnings
 
@@ -86,6 +87,9 @@ class Hook(records_module.Records):
         self.next_due = 0
         self.traced_applies = 0
         self.sizes = _sizes(self.variables)
+        # The variables whose update norms are fused (`_groups`), the
+        # same whichever of them have a gradient at a step.
+        self.fused_rows = set(_groups(self.shapes)[0])
         # Split, one step per call: `update_ratio` from the weights' reads
         # kept across the update (see `record`), no copy variables.
         self._reads_kept = self.split and spe == 1
@@ -122,17 +126,15 @@ class Hook(records_module.Records):
                 # The weights before the update, on recorded steps, when a
                 # call may hold several steps or is not split (a read kept
                 # for a difference taken under a `tf.cond` would be held
-                # at every step, the branch taken or not): the large
-                # variables (`records.LARGE_VARIABLE` entries or more) each
-                # in a variable of their own (no flattening copy), the
-                # small ones in one flat buffer.
-                small_sizes = [
-                    int(np.prod(shape))
-                    for shape in self.shapes
-                    if int(np.prod(shape)) < records_module.LARGE_VARIABLE
-                ]
+                # at every step, the branch taken or not): the variables
+                # reduced alone (`_groups`) each in a variable of their
+                # own (no flattening copy), the fused ones in one flat
+                # buffer.
+                fused_size = sum(
+                    int(np.prod(self.shapes[row])) for row in self.fused_rows
+                )
                 self.snapshot = tf.Variable(
-                    tf.zeros([max(sum(small_sizes), 1)]),
+                    tf.zeros([max(fused_size, 1)]),
                     name="winit_weights_before",
                     **on_read,
                 )
@@ -143,7 +145,7 @@ class Hook(records_module.Records):
                         **on_read,
                     )
                     for row, shape in enumerate(self.shapes)
-                    if int(np.prod(shape)) >= records_module.LARGE_VARIABLE
+                    if row not in self.fused_rows
                 }
             if self.histogram_freq:
                 self.hist = tf.Variable(
@@ -517,12 +519,19 @@ class Hook(records_module.Records):
             step = step // self.update_freq
         return step % self.buffer_size
 
+    def _partition(self, rows):
+        """`(fused, alone)`: the indices into `rows` of the variables whose
+        update norms are fused, and of the others (`fused_rows`)."""
+        fused = [i for i, row in enumerate(rows) if row in self.fused_rows]
+        alone = [i for i, row in enumerate(rows) if row not in self.fused_rows]
+        return fused, alone
+
     def _take_snapshot(self, rows, values):
         """Copies the weights before the update (traced, in `store`);
         returns a tensor computed after the copies."""
         import tensorflow as tf
 
-        small, large = _groups(values)
+        small, large = self._partition(rows)
         if small:
             # In the order of the size groups: each group's weights are one
             # slice, read back as a `[variables, size]` matrix.
@@ -549,12 +558,13 @@ class Hook(records_module.Records):
         `apply`; its square root is taken on the host).
 
         `before`: the weights' reads before the update, kept across it;
-        `None`: the copy variables (`_take_snapshot`). Small variables by
-        size groups (as `fused_stats`), large ones one by one.
+        `None`: the copy variables (`_take_snapshot`). The variables of
+        `fused_rows` by size groups (as `fused_stats`), the others one by
+        one.
         """
         import tensorflow as tf
 
-        small, large = _groups(new)
+        small, large = self._partition(rows)
         groups = _size_groups(new, small)
         parts = []
         if groups and before is None:
@@ -759,14 +769,20 @@ def _flatten(tensors):
     )
 
 
-def _groups(tensors):
-    """`(small, large)` indices: fused, and reduced one by one."""
-    small: list[int] = []
-    large: list[int] = []
-    for i, t in enumerate(tensors):
-        size = int(np.prod(t.shape))
-        (large if size >= records_module.LARGE_VARIABLE else small).append(i)
-    return small, large
+def _groups(shapes):
+    """`(fused, alone)` indices of `shapes`: the variables smaller than
+    `records.LARGE_VARIABLE` entries that share their size with another
+    are fused (reduced as the rows of one matrix per size, see
+    `fused_stats`); the others are reduced one by one (alone, a small one
+    would only add a stacking copy and ops)."""
+    sizes = [int(np.prod(shape)) for shape in shapes]
+    counts = collections.Counter(sizes)
+    fused: list[int] = []
+    alone: list[int] = []
+    for i, size in enumerate(sizes):
+        small = size < records_module.LARGE_VARIABLE and counts[size] > 1
+        (fused if small else alone).append(i)
+    return fused, alone
 
 
 def _in_order(parts, order):
@@ -792,14 +808,16 @@ def fused_stats(grads, weights):
     for the update's `sum((w_after - w_before)**2)`, filled after the
     optimizer's update.
 
-    Fused: the variables smaller than `records.LARGE_VARIABLE` entries are
-    grouped by size, and each group's gradients and weights are reduced
-    as the rows of one `[2 * variables, size]` matrix: one set of ops per
-    distinct size, however many variables (a segment sum scatter-adds
-    entry by entry: measured on the project MLP, its 7 small variables
-    cost 8% of a step with segment sums). Larger ones are reduced one by
-    one (vectorized sums, no copy; their launch is negligible next to
-    their work). Every sum lands in one vector, read in the variables'
+    Fused: the variables smaller than `records.LARGE_VARIABLE` entries that
+    share their size with others are grouped by size (`_groups`), and each
+    group's gradients and weights are reduced as the rows of one
+    `[2 * variables, size]` matrix: one set of ops per distinct size,
+    however many variables (a segment sum scatter-adds entry by entry:
+    measured on the project MLP, its 7 small variables cost 8% of a step
+    with segment sums). The others are reduced one by one (vectorized
+    sums, no copy; a large one's launch is negligible next to its work, a
+    small one alone costs three ops where a group of one would cost four
+    and a stacking copy). Every sum lands in one vector, read in the variables'
     order by one gather per row: the executor's cost per op, not the
     reductions' work, is most of what the statistics cost on the project
     MLP. One pass over each gradient and weight (no temporary for the
@@ -815,7 +833,7 @@ def fused_stats(grads, weights):
     """
     import tensorflow as tf
 
-    small, large = _groups(grads)
+    small, large = _groups([g.shape for g in grads])
     groups = _size_groups(grads, small)
     # `at[i]`: where variable i's `sum(g)`, `sum(g**2)`, `sum(w**2)` lie in
     # `flat`; `scale`: 2 for `l2_loss` (half the sum of squares), else 1.
