@@ -155,8 +155,9 @@ class _Sink:
             except OSError:
                 self.reader = None
 
-    def write(self, record):
-        self._file.write(_frame(record))
+    def write(self, records):
+        """Writes `records` (a list) in order, in one call to the file."""
+        self._file.write(b"".join([_frame(record) for record in records]))
 
     def flush(self):
         self._file.flush()
@@ -369,8 +370,13 @@ class EventWriter:
                 at, self._summaries(row_tags, rows), strict=True
             ):
                 summaries[i] = summary
-        for step, summary in zip(steps, summaries, strict=True):
-            self._write_event(step, summary)
+        wall_time = time.time()
+        self._write_all(
+            [
+                _event(wall_time, step, summary)
+                for step, summary in zip(steps, summaries, strict=True)
+            ]
+        )
 
     def _summaries(self, tags, values):
         """The serialized summaries of the scalars `tags` of each row of
@@ -446,20 +452,6 @@ class EventWriter:
         # TensorBoard reads a tag's metadata from its first value only.
         self._tags_with_metadata.add(tag)
         return encoded(value, True)
-
-    def _write_event(self, step, summary_bytes):
-        """Writes an `Event` of `step` whose `summary` is `summary_bytes`.
-
-        As `Event(wall_time=..., step=step, summary=...)` serializes: the
-        fields in number order, `summary` (5) after `wall_time` (1) and
-        `step` (2).
-        """
-        self._write(
-            _event_head(time.time(), int(step))
-            + b"\x2a"
-            + _varint(len(summary_bytes))
-            + summary_bytes
-        )
 
     def histograms(self, step, tags_and_tables):
         """Writes `(buckets, 3)` tables of `histogram_buckets`, in one event.
@@ -613,9 +605,11 @@ class EventWriter:
         self.paths.append(sink.path)
         try:
             sink.write(
-                event_pb2.Event(
-                    wall_time=time.time(), file_version="brain.Event:2"
-                ).SerializeToString()
+                [
+                    event_pb2.Event(
+                        wall_time=time.time(), file_version="brain.Event:2"
+                    ).SerializeToString()
+                ]
             )
         except BaseException:
             _close_quietly(sink)
@@ -623,16 +617,23 @@ class EventWriter:
         return sink
 
     def _write(self, record):
+        self._write_all([record])
+
+    def _write_all(self, records):
+        """Writes `records` in order (one call to the file: a group of 32
+        MLP records' events took ~5 µs each one by one); kept in memory
+        after a fault, all of them."""
         if self._sink is not None:
             try:
-                self._sink.write(record)
+                self._sink.write(records)
                 if time.monotonic() > self._next_flush:
                     self.flush()
                 return
             except _errors() as e:
                 self._fault(e)
                 self._drop_sink()
-        self._keep(record)
+        for record in records:
+            self._keep(record)
 
     def _keep(self, record):
         self._backlog.append(record)
@@ -678,8 +679,7 @@ class EventWriter:
         except _errors():
             return
         try:
-            for record in self._backlog:
-                sink.write(record)
+            sink.write(self._backlog)
             sink.flush()
         except _errors():
             _close_quietly(sink)
@@ -696,6 +696,18 @@ def _close_quietly(sink):
         sink.close()
     except _errors():
         pass
+
+
+def _event(wall_time, step, summary_bytes):
+    """The serialized `Event(wall_time=wall_time, step=step, summary=...)`
+    of the serialized `summary_bytes`: the fields in number order,
+    `summary` (5) after `wall_time` (1) and `step` (2)."""
+    return (
+        _event_head(wall_time, int(step))
+        + b"\x2a"
+        + _varint(len(summary_bytes))
+        + summary_bytes
+    )
 
 
 def _event_head(wall_time, step):
