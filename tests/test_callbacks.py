@@ -303,11 +303,15 @@ def test_steps_per_execution_keeps_every_recorded_step(tmp_path):
 def test_tensorflow_records_overwritten_before_a_read_are_reported(
     tmp_path, monkeypatch, split
 ):
-    # The ring buffer holds 64 records; here it is read only at the end of
-    # the epoch (80 steps): the first 16 are lost, said once, and the last
-    # 64 are written. Split (Keras' `train_step`): rows found by step;
-    # not split (loss scaling): rows counted in the graph.
+    # The ring buffer holds `2 * WRITE_EVERY` records; here it is read only
+    # at the end of the epoch (16 steps more): the first 16 are lost, said
+    # once, and the last ones written. Split (Keras' `train_step`): rows
+    # given by the step; not split (loss scaling): rows counted in the
+    # graph.
     from keras_winit.monitoring import tensorflow as tf_module
+    from keras_winit.monitoring.records import WRITE_EVERY
+
+    steps = 2 * WRITE_EVERY + 16
 
     write_pending = tf_module.Hook.write_pending
     kinds = set()
@@ -323,7 +327,7 @@ def test_tensorflow_records_overwritten_before_a_read_are_reported(
     if not split:
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(optimizer=optimizer, loss="mse")
-    x, y = _data(n=80 * BATCH)
+    x, y = _data(n=steps * BATCH)
     logger = GradientVarianceLogger(tmp_path, update_freq=1)
     with pytest.warns(UserWarning, match="dropped 16 records") as caught:
         model.fit(
@@ -332,7 +336,9 @@ def test_tensorflow_records_overwritten_before_a_read_are_reported(
     assert len([w for w in caught if "dropped" in str(w.message)]) == 1
     assert kinds == {split}
     events = _read(tmp_path / "gradients")
-    assert _steps(events, "grad_variance/mlp/out/kernel") == list(range(16, 80))
+    assert _steps(events, "grad_variance/mlp/out/kernel") == list(
+        range(16, steps)
+    )
 
 
 def test_mixed_float16_unscales_and_reports_skipped_steps(tmp_path):
