@@ -282,18 +282,19 @@ class GradientVarianceLogger(keras.callbacks.Callback):
     TensorFlow, the statistics are stored in a ring buffer of
     non-trainable `tf.Variable`s (not tracked by the model: saving is
     unaffected), read and written from Python between steps (the first
-    record at once, then every 32 recorded steps or so, and at the end of
-    each epoch); no summary op is traced, so `jit_compile=True` works and
-    no `tf.summary.record_if` can drop them. On JAX, the jitted step
-    returns the statistics next to the logs; they are fetched every 32
-    recorded steps, without waiting for the step in flight, and at the
-    end of each epoch. On PyTorch, they are computed eagerly on recorded
-    steps only, and written as TensorFlow's are (the first at once, then
-    every 32 recorded steps, at once when non-finite, and at each epoch
-    end). With Keras' own `train_step` (no loss scaling, no gradient
-    accumulation), unrecorded steps run Keras' unmodified train function
-    (TensorFlow, PyTorch) or jitted `train_step` (JAX), chosen in Python
-    by the step number. Cost: `docs/gradient_monitoring.md#cost`.
+    record at once, then every `records.WRITE_EVERY` (128) recorded steps
+    or so, and at the end of each epoch); no summary op is traced, so
+    `jit_compile=True` works and no `tf.summary.record_if` can drop them.
+    On JAX, the jitted step returns the statistics next to the logs; they
+    are fetched every 128 recorded steps, without waiting for the step in
+    flight, and at the end of each epoch. On PyTorch, they are computed
+    eagerly on recorded steps only, and written as TensorFlow's are (the
+    first at once, then every 128 recorded steps, at once when
+    non-finite, and at each epoch end). With Keras' own `train_step` (no
+    loss scaling, no gradient accumulation), unrecorded steps run Keras'
+    unmodified train function (TensorFlow, PyTorch) or jitted
+    `train_step` (JAX), chosen in Python by the step number. Cost:
+    `docs/gradient_monitoring.md#cost`.
 
     Steps are optimizer steps (`model.optimizer.iterations` before the
     update, starting at 0), so they do not depend on `steps_per_execution`

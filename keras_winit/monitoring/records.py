@@ -122,7 +122,7 @@ MAX_BUFFERED_RECORDS = 4096
 # at once, and non-finite ones): measured between the MLP's steps on one
 # CPU core, writing costs several times more per record in small groups
 # (the writing code and data leave the CPU caches during a training step);
-# TensorFlow's batch ends cost 33 us per step with groups of 32, 22 with
+# TensorFlow's batch ends cost 33 µs per step with groups of 32, 22 with
 # 64, 16 with 128 (of a 2 ms step). TensorBoard then sees a group at once,
 # as often as `tf.summary` flushes by default (every 120 s) for steps of
 # ~1 s.
