@@ -288,8 +288,8 @@ def test_steps_per_execution_keeps_every_recorded_step(tmp_path):
     x, y = _data()
     expected = _reference_variances(model, x[:BATCH], y[:BATCH])
     # 6 batches per epoch: each epoch's second call runs out of data after
-    # 2 of its 4 steps (its records are found by step on TensorFlow: the
-    # 2 steps not run are not reported lost).
+    # 2 of its 4 steps (on TensorFlow the steps read are the optimizer's
+    # count: the 2 steps not run are neither written nor reported lost).
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _fit(model, tmp_path, epochs=2, update_freq=1)
