@@ -296,7 +296,7 @@ class EventWriter:
         _check_step(step)
         event = event_pb2.Event(wall_time=time.time(), step=int(step))
         event.summary.CopyFrom(summary)
-        self._write(event.SerializeToString())
+        self._write([event.SerializeToString()])
 
     def scalars(self, step, tags_and_values):
         """Writes float32 scalars, as `tf.summary.scalar` does, in one event.
@@ -371,7 +371,7 @@ class EventWriter:
             ):
                 summaries[i] = summary
         wall_time = time.time()
-        self._write_all(
+        self._write(
             [
                 _event(wall_time, step, summary)
                 for step, summary in zip(steps, summaries, strict=True)
@@ -616,13 +616,10 @@ class EventWriter:
             raise
         return sink
 
-    def _write(self, record):
-        self._write_all([record])
-
-    def _write_all(self, records):
-        """Writes `records` in order (one call to the file: a group of 32
-        MLP records' events took ~5 µs each one by one); kept in memory
-        after a fault, all of them."""
+    def _write(self, records):
+        """Writes `records` (a list) in order, in one call to the file (32
+        MLP records' events: 6.0 µs each one call per event, 4.4 µs in one
+        call); kept in memory after a fault, all of them."""
         if self._sink is not None:
             try:
                 self._sink.write(records)
