@@ -616,6 +616,7 @@ def test_jax_records_are_fetched_during_the_epoch(tmp_path, monkeypatch):
     from keras_winit.monitoring import jax as jax_hook
 
     monkeypatch.setattr(jax_hook.Hook, "fetch_every", 2)
+    monkeypatch.setattr(records_module, "WRITE_AFTER_SECONDS", float("inf"))
     fetched = []  # (steps fetched, steps still in flight) of each fetch
     fetch = jax_hook.Hook.fetch
 
@@ -629,13 +630,67 @@ def test_jax_records_are_fetched_during_the_epoch(tmp_path, monkeypatch):
     model.compile(optimizer="sgd", loss="mse")
     _fit(model, tmp_path, epochs=2, update_freq=1, histogram_freq=3)
     assert jax_hook.Hook.in_flight_kept == 2
-    # 6 steps per epoch: after steps 4 and 6, a fetch of 2 steps leaves the
-    # newest 2 in flight; the end of the epoch fetches them (the end of
+    # 6 steps per epoch, each a record; a fetch leaves those of the newest
+    # 2 calls in flight. First epoch: the first record at once (call 3),
+    # then 2 at call 5; the end of the epoch fetches the 3 left. Second
+    # epoch: 2 at calls 10 and 12, the last 2 at its end (the end of
     # training finds nothing left).
-    assert fetched == [(2, 2), (2, 2), (2, 0)] * 2 + [(0, 0)]
+    assert fetched == [(1, 2), (2, 2), (3, 0), (2, 2), (2, 2), (2, 0), (0, 0)]
     events = _read(tmp_path / "gradients")
     assert _steps(events, "grad_variance/mlp/out/kernel") == list(range(12))
     assert _steps(events, "grad_histogram/mlp/out/kernel") == [0, 3, 6, 9]
+
+
+class _WrittenAt(keras.callbacks.Callback):
+    """After the logger: the steps of the records written by each batch
+    end (`records.Records.write_records`), by step."""
+
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.batch_ends = 0
+        self.written_at = {}
+        write_records = records_module.Records.write_records
+
+        def spy(hook, records):
+            n = len(hook.variables) * records_module.NUM_STATS
+            for record in records:
+                self.written_at[int(record[n])] = self.batch_ends
+            write_records(hook, records)
+
+        monkeypatch.setattr(records_module.Records, "write_records", spy)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batch_ends += 1
+
+
+@pytest.mark.parametrize("seconds", [0.0, float("inf")])
+def test_records_written_within_write_after_seconds(
+    tmp_path, monkeypatch, seconds
+):
+    # Records are written in groups of `WRITE_EVERY` recorded steps, or
+    # once the oldest has waited `WRITE_AFTER_SECONDS` (a record is never
+    # kept from TensorBoard long, however rare the recorded steps): with
+    # 0 s, each record is written at its own batch end (JAX: fetched two
+    # calls later, a step may still run); without the deadline, only the
+    # first (judged early), the rest at the end of the epoch.
+    monkeypatch.setattr(records_module, "WRITE_AFTER_SECONDS", seconds)
+    spy = _WrittenAt(monkeypatch)
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    _fit(model, tmp_path, epochs=2, update_freq=2, callbacks=[spy])
+    # Steps 0-11, 6 per epoch, recorded at even steps. `written_at[s]`: the
+    # batch ends done when the record of step `s` was written, `s` at its
+    # own batch end, 6 and 12 at the ends of the epochs.
+    delay = {"jax": 2}.get(BACKEND, 0)
+    if seconds == 0:
+        want = {s: s + delay for s in range(0, 12, 2)}
+    else:
+        want = {0: delay, 2: 6, 4: 6, 6: 12, 8: 12, 10: 12}
+    assert spy.written_at == want
+    events = _read(tmp_path / "gradients")
+    assert _steps(events, "grad_variance/mlp/out/kernel") == list(
+        range(0, 12, 2)
+    )
 
 
 def test_batch_end_keeps_jax_async_dispatch(tmp_path):
@@ -1148,13 +1203,12 @@ def test_interrupted_fit_leaves_nothing_patched(tmp_path, error):
             callbacks=[logger, _Interrupt(error("stop"))],
         )
     assert not _wrapped(model.optimizer)
-    # Records are written in groups (issue 14; TensorFlow and PyTorch: the
-    # first at once, then every `records.WRITE_EVERY` recorded steps; JAX:
-    # fetched in groups):
-    # the clean-up writes the rest.
+    # Records are written in groups (issue 14: the first at once, on JAX
+    # fetched by the third call; then every `records.WRITE_EVERY` recorded
+    # steps): the clean-up writes the rest.
     events = _read(tmp_path / "gradients")
     on_disk = [s for s, _ in events.get("grad_variance/mlp/out/kernel", [])]
-    assert on_disk == {"jax": []}.get(BACKEND, [0])
+    assert on_disk == [0]
     # A later plain fit removes what is left, logs nothing and trains as
     # Keras does.
     model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0)

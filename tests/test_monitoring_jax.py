@@ -38,13 +38,16 @@ def _expected(grads, weights, new_weights):
     return np.array(rows)
 
 
-def _fit_steps(log_dir, steps, epochs=1):
-    """`fit` of `steps` batches of 4 per epoch, logged at every step."""
+def _fit_steps(log_dir, steps, epochs=1, update_freq=1):
+    """`fit` of `steps` batches of 4 per epoch, logged every `update_freq`
+    steps."""
     model = _model()
     model.compile(optimizer="sgd", loss="mse")
     x = np.random.default_rng(0).normal(size=(steps * 4, 6)).astype("float32")
     y = np.zeros((steps * 4, 2), "float32")
-    logger = GradientVarianceLogger(str(log_dir), update_freq=1, warn=False)
+    logger = GradientVarianceLogger(
+        str(log_dir), update_freq=update_freq, warn=False
+    )
     model.fit(x, y, batch_size=4, epochs=epochs, verbose=0, callbacks=[logger])
 
 
@@ -82,15 +85,29 @@ def test_grouped_statistics_match_numpy(with_nan):
 
 
 @jax_only
-def test_records_are_fetched_when_the_oldest_is_old(tmp_path, monkeypatch):
-    # At update_freq=1 with a large `fetch_every`, a fetch happens when the
-    # oldest record in flight is `fetch_after_steps` calls old, keeping the
-    # newest `in_flight_kept`: every 3 steps here, not at every step once
-    # the first fetch left records in flight.
+@pytest.mark.parametrize(
+    "update_freq, seconds, want",
+    [
+        # The first record at once (the warning judges it), once the call
+        # that made it is 2 calls old; then, with a large `fetch_every`,
+        # the rest at the end of the epoch (then nothing left)...
+        (1, float("inf"), [1, 13, 0]),
+        # ... or each once it waited `WRITE_AFTER_SECONDS` (0 s: at once,
+        # but those of the newest 2 calls).
+        (1, 0.0, [1] * 12 + [2, 0]),
+        # Recorded steps 0, 3, 6, 9, 12 (calls 1, 4, 7, 10, 13): each
+        # fetched by an unrecorded call, 2 calls after its own; the last
+        # at the end of the epoch.
+        (3, 0.0, [1] * 5 + [0]),
+    ],
+)
+def test_records_are_fetched_when_due(
+    tmp_path, monkeypatch, update_freq, seconds, want
+):
     from keras_winit.monitoring import jax as hook_module
 
     monkeypatch.setattr(hook_module.Hook, "fetch_every", 100)
-    monkeypatch.setattr(hook_module.Hook, "fetch_after_steps", 4)
+    monkeypatch.setattr(records_module, "WRITE_AFTER_SECONDS", seconds)
     fetched = []
     fetch = hook_module.Hook.fetch
 
@@ -100,13 +117,13 @@ def test_records_are_fetched_when_the_oldest_is_old(tmp_path, monkeypatch):
         fetched.append(before - len(hook.in_flight))
 
     monkeypatch.setattr(hook_module.Hook, "fetch", spy)
-    _fit_steps(tmp_path, 14)
+    _fit_steps(tmp_path, 14, update_freq=update_freq)
     assert hook_module.Hook.in_flight_kept == 2
-    # Steps 1-14: fetches at steps 5, 8, 11, 14 (3 each, 2 kept), then
-    # the 2 left at the end of the epoch.
-    assert fetched == [3, 3, 3, 3, 2, 0]
+    assert fetched == want
     events = _read(tmp_path / "gradients")
-    assert _steps(events, "grad_variance/mlp/out/kernel") == list(range(14))
+    assert _steps(events, "grad_variance/mlp/out/kernel") == list(
+        range(0, 14, update_freq)
+    )
 
 
 def test_no_warning_no_variable_records(tmp_path, monkeypatch):

@@ -281,16 +281,17 @@ class GradientVarianceLogger(keras.callbacks.Callback):
     nothing stays patched when an exception or an interrupt ends `fit`. On
     TensorFlow, the statistics are stored in a ring buffer of
     non-trainable `tf.Variable`s (not tracked by the model: saving is
-    unaffected), read and written from Python between steps (the first
-    record at once, then every `records.WRITE_EVERY` (128) recorded steps
-    or so, and at the end of each epoch); no summary op is traced, so
-    `jit_compile=True` works and no `tf.summary.record_if` can drop them.
-    On JAX, the jitted step returns the statistics next to the logs; they
-    are fetched every 128 recorded steps, without waiting for the step in
-    flight, and at the end of each epoch. On PyTorch, they are computed
-    eagerly on recorded steps only, and written as TensorFlow's are (the
-    first at once, then every 128 recorded steps, at once when
-    non-finite, and at each epoch end). With Keras' own `train_step` (no
+    unaffected), read and written from Python between steps; no summary
+    op is traced, so `jit_compile=True` works and no
+    `tf.summary.record_if` can drop them. On JAX, the jitted step returns
+    the statistics next to the logs; they are fetched between steps,
+    without waiting for the step in flight. On PyTorch, they are computed
+    eagerly on recorded steps only. On every backend, records are written
+    the first at once (on JAX two steps later), then in groups of
+    `records.WRITE_EVERY` (128) recorded steps, or once the oldest has
+    waited `records.WRITE_AFTER_SECONDS` (10 s), and at the end of each
+    epoch (PyTorch: also at once when non-finite): TensorBoard shows a
+    record within about 10 s. With Keras' own `train_step` (no
     loss scaling, no gradient accumulation), unrecorded steps run Keras'
     unmodified train function (TensorFlow, PyTorch) or jitted
     `train_step` (JAX), chosen in Python by the step number. Cost:

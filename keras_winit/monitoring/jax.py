@@ -12,6 +12,7 @@ host callback is traced into the step: a step that contains one costs more
 on every call, whether the callback fires or not.
 """
 
+import time
 from typing import Any
 
 import keras
@@ -37,14 +38,14 @@ class Hook(records_module.Records):
     from the main thread, between steps.
     """
 
-    # Steps whose records are fetched together. The newest `in_flight_kept`
-    # are left for the next fetch, so that a fetch does not wait for a step
-    # still running (JAX dispatches steps asynchronously).
+    # Records fetched together: the first at once, then `fetch_every`, or
+    # fewer once the oldest has waited `records.WRITE_AFTER_SECONDS`
+    # (every 10 s, not every 2 recorded steps, at `update_freq=100`). The
+    # records of the newest `in_flight_kept` calls are left for the next
+    # fetch, so that a fetch does not wait for a step still running (JAX
+    # dispatches steps asynchronously).
     fetch_every = records_module.WRITE_EVERY
     in_flight_kept = 2
-    # Records are also fetched when the oldest one in flight is this many
-    # steps old (e.g. every 4 recorded steps at `update_freq=100`).
-    fetch_after_steps = 256
 
     def __init__(self, callback, model, writer):
         super().__init__(callback, model, writer)
@@ -69,9 +70,11 @@ class Hook(records_module.Records):
         )
         self.next_step: int | None = None
         # Calls of the step so far, and the call that made each record
-        # still in flight (the age of the oldest decides a fetch).
+        # still in flight and when (`time.monotonic`), and whether a record
+        # was fetched yet.
         self.steps_run = 0
-        self.made_at: list[int] = []
+        self.made_at: list[tuple[int, float]] = []
+        self.fetched_any = False
 
     def install(self):
         """Makes this `fit`'s train function and returns it.
@@ -148,23 +151,20 @@ class Hook(records_module.Records):
             if step is not None:
                 hook.next_step = step + 1
                 if not hook._due(step):
-                    return function("plain")(state, data)
+                    result = function("plain")(state, data)
+                    if hook.made_at:
+                        hook.fetch_if_due()
+                    return result
                 ratio = bool(hook.update_ratio) and (
                     step % hook.update_ratio_freq == 0
                 )
             with records_module.patched(optimizer, "stateless_apply", wrap):
                 (logs, records), state = function(ratio)(state, data)
             if records:
-                in_flight = hook.in_flight
-                in_flight.append(records)
-                hook.made_at.append(hook.steps_run)
-                kept = hook.in_flight_kept
-                if len(in_flight) >= hook.fetch_every + kept or (
-                    len(in_flight) > kept
-                    and hook.steps_run - hook.made_at[0]
-                    >= hook.fetch_after_steps
-                ):
-                    hook.fetch(keep=kept)
+                hook.in_flight.append(records)
+                hook.made_at.append((hook.steps_run, time.monotonic()))
+            if hook.made_at:
+                hook.fetch_if_due()
             return logs, state
 
         steps_per_execution = model.steps_per_execution
@@ -310,11 +310,31 @@ class Hook(records_module.Records):
             lambda: fused_stats(grads, weights),
         )
 
+    def fetch_if_due(self):
+        """Fetches the records in flight but those of the newest
+        `in_flight_kept` calls (perhaps still running): the first record
+        (judged early), then `fetch_every` at once, or fewer once the
+        oldest has waited `records.WRITE_AFTER_SECONDS`."""
+        made_at = self.made_at
+        recent = self.steps_run - self.in_flight_kept
+        if made_at[0][0] > recent:
+            return  # All may still be running.
+        keep = sum(
+            1 for call, _ in made_at[-self.in_flight_kept :] if call > recent
+        )
+        if (
+            len(made_at) - keep >= self.fetch_every
+            or not self.fetched_any
+            or records_module.overdue(made_at[0][1])
+        ):
+            self.fetch(keep=keep)
+
     def fetch(self, keep=0):
         """Writes the records of the steps run, but the newest `keep`."""
         count = len(self.in_flight) - keep
         if count <= 0:
             return
+        self.fetched_any = True
         steps = self.in_flight[:count]
         del self.in_flight[:count]
         del self.made_at[:count]

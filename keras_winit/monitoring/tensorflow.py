@@ -21,6 +21,7 @@ the records.
 
 import collections
 import math
+import time
 import warnings
 
 import numpy as np
@@ -80,6 +81,8 @@ class Hook(records_module.Records):
         # whether the next batch end must read it (a histogram is due).
         self.recorded_since_read = 1
         self.must_read = False
+        # When the first of those calls ran (`time.monotonic`).
+        self.unread_since: float | None = None
         self.next_step: int | None = None
         # The first step whose record is not read yet (split).
         self.read_from: int | None = None
@@ -232,6 +235,8 @@ class Hook(records_module.Records):
             # stays on the optimizer after the call, whatever happens.
             with records_module.patched(optimizer, "apply", wrapper):
                 logs = function(iterator)
+            if not hook.recorded_since_read:
+                hook.unread_since = time.monotonic()
             hook.recorded_since_read += 1
             if hook.next_step is not None:
                 if hook._histogram_due(hook.next_step):
@@ -267,16 +272,19 @@ class Hook(records_module.Records):
         """Whether a batch end reads the record buffer (split).
 
         After the first recording call (the first records are judged
-        early), then when half the ring buffer may be filled, or when a
-        histogram (one kept) was stored: a recorded step costs no read of
-        its own.
+        early), then when half the ring buffer may be filled or the first
+        unread recording call ran `records.WRITE_AFTER_SECONDS` ago, or
+        when a histogram (one kept) was stored: a recorded step costs no
+        read of its own.
         """
         if not self.recorded_since_read:
             return False
         if self.must_read or not self.written:
             return True
         filled = self.recorded_since_read * self.steps_per_execution
-        return filled >= self.buffer_size // 2
+        return filled >= self.buffer_size // 2 or records_module.overdue(
+            self.unread_since
+        )
 
     def _due_now(self):
         """Whether the next call's steps hold a recorded one (split): one
@@ -609,6 +617,7 @@ class Hook(records_module.Records):
             elif self.batch_ends < self.next_read:
                 return
         self.recorded_since_read = 0
+        self.unread_since = None
         self.must_read = False
         # The header counts the histograms, and (not split) the records;
         # split, the records' rows are given by their steps.

@@ -6,8 +6,9 @@ happens); on the optimizer steps that are recorded (a Python-level check
 of `optimizer.iterations`), the statistics are computed with few torch
 ops (`fused_stats`: one `sum` per gradient, one `torch._foreach_norm`)
 and copied to the host in one transfer. Records are written between
-steps: the first at once, then in groups of `records.WRITE_EVERY` (at
-once when a gradient is not finite), and at the end of each epoch.
+steps: the first at once, then in groups of `records.WRITE_EVERY` (or
+after `records.WRITE_AFTER_SECONDS`; at once when a gradient is not
+finite), and at the end of each epoch.
 """
 
 import math
@@ -252,7 +253,8 @@ class Hook(records_module.Records):
 
     def write_pending(self, force=False):
         """Writes the buffered records: the first one at once, then every
-        `records.WRITE_EVERY` records; at once when one has a non-finite
+        `records.WRITE_EVERY` records or once the oldest has waited
+        `records.WRITE_AFTER_SECONDS`; at once when one has a non-finite
         gradient (its warning) or a histogram is pending; always with
         `force` (end of each epoch, end of `fit`, clean-up after an
         exception).
@@ -268,6 +270,7 @@ class Hook(records_module.Records):
                 force
                 or self._write_now
                 or len(self.pending) >= records_module.WRITE_EVERY
+                or records_module.overdue(self.pending_since)
             )
         ):
             if self.pending:
