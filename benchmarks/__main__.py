@@ -105,17 +105,21 @@ def monitoring_table(rows):
     """Markdown table of `benchmarks.monitoring.run` rows."""
     lines = [
         "| configuration | wall ms/step | overhead (wall) "
-        "| CPU ms/step | overhead (CPU) | CPU quartiles |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| CPU ms/step | overhead (CPU) | CPU quartiles | CPU 95% CI |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         low, high = r.get("cpu_overhead_quartiles", (r["cpu_overhead"],) * 2)
+        interval = r.get("cpu_overhead_interval")
+        ci = "-"
+        if interval:
+            ci = f"{100 * interval[0]:+.1f}..{100 * interval[1]:+.1f}%"
         lines.append(
             f"| {r['name']} | {r['ms_per_step']:.3f} "
             f"| {100 * r['overhead']:+.1f}% "
             f"| {r['cpu_ms_per_step']:.3f} "
             f"| {100 * r['cpu_overhead']:+.1f}% "
-            f"| {100 * low:+.1f}..{100 * high:+.1f}% |"
+            f"| {100 * low:+.1f}..{100 * high:+.1f}% | {ci} |"
         )
     return "\n".join(lines)
 

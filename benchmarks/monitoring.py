@@ -34,12 +34,13 @@ over the rounds, of the ratio to the plain fit's window of the same round
 (load on a shared machine drifts over minutes; pairs within a round see
 nearly the same load), with the first and third quartiles of the CPU
 ratios: overheads that differ by less than that spread are not told
-apart on this machine. Pairing removes drift in time, not what differs
-between two instances of one configuration (where their memory lies,
-their thread): a second plain fit, "plain fit again (A/A control)",
-measures that, and overheads within its distance of 0 are noise. A window
-of 100 steps or a
-multiple holds the same number of recorded steps (one at
+apart on this machine, and a 95% confidence interval of the median (order
+statistics; 6 rounds or more): how precisely the run places it. Pairing
+removes drift in time, not what differs between two instances of one
+configuration (where their memory lies, their thread): a second plain
+fit, "plain fit again (A/A control)", measures that, and overheads within
+its distance of 0 are noise. A window of 100 steps or a multiple holds
+the same number of recorded steps (one at
 `update_freq=100`) wherever it starts.
 
 The Keras backend is the one of `KERAS_BACKEND` (one per process); run the
@@ -58,6 +59,7 @@ Usage:
 import argparse
 import importlib.util
 import json
+import math
 import os
 import random
 import statistics
@@ -320,6 +322,38 @@ def _paired_quartiles(windows, plain, column):
     return first - 1.0, third - 1.0
 
 
+def _median_interval(values, level=0.95):
+    """Distribution-free confidence interval of the median of `values`:
+    the order statistics `x_(j)` and `x_(n+1-j)` (1-based), `j` the
+    largest with `P(Binomial(n, 1/2) < j) <= (1 - level) / 2` (for 100
+    values at 95%: the 40th and the 61st). `None` for fewer than 6 values
+    at 95% (no such `j`)."""
+    x = sorted(values)
+    n = len(x)
+    tail = (1.0 - level) / 2.0
+    below, j = 0.0, 0  # below = P(B < j)
+    while j < n:
+        p = math.comb(n, j) / 2.0**n
+        if below + p > tail:
+            break
+        below += p
+        j += 1
+    if j == 0:
+        return None
+    return x[j - 1], x[n - j]
+
+
+def _paired_interval(windows, plain, column):
+    """95% confidence interval, minus 1, of the median of the same ratios
+    as `_paired_overhead` (`None` for fewer than 6 rounds): how precisely
+    this run places the overhead (a target of +1% is shown met when the
+    interval's top is under it)."""
+    interval = _median_interval(_ratios(windows, plain, column))
+    if interval is None:
+        return None
+    return interval[0] - 1.0, interval[1] - 1.0
+
+
 def run(steps=100, repeats=15, threads=None, models=("mlp",), configs=None):
     """Times every configuration; returns one dict per configuration.
 
@@ -333,6 +367,8 @@ def run(steps=100, repeats=15, threads=None, models=("mlp",), configs=None):
     over the rounds of the ratio to the plain fit's window of the same
     round, minus 1), `overhead_quartiles` and `cpu_overhead_quartiles`
     (first and third quartiles of those ratios, minus 1: the noise),
+    `overhead_interval` and `cpu_overhead_interval` (95% confidence
+    interval of those medians, `None` with fewer than 6 rounds),
     `samples_ms` and `cpu_samples_ms` (wall and CPU ms per
     step of each window), `steps`, `repeats`, `threads`. `threads` limits
     the backend's thread pools (TensorFlow's intra- and inter-op pools,
@@ -395,6 +431,10 @@ def run(steps=100, repeats=15, threads=None, models=("mlp",), configs=None):
                     "cpu_overhead_quartiles": _paired_quartiles(
                         windows, plain, 1
                     ),
+                    "overhead_interval": _paired_interval(windows, plain, 0),
+                    "cpu_overhead_interval": _paired_interval(
+                        windows, plain, 1
+                    ),
                     "samples_ms": [1e3 * w for w, _ in windows],
                     "cpu_samples_ms": [1e3 * c for _, c in windows],
                     "steps": steps,
@@ -410,8 +450,8 @@ def _table(rows):
     lines = [
         f"Keras backend: {rows[0]['backend']}",
         f"{'model':<11}  vars  {'configuration':<{width}}  wall ms/step  "
-        "overhead  CPU ms/step  overhead  CPU quartiles",
-        "-" * (width + 78),
+        "overhead  CPU ms/step  overhead  CPU quartiles  CPU 95% CI",
+        "-" * (width + 95),
     ]
     for r in rows:
         low, high = r.get("cpu_overhead_quartiles", (r["cpu_overhead"],) * 2)
@@ -420,9 +460,17 @@ def _table(rows):
             f"{r['name']:<{width}}  {r['ms_per_step']:12.3f}  "
             f"{100 * r['overhead']:+7.1f}%  {r['cpu_ms_per_step']:11.3f}  "
             f"{100 * r['cpu_overhead']:+7.1f}%  "
-            f"{100 * low:+.1f}..{100 * high:+.1f}%"
+            f"{_span(low, high):<13}  "
+            f"{_span(*(r.get('cpu_overhead_interval') or (None, None)))}"
         )
     return "\n".join(lines)
+
+
+def _span(low, high):
+    """`low..high` in percent, `-` when unknown."""
+    if low is None:
+        return "-"
+    return f"{100 * low:+.1f}..{100 * high:+.1f}%"
 
 
 def main(argv=None):

@@ -214,6 +214,26 @@ def test_monitoring_overhead_is_paired_by_round():
     )
 
 
+def test_monitoring_median_interval():
+    # Order statistics of the binomial(n, 1/2): for 100 values the 40th and
+    # the 61st; for 6 the extremes (P(B < 1) = 1/64 <= 2.5%); none for 5.
+    from benchmarks import monitoring
+
+    values = list(range(100, 0, -1))  # 1..100, unsorted
+    assert monitoring._median_interval(values) == (40, 61)
+    assert monitoring._median_interval([3, 1, 2, 6, 5, 4]) == (1, 6)
+    assert monitoring._median_interval([1, 2, 3, 4, 5]) is None
+    plain = [(1.0, 1.0)] * 6
+    logged = [(1.0, 1.0 + k / 100) for k in range(6)]
+    low, high = monitoring._paired_interval(logged, plain, 1)
+    assert (low, high) == pytest.approx((0.0, 0.05))
+    assert monitoring._paired_interval(logged[:5], plain[:5], 1) is None
+    rows = [dict(r, backend="jax") for r in MONITORING_ROWS]
+    row = dict(rows[1], cpu_overhead_interval=(low, high))
+    assert monitoring._table([row]).splitlines()[-1].endswith("+0.0..+5.0%")
+    assert monitoring._table(rows).splitlines()[-1].endswith("-")
+
+
 def test_monitoring_models_and_variables_column():
     from benchmarks import monitoring
 
