@@ -75,6 +75,9 @@ class Hook(records_module.Records):
         self.steps_run = 0
         self.made_at: list[tuple[int, float]] = []
         self.fetched_any = False
+        # When the last fetch ended (`time.monotonic`): the records it left
+        # in flight wait from then (not fetched one by one just after).
+        self.fetched_at = 0.0
 
     def install(self):
         """Makes this `fit`'s train function and returns it.
@@ -314,7 +317,8 @@ class Hook(records_module.Records):
         """Fetches the records in flight but those of the newest
         `in_flight_kept` calls (perhaps still running): the first record
         (judged early), then `fetch_every` at once, or fewer once the
-        oldest has waited `records.WRITE_AFTER_SECONDS`."""
+        oldest has waited `records.WRITE_AFTER_SECONDS` (since it was made,
+        or since the last fetch, which left it in flight)."""
         made_at = self.made_at
         recent = self.steps_run - self.in_flight_kept
         if made_at[0][0] > recent:
@@ -325,9 +329,10 @@ class Hook(records_module.Records):
         if (
             len(made_at) - keep >= self.fetch_every
             or not self.fetched_any
-            or records_module.overdue(made_at[0][1])
+            or records_module.overdue(max(made_at[0][1], self.fetched_at))
         ):
             self.fetch(keep=keep)
+            self.fetched_at = time.monotonic()
 
     def fetch(self, keep=0):
         """Writes the records of the steps run, but the newest `keep`."""
