@@ -126,6 +126,41 @@ def test_records_are_fetched_when_due(
     )
 
 
+@jax_only
+def test_first_record_fetched_at_once_after_a_histogram(tmp_path, monkeypatch):
+    # Steps 3 (histogram only, call 1), 4 (the first record, call 2), 6
+    # (histogram, call 4), 8 (record, call 6): the histogram's fetch (call
+    # 3) does not count as the first record's, which is fetched at call 4;
+    # the rest at the end of the epoch.
+    from keras_winit.monitoring import jax as hook_module
+
+    monkeypatch.setattr(hook_module.Hook, "fetch_every", 100)
+    monkeypatch.setattr(records_module, "WRITE_AFTER_SECONDS", float("inf"))
+    fetched = []
+    fetch = hook_module.Hook.fetch
+
+    def spy(hook, keep=0):
+        before = len(hook.in_flight)
+        fetch(hook, keep=keep)
+        fetched.append(before - len(hook.in_flight))
+
+    monkeypatch.setattr(hook_module.Hook, "fetch", spy)
+    model = _model()
+    model.compile(optimizer="sgd", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    model.optimizer.iterations.assign(3)
+    x = np.random.default_rng(0).normal(size=(6 * 4, 6)).astype("float32")
+    y = np.zeros((6 * 4, 2), "float32")
+    logger = GradientVarianceLogger(
+        str(tmp_path), update_freq=4, histogram_freq=3, warn=False
+    )
+    model.fit(x, y, batch_size=4, verbose=0, shuffle=False, callbacks=[logger])
+    assert fetched == [1, 1, 2, 0]
+    events = _read(tmp_path / "gradients")
+    assert _steps(events, "grad_variance/mlp/out/kernel") == [4, 8]
+    assert _steps(events, "grad_histogram/mlp/out/kernel") == [3, 6]
+
+
 def test_no_warning_no_variable_records(tmp_path, monkeypatch):
     # Every backend (`records.Records.write_record`): with `warn=False`,
     # the per-variable records of the warning are not built at each

@@ -71,7 +71,7 @@ class Hook(records_module.Records):
         self.next_step: int | None = None
         # Calls of the step so far, and the call that made each record
         # still in flight and when (`time.monotonic`), and whether a record
-        # was fetched yet.
+        # of statistics was fetched yet (not only a histogram).
         self.steps_run = 0
         self.made_at: list[tuple[int, float]] = []
         self.fetched_any = False
@@ -339,7 +339,6 @@ class Hook(records_module.Records):
         count = len(self.in_flight) - keep
         if count <= 0:
             return
-        self.fetched_any = True
         steps = self.in_flight[:count]
         del self.in_flight[:count]
         del self.made_at[:count]
@@ -362,6 +361,7 @@ class Hook(records_module.Records):
         values = _to_host([record[key] for key, *_, record in due])
         for (key, kind, step, rows, _), value in zip(due, values, strict=True):
             if key == "stats":
+                self.fetched_any = True
                 skipped = kind == records_module.KIND_SKIPPED
                 self.add_record(int(step), skipped, rows, value)
             elif key == "histograms":
