@@ -84,6 +84,25 @@ def test_grouped_statistics_match_numpy(with_nan):
     assert not without[:, records_module.UPDATE_NORM].any()
 
 
+def _spy_fetches(monkeypatch, seconds):
+    """With `fetch_every` 100 and `WRITE_AFTER_SECONDS` = `seconds`: the
+    list that receives the number of records each fetch takes."""
+    from keras_winit.monitoring import jax as hook_module
+
+    monkeypatch.setattr(hook_module.Hook, "fetch_every", 100)
+    monkeypatch.setattr(records_module, "WRITE_AFTER_SECONDS", seconds)
+    fetched = []
+    fetch = hook_module.Hook.fetch
+
+    def spy(hook, keep=0):
+        before = len(hook.in_flight)
+        fetch(hook, keep=keep)
+        fetched.append(before - len(hook.in_flight))
+
+    monkeypatch.setattr(hook_module.Hook, "fetch", spy)
+    return fetched
+
+
 @jax_only
 @pytest.mark.parametrize(
     "update_freq, seconds, want",
@@ -106,17 +125,7 @@ def test_records_are_fetched_when_due(
 ):
     from keras_winit.monitoring import jax as hook_module
 
-    monkeypatch.setattr(hook_module.Hook, "fetch_every", 100)
-    monkeypatch.setattr(records_module, "WRITE_AFTER_SECONDS", seconds)
-    fetched = []
-    fetch = hook_module.Hook.fetch
-
-    def spy(hook, keep=0):
-        before = len(hook.in_flight)
-        fetch(hook, keep=keep)
-        fetched.append(before - len(hook.in_flight))
-
-    monkeypatch.setattr(hook_module.Hook, "fetch", spy)
+    fetched = _spy_fetches(monkeypatch, seconds)
     _fit_steps(tmp_path, 14, update_freq=update_freq)
     assert hook_module.Hook.in_flight_kept == 2
     assert fetched == want
@@ -132,19 +141,7 @@ def test_first_record_fetched_at_once_after_a_histogram(tmp_path, monkeypatch):
     # (histogram, call 4), 8 (record, call 6): the histogram's fetch (call
     # 3) does not count as the first record's, which is fetched at call 4;
     # the rest at the end of the epoch.
-    from keras_winit.monitoring import jax as hook_module
-
-    monkeypatch.setattr(hook_module.Hook, "fetch_every", 100)
-    monkeypatch.setattr(records_module, "WRITE_AFTER_SECONDS", float("inf"))
-    fetched = []
-    fetch = hook_module.Hook.fetch
-
-    def spy(hook, keep=0):
-        before = len(hook.in_flight)
-        fetch(hook, keep=keep)
-        fetched.append(before - len(hook.in_flight))
-
-    monkeypatch.setattr(hook_module.Hook, "fetch", spy)
+    fetched = _spy_fetches(monkeypatch, float("inf"))
     model = _model()
     model.compile(optimizer="sgd", loss="mse")
     model.optimizer.build(model.trainable_variables)
